@@ -1,0 +1,220 @@
+"""A compiled nvtripy trace: a flat list of steps over numbered value slots, run by PyTorch.
+
+Building a Program from a Trace folds every op whose inputs are all constants, so shape
+arithmetic on static dimensions and weight layout changes happen once, at compile time.
+A Program serializes to bytes without pickle: a JSON header (steps, attributes, input bounds)
+followed by the constants in safetensors format.
+"""
+
+import dataclasses
+import json
+import struct
+
+import safetensors.torch
+import torch
+
+from torch_executor import ops
+from torch_executor.runtime import MTRTException, PointerType, ScalarTypeCode, MemRefValue
+
+FORMAT_MAGIC = b"TRIPY-TORCH-EXECUTABLE-1\n"
+_KEYED_BY_MODULE = ("binary", "unary", "reduce")
+
+
+def op_key(op):
+    module = type(op).__module__.rsplit(".", 1)[-1]
+    name = type(op).__name__
+    return f"{module}.{name}" if module in _KEYED_BY_MODULE else name
+
+
+def _attribute(value):
+    from nvtripy.common.datatype import dtype as tripy_dtype
+
+    if isinstance(value, tripy_dtype):
+        return value.name
+    if isinstance(value, (list, tuple)):
+        return [_attribute(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise MTRTException(f"The CPU executor cannot represent attribute value {value!r} of type {type(value).__name__}")
+
+
+def op_attributes(op):
+    return {
+        field.name: _attribute(getattr(op, field.name))
+        for field in dataclasses.fields(op)
+        if field.name not in ("inputs", "outputs")
+    }
+
+
+@dataclasses.dataclass
+class Step:
+    kind: str
+    attrs: dict
+    inputs: list
+    outputs: list
+
+
+@dataclasses.dataclass
+class InputSpec:
+    dtype: str  # ScalarTypeCode name
+    min_shape: list = None  # shape bounds of a tensor input, None if unchecked
+    max_shape: list = None
+    dimension_names: dict = None  # {dim: name}; equal names must have equal sizes
+    min_value: int = None  # value bounds of a DimensionInputInfo input
+    max_value: int = None
+
+
+class Program:
+    def __init__(self, steps, constants, input_slots, input_specs, output_slots, output_dtypes):
+        self.steps = steps
+        self.constants = constants  # {slot: torch.Tensor}
+        self.input_slots = input_slots
+        self.input_specs = input_specs
+        self.output_slots = output_slots
+        self.output_dtypes = output_dtypes  # ScalarTypeCode names
+        self.num_slots = 1 + max([*input_slots, *output_slots, *constants, *(s for st in steps for s in st.outputs)], default=-1)
+        self._bind()
+
+    def _bind(self):
+        for step in self.steps:
+            if step.kind not in ops.OPS:
+                raise MTRTException(f"The CPU executor does not implement trace op '{step.kind}'")
+        self._calls = [(ops.OPS[s.kind], s.inputs, s.outputs, s.attrs) for s in self.steps]
+        self._constant_ptrs = {t.untyped_storage().data_ptr() for t in self.constants.values() if t.numel()}
+
+    # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def from_trace(trace):
+        from nvtripy.backend.api.input_info import DimensionInputInfo, InputInfo
+        from nvtripy.backend.mlir.utils import convert_tripy_dtype_to_runtime_dtype
+        from nvtripy.trace.ops.constant import Constant
+
+        slot_of = {}
+
+        def slot(tensor):
+            return slot_of.setdefault(tensor.name, len(slot_of))
+
+        input_slots, input_specs = [], []
+        for inp in trace.inputs:
+            input_slots.append(slot(inp))
+            spec = InputSpec(dtype=convert_tripy_dtype_to_runtime_dtype(inp.dtype).name)
+            info = trace.input_infos.get(inp.name) if trace.input_infos else None
+            if isinstance(info, InputInfo):
+                spec.min_shape = [int(v) for v in info.shape_bounds.min]
+                spec.max_shape = [int(v) for v in info.shape_bounds.max]
+                spec.dimension_names = {int(k): v for k, v in info.dimension_names.items()}
+            elif isinstance(info, DimensionInputInfo):
+                spec.min_value = int(info.value_bounds.min[0])
+                spec.max_value = int(info.value_bounds.max[0])
+            input_specs.append(spec)
+
+        steps, constants = [], {}
+        for op in trace.ops:
+            if isinstance(op, Constant):
+                op._check_address_space()  # as in real nvtripy: only inputs may start on the device
+                constants[slot(op.outputs[0])] = op.data.tensor
+                continue
+            step = Step(op_key(op), op_attributes(op), [slot(t) for t in op.inputs], [slot(t) for t in op.outputs])
+            if step.kind not in ops.OPS:
+                raise MTRTException(f"The CPU executor does not implement trace op '{step.kind}' (from: {op})")
+            if all(i in constants for i in step.inputs):
+                results = ops.OPS[step.kind](*[constants[i] for i in step.inputs], **step.attrs)
+                results = results if isinstance(results, tuple) else (results,)
+                constants.update(zip(step.outputs, results))
+            else:
+                steps.append(step)
+
+        output_slots = [slot(t) for t in trace.outputs]
+        output_dtypes = [convert_tripy_dtype_to_runtime_dtype(t.dtype).name for t in trace.outputs]
+        return Program(steps, constants, input_slots, input_specs, output_slots, output_dtypes)
+
+    # ------------------------------------------------------------------------------------------
+    def check_inputs(self, memrefs):
+        if len(memrefs) != len(self.input_slots):
+            raise MTRTException(f"function expects {len(self.input_slots)} arguments but got {len(memrefs)}")
+        named_sizes = {}
+        for index, (memref, spec) in enumerate(zip(memrefs, self.input_specs)):
+            if memref.dtype.name != spec.dtype:
+                raise MTRTException(
+                    f"function expects a memref type with element type {spec.dtype} but got {memref.dtype.name}"
+                )
+            shape = memref.shape
+            if spec.min_shape is not None:
+                if len(shape) != len(spec.min_shape) or any(
+                    not lo <= size <= hi for size, lo, hi in zip(shape, spec.min_shape, spec.max_shape)
+                ):
+                    raise MTRTException(
+                        f"Runtime shape mismatch: argument {index} has shape {shape}, "
+                        f"allowed min={spec.min_shape}, max={spec.max_shape}"
+                    )
+                for dim, name in spec.dimension_names.items():
+                    size = named_sizes.setdefault(name, shape[dim])
+                    if size != shape[dim]:
+                        raise MTRTException(
+                            f"Dimensions named '{name}' must be equal at runtime, but got sizes {size} and {shape[dim]}"
+                        )
+            if spec.min_value is not None:
+                value = int(memref.tensor)
+                if not spec.min_value <= value <= spec.max_value:
+                    raise MTRTException(
+                        f"Runtime shape mismatch: dimension size argument {index} is {value}, "
+                        f"allowed [{spec.min_value}, {spec.max_value}]"
+                    )
+
+    def run(self, memrefs):
+        self.check_inputs(memrefs)
+        values = [None] * self.num_slots
+        for slot, tensor in self.constants.items():
+            values[slot] = tensor
+        for slot, memref in zip(self.input_slots, memrefs):
+            values[slot] = memref.tensor
+        for fn, ins, outs, attrs in self._calls:
+            result = fn(*[values[i] for i in ins], **attrs)
+            if len(outs) == 1:
+                values[outs[0]] = result
+            else:
+                for slot, value in zip(outs, result):
+                    values[slot] = value
+
+        # Results are fresh, contiguous allocations, as TensorRT returns them.
+        borrowed = self._constant_ptrs | {m.tensor.untyped_storage().data_ptr() for m in memrefs}
+        results = []
+        for slot, dtype in zip(self.output_slots, self.output_dtypes):
+            tensor = values[slot].contiguous()
+            if tensor.numel() and tensor.untyped_storage().data_ptr() in borrowed:
+                tensor = tensor.clone()
+            results.append(MemRefValue(tensor, ScalarTypeCode[dtype], PointerType.device))
+        return results
+
+    # ------------------------------------------------------------------------------------------
+    def serialize(self):
+        header = {
+            "steps": [dataclasses.asdict(step) for step in self.steps],
+            "constants": sorted(self.constants),
+            "input_slots": self.input_slots,
+            "input_specs": [dataclasses.asdict(spec) for spec in self.input_specs],
+            "output_slots": self.output_slots,
+            "output_dtypes": self.output_dtypes,
+        }
+        header_bytes = json.dumps(header).encode()
+        tensors = {str(slot): t.detach().contiguous().clone() for slot, t in self.constants.items()}
+        return FORMAT_MAGIC + struct.pack("<Q", len(header_bytes)) + header_bytes + safetensors.torch.save(tensors)
+
+    @staticmethod
+    def deserialize(data):
+        if not data.startswith(FORMAT_MAGIC):
+            raise MTRTException("Not an executable saved by the CPU executor (unknown format)")
+        offset = len(FORMAT_MAGIC)
+        try:
+            (length,) = struct.unpack_from("<Q", data, offset)
+            header = json.loads(data[offset + 8 : offset + 8 + length])
+            tensors = safetensors.torch.load(data[offset + 8 + length :])
+            constants = {slot: tensors[str(slot)] for slot in header["constants"]}
+            steps = [Step(**step) for step in header["steps"]]
+            specs = [InputSpec(**spec) for spec in header["input_specs"]]
+            for spec in specs:
+                if spec.dimension_names is not None:
+                    spec.dimension_names = {int(k): v for k, v in spec.dimension_names.items()}
+        except Exception as exc:
+            raise MTRTException(f"Corrupt CPU-executor executable: {exc}") from None
+        return Program(steps, constants, header["input_slots"], specs, header["output_slots"], header["output_dtypes"])
