@@ -6,7 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")"
 kind="${1:-cpu}"
 python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
 case "$kind" in
   cpu)
     .venv/bin/python -m pip install --quiet -r requirements-cpu.txt
