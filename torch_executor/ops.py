@@ -47,8 +47,9 @@ def shape(x):
     return torch.tensor(x.shape, dtype=torch.int32)
 
 
-def get_dimension_size(x, *, dim):
-    return torch.tensor(x.shape[dim], dtype=torch.int32)
+def get_dimension_size(shape_tensor, *, dim):
+    """One element of a shape tensor (the output of `Shape`), not a dimension of its own shape."""
+    return shape_tensor[dim].clone()
 
 
 def reshape(x, new_shape):
