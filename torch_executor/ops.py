@@ -11,6 +11,8 @@ Where nvtripy leaves semantics to TensorRT, these follow TensorRT:
 int4 values are kept in int8 storage.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -258,6 +260,168 @@ def _topk(largest):
 
 
 # ----------------------------------------------------------------------------------------------
+# Convolution and pooling. TensorRT pads each spatial dimension by `pre_padding` before and
+# `post_padding` after, and either may differ from the other; negative padding crops.
+
+
+def _compute_dtype(x):
+    """Half-precision convolutions and resizes run in float32 and round once at the end, as
+    TensorRT accumulates them in float32 too."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+def _pad_spatial(x, pre, post, value=0.0):
+    pads = []
+    for before, after in zip(reversed(pre), reversed(post)):  # F.pad lists the last dimension first
+        pads += [before, after]
+    return F.pad(x, pads, value=value) if any(pads) else x
+
+
+def convolution(x, weight, bias=None, *, stride, pre_padding, post_padding, groups, dilation):
+    x_dtype, dtype = x.dtype, _compute_dtype(x)
+    x = _pad_spatial(x.to(dtype), pre_padding, post_padding)
+    bias = None if bias is None else bias.to(dtype)
+    zeros = [0] * len(stride)
+    out = torch.convolution(x, weight.to(dtype), bias, stride, zeros, dilation, False, zeros, groups)
+    return out.to(x_dtype)
+
+
+def deconvolution(x, weight, bias=None, *, stride, pre_padding, post_padding, groups, dilation):
+    """Transposed convolution; the kernel is [C_in, C_out / groups, *kernel_dims], and the
+    padding crops the full output: out = (in - 1) * stride + dilation * (k - 1) + 1 - pre - post."""
+    dtype = _compute_dtype(x)
+    zeros = [0] * len(stride)
+    out = torch.convolution(x.to(dtype), weight.to(dtype), None, stride, zeros, dilation, True, zeros, groups)
+    out = _pad_spatial(out, [-p for p in pre_padding], [-p for p in post_padding])
+    if bias is not None:
+        out = out + bias.to(dtype).reshape([1, -1] + [1] * len(stride))
+    return out.to(x.dtype)
+
+
+def _pool(x, pool, kernel_dims, stride, pre_padding, post_padding, fill):
+    padded = _pad_spatial(x, pre_padding, post_padding, value=fill)
+    return pool(padded, kernel_dims, stride)
+
+
+def _pool_fn(kernel_dims, kind):
+    return {(2, "max"): F.max_pool2d, (3, "max"): F.max_pool3d, (2, "avg"): F.avg_pool2d, (3, "avg"): F.avg_pool3d}[
+        (len(kernel_dims), kind)
+    ]
+
+
+def max_pooling(x, *, kernel_dims, stride, pre_padding, post_padding, avg_excludes_padding=None):
+    """Padding never wins the maximum: it is filled with -inf (the type's minimum for int8)."""
+    dtype = _compute_dtype(x) if x.dtype.is_floating_point else torch.float32
+    fill = float("-inf") if x.dtype.is_floating_point else float(torch.iinfo(x.dtype).min)
+    out = _pool(x.to(dtype), _pool_fn(kernel_dims, "max"), kernel_dims, stride, pre_padding, post_padding, fill)
+    return out.to(x.dtype)
+
+
+def avg_pooling(x, *, kernel_dims, stride, pre_padding, post_padding, avg_excludes_padding):
+    """The window sum divided by the window size, or, with `avg_excludes_padding`, by the number
+    of the window's elements that are not padding."""
+    dtype = _compute_dtype(x) if x.dtype.is_floating_point else torch.float32
+    sum_pool = lambda t, k, s: _pool_fn(kernel_dims, "avg")(t, k, s, divisor_override=1)
+    total = _pool(x.to(dtype), sum_pool, kernel_dims, stride, pre_padding, post_padding, 0.0)
+    if avg_excludes_padding:
+        ones = torch.ones((1, 1) + tuple(x.shape[2:]), dtype=dtype)
+        count = _pool(ones, sum_pool, kernel_dims, stride, pre_padding, post_padding, 0.0)
+    else:
+        count = math.prod(kernel_dims)
+    return (total / count).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Resize. Every dimension may be resized, one at a time: to `out_shape` when the op has a second
+# input, else to floor(size * scale). A source coordinate maps from an output index by
+# - ResizeNearest: asymmetric, src = dst / scale, rounded down;
+# - ResizeLinear, ResizeCubic: half-pixel, src = (dst + 0.5) / scale - 0.5, or with
+#   `align_corners`, src = dst * (in - 1) / (out - 1).
+# `scale` is the op's scale where it has one, else out / in. Neighbours past the edge repeat the
+# edge (TensorRT's and ONNX's default), and cubic uses coefficient A = -0.75, as PyTorch does.
+
+CUBIC_COEFFICIENT = -0.75
+
+
+def _resize_sizes(x, out_shape, scales):
+    if out_shape is not None:
+        return _ints(out_shape), [None] * x.dim()
+    return [math.floor(size * scale) for size, scale in zip(x.shape, scales)], list(scales)
+
+
+def _source_coords(out_size, in_size, scale, align_corners, half_pixel):
+    dst = torch.arange(out_size, dtype=torch.float64)
+    if align_corners:
+        return dst * ((in_size - 1) / (out_size - 1)) if out_size > 1 else torch.zeros_like(dst)
+    if half_pixel:
+        dst = dst + 0.5
+    src = dst * in_size / out_size if scale is None else dst / scale
+    return src - 0.5 if half_pixel else src
+
+
+def _taps(x, dim, index):
+    return x.index_select(dim, index.clamp(0, x.shape[dim] - 1))
+
+
+def _weights_along(weights, dim, rank):
+    view = [1] * rank
+    view[dim] = -1
+    return weights.reshape(view)
+
+
+def _resize(x, out_shape, scales, interpolate_dim):
+    dtype = x.dtype
+    x = x.to(torch.float64)
+    sizes, dim_scales = _resize_sizes(x, out_shape, scales)
+    for dim, (size, scale) in enumerate(zip(sizes, dim_scales)):
+        if size != x.shape[dim] or (scale is not None and scale != 1):
+            x = interpolate_dim(x, dim, size, scale)
+    return x.to(dtype)
+
+
+def resize_nearest(x, out_shape=None, *, scales):
+    def nearest(x, dim, size, scale):
+        src = _source_coords(size, x.shape[dim], scale, align_corners=False, half_pixel=False)
+        return _taps(x, dim, torch.floor(src).to(torch.int64))
+
+    return _resize(x, out_shape, scales, nearest)
+
+
+def resize_linear(x, out_shape=None, *, scales, align_corners):
+    def linear(x, dim, size, scale):
+        src = _source_coords(size, x.shape[dim], scale, align_corners, half_pixel=True)
+        low = torch.floor(src)
+        t = _weights_along(src - low, dim, x.dim())
+        low = low.to(torch.int64)
+        return _taps(x, dim, low) * (1 - t) + _taps(x, dim, low + 1) * t
+
+    return _resize(x, out_shape, scales, linear)
+
+
+def _cubic_weights(t, a=CUBIC_COEFFICIENT):
+    """Keys' cubic convolution weights of the four taps at offsets -1, 0, 1, 2 from floor(src)."""
+
+    def near(d):  # |d| <= 1
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+
+    def far(d):  # 1 < |d| < 2
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+    return [far(t + 1), near(t), near(1 - t), far(2 - t)]
+
+
+def resize_cubic(x, out_shape=None, *, scales, align_corners):
+    def cubic(x, dim, size, scale):
+        src = _source_coords(size, x.shape[dim], scale, align_corners, half_pixel=True)
+        low = torch.floor(src)
+        weights = _cubic_weights(src - low)
+        low = low.to(torch.int64)
+        return sum(_taps(x, dim, low + offset) * _weights_along(w, dim, x.dim()) for offset, w in zip(range(-1, 3), weights))
+
+    return _resize(x, out_shape, scales, cubic)
+
+
+# ----------------------------------------------------------------------------------------------
 # Quantization
 
 
@@ -310,9 +474,21 @@ OPS = {
     "TopKMin": _topk(largest=False),
     "Quantize": quantize,
     "Dequantize": dequantize,
+    "Convolution": convolution,
+    "Deconvolution": deconvolution,
+    "MaxPooling": max_pooling,
+    "AvgPooling": avg_pooling,
+    "ResizeNearest": resize_nearest,
+    "ResizeLinear": resize_linear,
+    "ResizeCubic": resize_cubic,
 }
 # Several nvtripy op classes share a name across modules (Max is both a binary op and a
 # reduction), so those are keyed by module as well; see program.op_key.
 OPS.update({f"binary.{name}": fn for name, fn in BINARY.items()})
 OPS.update({f"unary.{name}": fn for name, fn in UNARY.items()})
 OPS.update({f"reduce.{name}": fn for name, fn in REDUCE.items()})
+
+# Ops that cannot run without TensorRT itself, and why; compiling one fails with this reason.
+UNSUPPORTED = {
+    "Plugin": "TensorRT plugins are kernels that TensorRT loads and runs; without TensorRT there is nothing to call",
+}

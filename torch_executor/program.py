@@ -114,9 +114,12 @@ class Program:
                 op._check_address_space()  # as in real nvtripy: only inputs may start on the device
                 constants[slot(op.outputs[0])] = op.data.tensor
                 continue
-            step = Step(op_key(op), op_attributes(op), [slot(t) for t in op.inputs], [slot(t) for t in op.outputs])
-            if step.kind not in ops.OPS:
-                raise MTRTException(f"The CPU executor does not implement trace op '{step.kind}' (from: {op})")
+            kind = op_key(op)
+            if kind in ops.UNSUPPORTED:
+                raise MTRTException(f"The CPU executor cannot run trace op '{kind}': {ops.UNSUPPORTED[kind]} (from: {op})")
+            if kind not in ops.OPS:
+                raise MTRTException(f"The CPU executor does not implement trace op '{kind}' (from: {op})")
+            step = Step(kind, op_attributes(op), [slot(t) for t in op.inputs], [slot(t) for t in op.outputs])
             if all(i in constants for i in step.inputs):
                 results = ops.OPS[step.kind](*[constants[i] for i in step.inputs], **step.attrs)
                 results = results if isinstance(results, tuple) else (results,)
