@@ -265,7 +265,7 @@ def _topk(largest):
 
 
 def _compute_dtype(x):
-    """Half-precision convolutions and resizes run in float32 and round once at the end, as
+    """Half-precision convolutions and pools run in float32 and round once at the end, as
     TensorRT accumulates them in float32 too."""
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
@@ -332,31 +332,25 @@ def avg_pooling(x, *, kernel_dims, stride, pre_padding, post_padding, avg_exclud
 
 
 # ----------------------------------------------------------------------------------------------
-# Resize. Every dimension may be resized, one at a time: to `out_shape` when the op has a second
-# input, else to floor(size * scale). A source coordinate maps from an output index by
-# - ResizeNearest: asymmetric, src = dst / scale, rounded down;
-# - ResizeLinear, ResizeCubic: half-pixel, src = (dst + 0.5) / scale - 0.5, or with
+# Resize, as TensorRT's IResizeLayer documents it. Every dimension may be resized, one at a time:
+# to `out_shape` when the op has a second input, else to floor(size * scale). An output index maps
+# back to a source coordinate through the ratio of the lengths, in / out (also when scales are
+# given), by
+# - ResizeNearest: asymmetric, src = dst * in / out, rounded down;
+# - ResizeLinear, ResizeCubic: half-pixel, src = (dst + 0.5) * in / out - 0.5, or with
 #   `align_corners`, src = dst * (in - 1) / (out - 1).
-# `scale` is the op's scale where it has one, else out / in. Neighbours past the edge repeat the
-# edge (TensorRT's and ONNX's default), and cubic uses coefficient A = -0.75, as PyTorch does.
+# Neighbours past the edge repeat the edge, and cubic uses coefficient A = -0.75, as PyTorch does.
 
 CUBIC_COEFFICIENT = -0.75
 
 
-def _resize_sizes(x, out_shape, scales):
-    if out_shape is not None:
-        return _ints(out_shape), [None] * x.dim()
-    return [math.floor(size * scale) for size, scale in zip(x.shape, scales)], list(scales)
-
-
-def _source_coords(out_size, in_size, scale, align_corners, half_pixel):
+def _source_coords(out_size, in_size, align_corners, half_pixel):
     dst = torch.arange(out_size, dtype=torch.float64)
     if align_corners:
         return dst * ((in_size - 1) / (out_size - 1)) if out_size > 1 else torch.zeros_like(dst)
     if half_pixel:
-        dst = dst + 0.5
-    src = dst * in_size / out_size if scale is None else dst / scale
-    return src - 0.5 if half_pixel else src
+        return (dst + 0.5) * in_size / out_size - 0.5
+    return dst * in_size / out_size
 
 
 def _taps(x, dim, index):
@@ -370,26 +364,29 @@ def _weights_along(weights, dim, rank):
 
 
 def _resize(x, out_shape, scales, interpolate_dim):
+    if out_shape is not None:
+        sizes = _ints(out_shape)
+    else:
+        sizes = [math.floor(size * scale) for size, scale in zip(x.shape, scales)]
     dtype = x.dtype
-    x = x.to(torch.float64)
-    sizes, dim_scales = _resize_sizes(x, out_shape, scales)
-    for dim, (size, scale) in enumerate(zip(sizes, dim_scales)):
-        if size != x.shape[dim] or (scale is not None and scale != 1):
-            x = interpolate_dim(x, dim, size, scale)
+    for dim, size in enumerate(sizes):
+        if size != x.shape[dim]:
+            x = interpolate_dim(x, dim, size)
     return x.to(dtype)
 
 
 def resize_nearest(x, out_shape=None, *, scales):
-    def nearest(x, dim, size, scale):
-        src = _source_coords(size, x.shape[dim], scale, align_corners=False, half_pixel=False)
+    def nearest(x, dim, size):
+        src = _source_coords(size, x.shape[dim], align_corners=False, half_pixel=False)
         return _taps(x, dim, torch.floor(src).to(torch.int64))
 
     return _resize(x, out_shape, scales, nearest)
 
 
 def resize_linear(x, out_shape=None, *, scales, align_corners):
-    def linear(x, dim, size, scale):
-        src = _source_coords(size, x.shape[dim], scale, align_corners, half_pixel=True)
+    def linear(x, dim, size):
+        x = x.to(torch.float64)
+        src = _source_coords(size, x.shape[dim], align_corners, half_pixel=True)
         low = torch.floor(src)
         t = _weights_along(src - low, dim, x.dim())
         low = low.to(torch.int64)
@@ -411,8 +408,9 @@ def _cubic_weights(t, a=CUBIC_COEFFICIENT):
 
 
 def resize_cubic(x, out_shape=None, *, scales, align_corners):
-    def cubic(x, dim, size, scale):
-        src = _source_coords(size, x.shape[dim], scale, align_corners, half_pixel=True)
+    def cubic(x, dim, size):
+        x = x.to(torch.float64)
+        src = _source_coords(size, x.shape[dim], align_corners, half_pixel=True)
         low = torch.floor(src)
         weights = _cubic_weights(src - low)
         low = low.to(torch.int64)

@@ -26,3 +26,220 @@ def test_get_dimension_size_reads_an_element_of_a_shape_tensor():
     out = compiled(tp.iota((2, 3), dtype=tp.float32).eval())
     assert out.shape == (6,)
     assert as_torch(out).tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def on_device(t):
+    """A torch tensor as an nvtripy tensor in (executor) device memory, as compiled functions require."""
+    return tp.copy(tp.Tensor(t), tp.device("gpu")).eval()
+
+
+def run(fn, *inputs):
+    """Compiles `fn` for exactly these torch inputs and returns its result as a torch tensor."""
+    infos = [tp.InputInfo(tuple(t.shape), dtype=getattr(tp, str(t.dtype).split(".")[-1])) for t in inputs]
+    compiled = tp.compile(fn, args=infos)
+    return as_torch(compiled(*[on_device(t) for t in inputs]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Convolution: checked against direct loops, which follow TensorRT's definitions, and PyTorch.
+
+
+def naive_conv2d(x, w, stride, pre, post, groups, dilation):
+    x = np.pad(x, [(0, 0), (0, 0), (pre[0], post[0]), (pre[1], post[1])])
+    n, c_in, h, wd = x.shape
+    c_out, c_group, kh, kw = w.shape
+    oh = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (wd - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    out = np.zeros((n, c_out, oh, ow))
+    per_group = c_out // groups
+    for o in range(c_out):
+        g = o // per_group
+        for i in range(oh):
+            for j in range(ow):
+                rows = i * stride[0] + dilation[0] * np.arange(kh)
+                cols = j * stride[1] + dilation[1] * np.arange(kw)
+                patch = x[:, g * c_group : (g + 1) * c_group][:, :, rows][:, :, :, cols]
+                out[:, o, i, j] = (patch * w[o]).sum(axis=(1, 2, 3))
+    return out
+
+
+def naive_deconv2d(x, w, stride, pre, post, groups, dilation):
+    n, c_in, h, wd = x.shape
+    _, c_group_out, kh, kw = w.shape
+    full = np.zeros((n, c_group_out * groups, (h - 1) * stride[0] + dilation[0] * (kh - 1) + 1, (wd - 1) * stride[1] + dilation[1] * (kw - 1) + 1))
+    in_per_group = c_in // groups
+    for ci in range(c_in):
+        g = ci // in_per_group
+        for co in range(c_group_out):
+            for i in range(h):
+                for j in range(wd):
+                    for a in range(kh):
+                        for b in range(kw):
+                            full[:, g * c_group_out + co, i * stride[0] + a * dilation[0], j * stride[1] + b * dilation[1]] += x[:, ci, i, j] * w[ci, co, a, b]
+    return full[:, :, pre[0] : full.shape[2] - post[0], pre[1] : full.shape[3] - post[1]]
+
+
+CONV_CASES = [
+    # stride, padding ((before, after) per spatial dim), groups, dilation
+    ((1, 1), ((0, 0), (0, 0)), 1, (1, 1)),
+    ((2, 1), ((1, 2), (0, 1)), 1, (1, 1)),
+    ((1, 2), ((2, 0), (1, 1)), 2, (2, 1)),
+    ((2, 2), ((1, 1), (1, 1)), 4, (1, 2)),
+]
+
+
+@pytest.mark.parametrize("stride, padding, groups, dilation", CONV_CASES)
+def test_convolution(stride, padding, groups, dilation):
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 7, 8)
+    conv = tp.Conv(4, 8, (3, 2), stride=stride, padding=padding, groups=groups, dilation=dilation, dtype=tp.float32)
+    weight, bias = torch.randn(8, 4 // groups, 3, 2), torch.randn(8)
+    conv.load_state_dict({"weight": tp.Tensor(weight), "bias": tp.Tensor(bias)})
+
+    out = run(conv, x)
+
+    pre, post = zip(*padding)
+    expected = naive_conv2d(x.numpy(), weight.numpy(), stride, pre, post, groups, dilation) + bias.numpy().reshape(1, -1, 1, 1)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride, padding, groups, dilation", CONV_CASES)
+def test_deconvolution(stride, padding, groups, dilation):
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 4, 5)
+    deconv = tp.ConvTranspose(4, 8, (3, 2), stride=stride, padding=padding, groups=groups, dilation=dilation, dtype=tp.float32)
+    weight, bias = torch.randn(4, 8 // groups, 3, 2), torch.randn(8)
+    deconv.load_state_dict({"weight": tp.Tensor(weight), "bias": tp.Tensor(bias)})
+
+    out = run(deconv, x)
+
+    pre, post = zip(*padding)
+    expected = naive_deconv2d(x.numpy(), weight.numpy(), stride, pre, post, groups, dilation) + bias.numpy().reshape(1, -1, 1, 1)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_deconvolution_matches_torch_conv_transpose_with_symmetric_padding():
+    torch.manual_seed(0)
+    x, weight = torch.randn(1, 2, 5, 5), torch.randn(2, 3, 3, 3)
+    deconv = tp.ConvTranspose(2, 3, (3, 3), stride=(2, 2), padding=((1, 1), (1, 1)), bias=False, dtype=tp.float32)
+    deconv.load_state_dict({"weight": tp.Tensor(weight)})
+    expected = torch.nn.functional.conv_transpose2d(x, weight, stride=2, padding=1)
+    torch.testing.assert_close(run(deconv, x), expected)
+
+
+def test_convolution_1d_and_3d():
+    torch.manual_seed(0)
+    for spatial in (1, 3):
+        x = torch.randn((1, 2) + (5,) * spatial)
+        conv = tp.Conv(2, 3, (3,) * spatial, padding=((1, 1),) * spatial, bias=False, dtype=tp.float32)
+        weight = torch.randn((3, 2) + (3,) * spatial)
+        conv.load_state_dict({"weight": tp.Tensor(weight)})
+        expected = getattr(torch.nn.functional, f"conv{spatial}d")(x, weight, padding=1)
+        torch.testing.assert_close(run(conv, x), expected)
+
+
+def test_half_precision_convolution_keeps_its_dtype():
+    torch.manual_seed(0)
+    x, weight = torch.randn(1, 2, 6, 6), torch.randn(3, 2, 3, 3)
+    conv = tp.Conv(2, 3, (3, 3), bias=False, dtype=tp.float16)
+    conv.load_state_dict({"weight": tp.Tensor(weight.half())})
+    out = run(conv, x.half())
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out.float(), torch.nn.functional.conv2d(x, weight), rtol=1e-2, atol=1e-2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pooling
+
+
+def naive_pool2d(x, kernel, stride, pre, post, mode, excludes_padding=False):
+    n, c, h, w = x.shape
+    padded_h, padded_w = h + pre[0] + post[0], w + pre[1] + post[1]
+    oh, ow = (padded_h - kernel[0]) // stride[0] + 1, (padded_w - kernel[1]) // stride[1] + 1
+    out = np.zeros((n, c, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            rows = range(i * stride[0] - pre[0], i * stride[0] - pre[0] + kernel[0])
+            cols = range(j * stride[1] - pre[1], j * stride[1] - pre[1] + kernel[1])
+            inside = [(r, s) for r in rows for s in cols if 0 <= r < h and 0 <= s < w]
+            values = np.stack([x[:, :, r, s] for r, s in inside], axis=-1)
+            if mode == "max":
+                out[:, :, i, j] = values.max(axis=-1)
+            else:
+                out[:, :, i, j] = values.sum(axis=-1) / (len(inside) if excludes_padding else kernel[0] * kernel[1])
+    return out
+
+
+POOL_CASES = [
+    ((2, 2), (2, 2), ((0, 0), (0, 0))),
+    ((3, 2), (1, 2), ((1, 2), (0, 1))),
+    ((3, 3), (2, 1), ((2, 1), (1, 1))),
+]
+
+
+@pytest.mark.parametrize("kernel, stride, padding", POOL_CASES)
+def test_maxpool(kernel, stride, padding):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 7) - 10  # all negative, so zero padding would win the maximum
+    out = run(lambda t: tp.maxpool(t, kernel, stride, padding), x)
+    pre, post = zip(*padding)
+    np.testing.assert_allclose(out.numpy(), naive_pool2d(x.numpy(), kernel, stride, pre, post, "max"), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kernel, stride, padding", POOL_CASES)
+@pytest.mark.parametrize("count_include_pad", [True, False])
+def test_avgpool(kernel, stride, padding, count_include_pad):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 7)
+    out = run(lambda t: tp.avgpool(t, kernel, stride, padding, count_include_pad=count_include_pad), x)
+    pre, post = zip(*padding)
+    expected = naive_pool2d(x.numpy(), kernel, stride, pre, post, "avg", excludes_padding=not count_include_pad)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_pooling_3d_matches_torch():
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 4, 5, 6)
+    out = run(lambda t: tp.maxpool(t, (2, 2, 2), (2, 2, 2), ((1, 1), (1, 1), (0, 0))), x)
+    torch.testing.assert_close(out, torch.nn.functional.max_pool3d(x, 2, 2, padding=(1, 1, 0)))
+    out = run(lambda t: tp.avgpool(t, (2, 3, 2), (1, 1, 1), ((1, 1), (1, 1), (1, 1))), x)
+    torch.testing.assert_close(out, torch.nn.functional.avg_pool3d(x, (2, 3, 2), 1, padding=1, count_include_pad=True))
+
+
+# ----------------------------------------------------------------------------------------------
+# Resize. PyTorch's interpolate uses the same coordinate formulas when it is given the output
+# size: nearest is asymmetric and floors, bilinear/bicubic are half-pixel or align-corners, and
+# bicubic uses A = -0.75 with the edge repeated.
+
+TORCH_MODES = {"nearest": "nearest", "linear": "bilinear", "cubic": "bicubic"}
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
+@pytest.mark.parametrize("out_hw", [(7, 4), (2, 9), (3, 5)])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_resize_to_output_shape(mode, out_hw, align_corners):
+    if align_corners and mode == "nearest":
+        pytest.skip("align_corners applies to linear and cubic only")
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 3, 5)
+    out = run(lambda t: tp.resize(t, output_shape=(2, 3) + out_hw, mode=mode, align_corners=align_corners), x)
+    kwargs = {} if mode == "nearest" else {"align_corners": align_corners}
+    expected = torch.nn.functional.interpolate(x, size=out_hw, mode=TORCH_MODES[mode], **kwargs)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
+def test_resize_by_scales_maps_coordinates_by_the_length_ratio(mode):
+    # floor(5 * 1.5) = 7 columns; TensorRT maps them back by 5 / 7, not by 1 / 1.5.
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 4, 5)
+    out = run(lambda t: tp.resize(t, scales=(1, 1, 0.5, 1.5), mode=mode), x)
+    assert out.shape == (1, 1, 2, 7)
+    expected = torch.nn.functional.interpolate(x, size=(2, 7), mode=TORCH_MODES[mode])
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_resize_nearest_floors_the_asymmetric_coordinate():
+    x = torch.arange(3, dtype=torch.float32).reshape(1, 3)
+    # src = dst * 3 / 8: 0, .375, .75, 1.125, 1.5, 1.875, 2.25, 2.625
+    assert run(lambda t: tp.resize(t, output_shape=(1, 8), mode="nearest"), x).tolist() == [[0, 0, 0, 1, 1, 1, 2, 2]]
