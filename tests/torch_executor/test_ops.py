@@ -214,12 +214,9 @@ def test_pooling_3d_matches_torch():
 TORCH_MODES = {"nearest": "nearest", "linear": "bilinear", "cubic": "bicubic"}
 
 
-@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
+@pytest.mark.parametrize("mode, align_corners", [("nearest", False), ("linear", False), ("linear", True), ("cubic", False), ("cubic", True)])
 @pytest.mark.parametrize("out_hw", [(7, 4), (2, 9), (3, 5)])
-@pytest.mark.parametrize("align_corners", [False, True])
-def test_resize_to_output_shape(mode, out_hw, align_corners):
-    if align_corners and mode == "nearest":
-        pytest.skip("align_corners applies to linear and cubic only")
+def test_resize_to_output_shape(mode, align_corners, out_hw):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 3, 5)
     out = run(lambda t: tp.resize(t, output_shape=(2, 3) + out_hw, mode=mode, align_corners=align_corners), x)
@@ -243,3 +240,105 @@ def test_resize_nearest_floors_the_asymmetric_coordinate():
     x = torch.arange(3, dtype=torch.float32).reshape(1, 3)
     # src = dst * 3 / 8: 0, .375, .75, 1.125, 1.5, 1.875, 2.25, 2.625
     assert run(lambda t: tp.resize(t, output_shape=(1, 8), mode="nearest"), x).tolist() == [[0, 0, 0, 1, 1, 1, 2, 2]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Quantization, as TensorRT's IQuantizeLayer documents it: round(x / scale) with ties to even,
+# then clamp to the type's range.
+
+
+def dequantized(x, scale, dtype, dim=None):
+    """Quantizes and dequantizes with the same scale; int4 results can only be read this way."""
+    return run(lambda t: tp.dequantize(tp.quantize(t, scale, dtype, dim=dim), scale, tp.float32, dim=dim), x)
+
+
+def test_quantize_rounds_half_to_even():
+    x = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 2.4, 2.6])
+    out = run(lambda t: tp.quantize(t, 1.0, tp.int8), x)
+    assert out.dtype == torch.int8
+    assert out.tolist() == [0, 2, 2, 0, -2, -2, 2, 3]
+
+
+@pytest.mark.parametrize("dtype, low, high", [(tp.int8, -128, 127), (tp.int4, -8, 7)])
+def test_integer_quantize_saturates(dtype, low, high):
+    x = torch.tensor([-1000.0, low - 0.6, low + 0.4, -1.0, 0.0, high - 0.4, high + 0.6, 1000.0])
+    assert dequantized(x, 1.0, dtype).tolist() == [low, low, low, -1, 0, high, high, high]
+
+
+def test_float8_quantize_saturates_at_448():
+    x = torch.tensor([-1e4, -448.0, -0.3, 0.0, 0.3, 300.0, 500.0, 1e4])
+    out = dequantized(x, 1.0, tp.float8)
+    expected = x.clamp(-448, 448).to(torch.float8_e4m3fn).float()
+    assert out.tolist() == expected.tolist()
+    assert out[[0, 1, -2, -1]].tolist() == [-448, -448, 448, 448]
+
+
+def test_quantize_scales_per_tensor_per_channel_and_per_block():
+    x = torch.tensor([[10.0, 20.0, 30.0], [40.0, 50.0, 60.0], [70.0, 80.0, 90.0], [100.0, 110.0, 120.0]])
+
+    per_tensor = run(lambda t: tp.quantize(t, 10.0, tp.int8), x)
+    assert per_tensor.tolist() == (x / 10).tolist()
+
+    rows = [10.0, 5.0, 2.0, 1.0]
+    per_row = run(lambda t: tp.quantize(t, rows, tp.int8, dim=0), x)
+    assert per_row.tolist() == torch.clamp(torch.round(x / torch.tensor(rows)[:, None]), -128, 127).tolist()
+
+    columns = [10.0, 20.0, 40.0]
+    per_column = run(lambda t: tp.quantize(t, columns, tp.int8, dim=1), x)
+    assert per_column.tolist() == torch.round(x / torch.tensor(columns)).tolist()
+
+    # Block-wise (int4 only): scale [D0 / B, D1] scales blocks of B = 2 consecutive rows.
+    blocks = [[10.0, 20.0, 40.0], [20.0, 40.0, 80.0]]
+    expected = torch.round(x / torch.tensor(blocks).repeat_interleave(2, dim=0)).clamp(-8, 7) * torch.tensor(blocks).repeat_interleave(2, dim=0)
+    assert dequantized(x, blocks, tp.int4).tolist() == expected.tolist()
+
+
+def test_dequantize_multiplies_by_the_scale():
+    q = torch.tensor([[-128, -1, 0, 1, 127]], dtype=torch.int8)
+    out = run(lambda t: tp.dequantize(t, 0.5, tp.float32), q)
+    assert out.tolist() == [[-64.0, -0.5, 0.0, 0.5, 63.5]]
+    out = run(lambda t: tp.dequantize(t, [2.0], tp.float32, dim=0), q)
+    assert out.tolist() == [[-256.0, -2.0, 0.0, 2.0, 254.0]]
+    half_scale = tp.Tensor(torch.tensor(0.25, dtype=torch.float16))  # a Python float would need a cast, not a constant
+    out = run(lambda t: tp.dequantize(t, half_scale, tp.float16), q)
+    assert out.dtype == torch.float16 and out.tolist() == [[-32.0, -0.25, 0.0, 0.25, 31.75]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Integer arithmetic and casts. nvtripy's `/` emits Div, `//` emits FloorDiv, and `%` is composed
+# by the frontend as a - (a // b) * b. TensorRT's Python docs say only "Divide the first element
+# by the second" and "Floor division"; integer Div truncates toward zero here, as C does and as
+# StableHLO's divide (which mlir-tensorrt lowers to it) is specified.
+
+A = torch.tensor([7, -7, 7, -7, 6, -6, 0], dtype=torch.int32)
+B = torch.tensor([2, 2, -2, -2, 3, 4, 5], dtype=torch.int32)
+
+
+def test_integer_div_truncates_toward_zero():
+    assert run(lambda a, b: a / b, A, B).tolist() == [3, -3, -3, 3, 2, -1, 0]
+
+
+def test_integer_floor_div_floors():
+    assert run(lambda a, b: a // b, A, B).tolist() == [3, -4, -4, 3, 2, -2, 0]
+
+
+def test_integer_mod_takes_the_sign_of_the_divisor():
+    assert run(lambda a, b: a % b, A, B).tolist() == [1, 1, -1, -1, 0, 2, 0]
+    assert run(lambda a, b: a % b, A, B).tolist() == (A.numpy() % B.numpy()).tolist()  # Python's and numpy's %
+
+
+def test_float_floor_div_and_mod():
+    a, b = torch.tensor([7.5, -7.5, 7.5]), torch.tensor([2.0, 2.0, -2.0])
+    assert run(lambda x, y: x // y, a, b).tolist() == [3.0, -4.0, -4.0]
+    assert run(lambda x, y: x % y, a, b).tolist() == [1.5, 0.5, -0.5]
+
+
+def test_float_to_int_cast_truncates_toward_zero():
+    x = torch.tensor([1.7, -1.7, 2.5, -2.5, 0.2, -0.2])
+    for dtype in (tp.int32, tp.int64, tp.int8):
+        assert run(lambda t: tp.cast(t, dtype), x).tolist() == [1, -1, 2, -2, 0, 0]
+
+
+def test_cast_to_bool_tests_for_non_zero():
+    x = torch.tensor([0.0, -0.0, 0.1, -3.0])
+    assert run(lambda t: tp.cast(t, tp.bool), x).tolist() == [False, False, True, True]
