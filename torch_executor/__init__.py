@@ -23,16 +23,7 @@ def install():
         if getattr(sys.modules["nvtripy"], "_torch_executor_installed", False):
             return
         raise ExecutorError("nvtripy was imported before the CPU executor was installed")
-    try:
-        version = importlib.metadata.version("nvtripy")
-    except importlib.metadata.PackageNotFoundError:
-        raise ExecutorError(
-            f"nvtripy is not installed: pip install --no-deps nvtripy=={SUPPORTED_NVTRIPY_VERSION}"
-        ) from None
-    if version != SUPPORTED_NVTRIPY_VERSION:
-        raise ExecutorError(
-            f"the CPU executor supports nvtripy {SUPPORTED_NVTRIPY_VERSION} only, but {version} is installed"
-        )
+    check_nvtripy_version()
 
     from torch_executor import stubs
 
@@ -41,6 +32,22 @@ def install():
 
     _patch(nvtripy)
     nvtripy._torch_executor_installed = True
+
+
+def check_nvtripy_version():
+    """The executor patches nvtripy internals and reads its trace ops, so it needs the exact version
+    it was written against; any other fails here, before anything is patched."""
+    try:
+        version = importlib.metadata.version("nvtripy")
+    except importlib.metadata.PackageNotFoundError:
+        raise ExecutorError(
+            f"nvtripy is not installed: pip install --no-deps nvtripy=={SUPPORTED_NVTRIPY_VERSION}"
+        ) from None
+    if version != SUPPORTED_NVTRIPY_VERSION:
+        raise ExecutorError(
+            f"the CPU executor supports nvtripy {SUPPORTED_NVTRIPY_VERSION} only, but {version} is installed: "
+            f"pip install --no-deps nvtripy=={SUPPORTED_NVTRIPY_VERSION}"
+        )
 
 
 def _patch(nvtripy):

@@ -1,0 +1,124 @@
+"""Installing the executor: the version check, the import-time stubs, and what they must not break."""
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+import textwrap
+import types
+
+import pytest
+
+import torch_executor
+from torch_executor import stubs
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_python(code):
+    """Runs `code` in a fresh interpreter (nothing imported yet) from the repo root."""
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_the_installed_nvtripy_version_passes():
+    torch_executor.check_nvtripy_version()
+
+
+def test_another_nvtripy_version_is_refused(monkeypatch):
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.2.0")
+    with pytest.raises(torch_executor.ExecutorError, match=r"supports nvtripy 0\.1\.7 only, but 0\.2\.0 is installed"):
+        torch_executor.check_nvtripy_version()
+
+
+def test_a_missing_nvtripy_is_reported_with_the_install_command(monkeypatch):
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    with pytest.raises(torch_executor.ExecutorError, match=r"pip install --no-deps nvtripy==0\.1\.7"):
+        torch_executor.check_nvtripy_version()
+
+
+def test_the_version_check_runs_before_nvtripy_is_imported():
+    result = run_python(
+        """
+        import importlib.metadata, sys
+        importlib.metadata.version = lambda name: "9.9.9"
+        import torch_executor
+        try:
+            torch_executor.install()
+        except torch_executor.ExecutorError as exc:
+            print("refused:", exc)
+        print("nvtripy imported:", "nvtripy" in sys.modules)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "refused: the CPU executor supports nvtripy 0.1.7 only, but 9.9.9 is installed" in result.stdout
+    assert "nvtripy imported: False" in result.stdout
+
+
+def test_install_is_idempotent_but_refuses_an_nvtripy_imported_without_it(monkeypatch):
+    torch_executor.install()  # conftest already installed it: a no-op
+    monkeypatch.setitem(sys.modules, "nvtripy", types.ModuleType("nvtripy"))
+    with pytest.raises(torch_executor.ExecutorError, match="imported before the CPU executor"):
+        torch_executor.install()
+
+
+# ----------------------------------------------------------------------------------------------
+# Stubs
+
+
+def test_inert_objects_answer_ordinary_attributes_but_no_dunders():
+    inert = stubs.Inert("tensorrt.ILayer")
+    assert isinstance(inert.anything().more[3], stubs.Inert)
+    for dunder in ("__len__", "__iter__", "__version__", "__wrapped__", "__signature__"):
+        assert not hasattr(inert, dunder)
+
+    import tensorrt  # a stub, since the executor is installed
+
+    assert isinstance(tensorrt, stubs.InertModule)
+    assert isinstance(tensorrt.DataType, stubs.Inert)
+    assert not hasattr(tensorrt, "__version__")
+    assert not hasattr(tensorrt, "__all__")
+
+
+def test_only_tensorrt_and_mlir_tensorrt_are_stubbed():
+    finder = stubs.StubFinder()
+    assert finder.find_spec("tensorrt") is not None
+    assert finder.find_spec("mlir_tensorrt.compiler.dialects.tensorrt") is not None
+    for name in ("torch", "tensorrt_llm", "transformers", "mlir", "numpy.tensorrt"):
+        assert finder.find_spec(name) is None
+
+
+def test_the_runtime_and_compiler_apis_are_the_executors():
+    import mlir_tensorrt.compiler.api as compiler_api
+    import mlir_tensorrt.runtime.api as runtime_api
+
+    from torch_executor import compiler, runtime
+
+    assert runtime_api is runtime
+    assert compiler_api is compiler
+
+
+def test_torch_and_transformers_import_and_work_after_the_stubs():
+    result = run_python(
+        """
+        import backend
+        backend.select_backend("cpu", announce=False)
+        import nvtripy as tp
+        import torch
+        import transformers
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=16, n_positions=8))
+        logits = model(torch.tensor([[1, 2, 3]])).logits
+        print("logits", tuple(logits.shape))
+        print("tp", tp.ones((2,)).tolist())
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "logits (1, 3, 16)" in result.stdout
+    assert "tp [1.0, 1.0]" in result.stdout
