@@ -1,0 +1,133 @@
+"""GPT-2 as an nvtripy module, after nanoGPT's model.py and the nanoGPT example that ships with Tripy.
+
+Module and parameter names follow transformers' GPT2LMHeadModel (transformer.h.0.attn.c_attn.weight,
+..., lm_head.weight), so weight_loader.py copies a checkpoint key for key. The numerics follow it too.
+
+Import this only after `backend.select_backend(...)`: it imports nvtripy.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import nvtripy as tp
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # positions the model knows (n_positions); prompt + generated tokens must fit
+    vocab_size: int = 50257
+    num_layers: int = 12
+    num_heads: int = 12
+    embedding_size: int = 768
+    bias: bool = True
+    layer_norm_epsilon: float = 1e-5
+    batch_size: int = 1  # the compiled model's batch dimension
+    seq_len: int = 1024  # most tokens one call sees: the upper bound of the compiled sequence dimension
+    dtype: tp.dtype = tp.float32
+    quant_mode: Optional[str] = None  # ModelOpt quantization; None means full precision
+
+
+def linear_layer(config, in_features, out_features, bias):
+    """Builds every linear layer of the model, so that quantized layers can replace them in one place."""
+    if config.quant_mode is not None:
+        raise NotImplementedError(f"quant_mode '{config.quant_mode}' is not implemented yet")
+    return tp.Linear(in_features, out_features, bias=bias, dtype=config.dtype)
+
+
+def gelu_new(x):
+    """GPT-2's GELU, the tanh approximation ('gelu_new' in transformers); tp.gelu is the erf form."""
+    return 0.5 * x * (1.0 + tp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
+def causal_mask(query_positions, key_positions):
+    """True where a query must not attend: keys that come after the query's own position.
+
+    Taking positions rather than a length lets queries start later than the keys (a KV cache).
+    """
+    return tp.unsqueeze(key_positions, 0) > tp.unsqueeze(query_positions, 1)
+
+
+def attention(q, k, v, mask, head_size):
+    """Scaled dot-product attention over (batch, heads, tokens, head_size) tensors."""
+    att = (q @ tp.transpose(k, -2, -1)) * (1.0 / math.sqrt(head_size))
+    att = tp.masked_fill(att, mask, float("-inf"))
+    att = tp.softmax(att, dim=-1)
+    return att @ v
+
+
+class CausalSelfAttention(tp.Module):
+    def __init__(self, config):
+        super().__init__()
+        assert config.embedding_size % config.num_heads == 0
+        self.num_heads = config.num_heads
+        self.head_size = config.embedding_size // config.num_heads
+        self.embedding_size = config.embedding_size
+        # Query, key and value projections for all heads, in one matrix as GPT-2 stores them.
+        self.c_attn = linear_layer(config, config.embedding_size, 3 * config.embedding_size, config.bias)
+        self.c_proj = linear_layer(config, config.embedding_size, config.embedding_size, config.bias)
+
+    def split_heads(self, x):
+        B, T = x.shape[0], x.shape[1]
+        return tp.transpose(tp.reshape(x, (B, T, self.num_heads, self.head_size)), 1, 2)
+
+    def forward(self, x, positions):
+        B, T = x.shape[0], x.shape[1]
+        q, k, v = tp.split(self.c_attn(x), 3, dim=2)
+        q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
+        y = attention(q, k, v, causal_mask(positions, positions), self.head_size)
+        y = tp.reshape(tp.transpose(y, 1, 2), (B, T, self.embedding_size))
+        return self.c_proj(y)
+
+
+class MLP(tp.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = linear_layer(config, config.embedding_size, 4 * config.embedding_size, config.bias)
+        self.c_proj = linear_layer(config, 4 * config.embedding_size, config.embedding_size, config.bias)
+
+    def forward(self, x):
+        return self.c_proj(gelu_new(self.c_fc(x)))
+
+
+class Block(tp.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = tp.LayerNorm(config.embedding_size, dtype=config.dtype, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = tp.LayerNorm(config.embedding_size, dtype=config.dtype, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x, positions):
+        x = x + self.attn(self.ln_1(x), positions)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class Transformer(tp.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.wte = tp.Embedding(config.vocab_size, config.embedding_size, dtype=config.dtype)
+        self.wpe = tp.Embedding(config.block_size, config.embedding_size, dtype=config.dtype)
+        self.h = [Block(config) for _ in range(config.num_layers)]
+        self.ln_f = tp.LayerNorm(config.embedding_size, dtype=config.dtype, eps=config.layer_norm_epsilon)
+
+    def forward(self, idx):
+        positions = tp.arange(idx.shape[1], dtype=tp.int32)
+        x = self.wte(idx) + self.wpe(positions)
+        for block in self.h:
+            x = block(x, positions)
+        return self.ln_f(x)
+
+
+class GPT(tp.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = Transformer(config)
+        # GPT-2 ties this weight to transformer.wte.weight; the loader gives both the same tensor.
+        self.lm_head = linear_layer(config, config.embedding_size, config.vocab_size, bias=False)
+
+    def forward(self, idx):
+        """Logits of shape (batch, tokens, vocab) for int32 token ids of shape (batch, tokens)."""
+        return self.lm_head(self.transformer(idx))
