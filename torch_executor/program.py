@@ -159,9 +159,11 @@ class Program:
             if spec.min_value is not None:
                 value = int(memref.tensor)
                 if not spec.min_value <= value <= spec.max_value:
+                    # Not worded as a "Runtime shape mismatch": nvtripy would then look for shape
+                    # bounds on this DimensionSize input, which has none, and fail on that instead.
                     raise MTRTException(
-                        f"Runtime shape mismatch: dimension size argument {index} is {value}, "
-                        f"allowed [{spec.min_value}, {spec.max_value}]"
+                        f"Dimension size argument {index} is {value}, outside its value bounds "
+                        f"[{spec.min_value}, {spec.max_value}]"
                     )
 
     def run(self, memrefs):
