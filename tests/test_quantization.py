@@ -1,0 +1,297 @@
+"""quantization.py: offline calibration text, ModelOpt 0.47 configs, and Tripy-layout tensors whose
+quantized-linear math (quantization.reference_quantized_linear) reproduces ModelOpt's fake-quantized
+transformers model."""
+
+import functools
+import os
+
+import pytest
+import torch
+
+import quantization as q
+from quantization_fixtures import (
+    ActivationTieProbe,
+    byte_encode,
+    calibration_batches,
+    reference_gpt2_logits,
+    relative_max_error,
+    tiny_gpt2,
+)
+
+SEEDS = (0, 1)
+# Logits of the reference vs ModelOpt, max |difference| / max |logit|. Weight-only modes compute
+# the same products in a different order: fp32 rounding (measured <= 1e-6).
+FP32_TOLERANCE = 1e-5
+LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+
+
+@functools.lru_cache(maxsize=None)
+def quantized(quant_mode, seed):
+    """(calibrated ModelOpt model, Tripy state dict, calibration data), once per mode and seed."""
+    model = tiny_gpt2(seed)
+    calib = calibration_batches(model.config.vocab_size)
+    q.modelopt_quantize(model, quant_mode, calib.batches, progress=False)
+    return model, q.tripy_quantized_state_dict(model, quant_mode), calib
+
+
+def eval_ids(model, seed):
+    """Token ids unlike the calibration text: random, two sequences."""
+    return torch.randint(0, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(100 + seed))
+
+
+# ----------------------------------------------------------------------------------------------
+# Calibration text
+
+
+def test_default_calibration_text_ships_with_python():
+    texts = q.load_calibration_texts()
+    assert len(texts) > 50
+    assert all(isinstance(t, str) and t.strip() for t in texts)
+    assert texts == q.load_calibration_texts()  # deterministic order
+    assert any("assert" in t for t in texts)
+
+
+def test_calibration_file_is_split_into_paragraphs(tmp_path):
+    path = tmp_path / "calib.txt"
+    path.write_text("First paragraph,\nstill first.\n\n\n  Second one.  \r\n\r\nThird.\n", encoding="utf-8")
+    assert q.load_calibration_texts(path) == ["First paragraph,\nstill first.", "Second one.", "Third."]
+    assert q.load_calibration_texts(str(path)) == q.load_calibration_texts(path)
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [(None, "does not exist"), ("", "holds no text"), ("  \n\n \t\n", "holds no text"), (b"\xff\xfe\x00", "not UTF-8")],
+)
+def test_bad_calibration_file_is_one_clear_error(tmp_path, content, expected):
+    path = tmp_path / "calib.txt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(ValueError) as info:
+        q.load_calibration_texts(path)
+    assert isinstance(info.value, q.CalibrationDataError)
+    message = str(info.value)
+    assert expected in message and str(path) in message and "\n" not in message
+
+
+def test_calibration_directory_is_an_error(tmp_path):
+    with pytest.raises(q.CalibrationDataError, match="not a regular file"):
+        q.load_calibration_texts(tmp_path)
+
+
+def test_calibration_batches_count_samples_and_tokens():
+    encode = byte_encode(100)
+    data = q.make_calibration_batches(["abcdef", "", "xy", "z" * 50], encode, max_length=4)
+    assert [b.tolist() for b in data.batches] == [[encode("abcd")], [encode("xy")], [encode("zzzz")]]
+    assert all(b.dtype == torch.long for b in data.batches)
+    assert (data.num_samples, data.num_tokens) == (3, 10)
+    capped = q.make_calibration_batches(["abcdef", "xy", "z"], encode, max_length=4, num_samples=2)
+    assert (capped.num_samples, capped.num_tokens) == (2, 6)
+    with pytest.raises(q.CalibrationDataError, match="no tokens"):
+        q.make_calibration_batches(["", ""], encode)
+
+
+# ----------------------------------------------------------------------------------------------
+# ModelOpt configuration and calibration
+
+
+def enabled_quantizers(model):
+    return {name for name, m in model.named_modules() if name.endswith("quantizer") and m.is_enabled}
+
+
+@pytest.mark.parametrize("quant_mode", q.QUANT_MODES)
+def test_quantizers_per_mode(quant_mode):
+    model, _, _ = quantized(quant_mode, 0)
+    layers = [f"transformer.h.{i}.{linear}" for i in range(model.config.n_layer) for linear in LINEARS]
+    expected = {f"{layer}.weight_quantizer" for layer in layers}
+    if quant_mode == "float8":
+        layers.append("lm_head")
+        expected = {f"{layer}.{kind}_quantizer" for layer in layers for kind in ("weight", "input")}
+    assert enabled_quantizers(model) == expected  # nothing on LayerNorms, embeddings, outputs, attention
+
+    c_fc = model.transformer.h[0].mlp.c_fc
+    wq = c_fc.weight_quantizer
+    if quant_mode == "int8-weight-only":
+        assert (wq.num_bits, wq.axis, wq.block_sizes) == (8, 0, None)
+        assert wq.amax.shape == (c_fc.out_features, 1)
+    elif quant_mode == "int4-weight-only":
+        assert wq.num_bits == 4 and wq.block_sizes[-1] == q.INT4_BLOCK_SIZE
+        assert c_fc.input_quantizer.pre_quant_scale is not None  # AWQ ran
+    else:
+        for quantizer in (wq, c_fc.input_quantizer, model.lm_head.weight_quantizer, model.lm_head.input_quantizer):
+            assert quantizer.num_bits == (4, 3) and quantizer.amax.numel() == 1
+
+
+def test_calibration_shows_progress_on_stderr(capsys):
+    model = tiny_gpt2(0, n_layer=1)
+    q.modelopt_quantize(model, "int4-weight-only", calibration_batches(model.config.vocab_size, 3).batches)
+    err = capsys.readouterr().err
+    assert "calibrating int4-weight-only (pass 1/2)" in err and "(pass 2/2)" in err and "3/3" in err
+
+
+def test_bad_arguments_are_value_errors():
+    model = tiny_gpt2(0, n_embd=192, n_layer=1, n_head=3)
+    batches = calibration_batches(model.config.vocab_size, 1).batches
+    with pytest.raises(ValueError, match="unknown quantization mode"):
+        q.modelopt_quantize(model, "int2", batches)
+    with pytest.raises(ValueError, match="multiple of 128"):
+        q.modelopt_quantize(model, "int4-weight-only", batches)
+    with pytest.raises(ValueError, match="no calibration batches"):
+        q.modelopt_quantize(model, "float8", [])
+    with pytest.raises(ValueError, match="no quantized linear layers"):
+        q.tripy_quantized_state_dict(tiny_gpt2(0, n_layer=1), "float8")
+
+
+# ----------------------------------------------------------------------------------------------
+# Tripy's tensors
+
+
+@pytest.mark.parametrize("quant_mode", q.QUANT_MODES)
+def test_state_dict_layouts(quant_mode):
+    model, state, _ = quantized(quant_mode, 0)
+    n, inner, vocab = model.config.n_embd, 4 * model.config.n_embd, model.config.vocab_size
+    shapes = {"attn.c_attn": (n, 3 * n), "attn.c_proj": (n, n), "mlp.c_fc": (n, inner), "mlp.c_proj": (inner, n)}
+    suffixes = set()
+    for linear, (fan_in, fan_out) in shapes.items():
+        name = f"transformer.h.1.{linear}"
+        assert state[f"{name}.bias"].shape == (fan_out,)
+        if quant_mode == "int8-weight-only":
+            assert state[f"{name}.weight"].shape == (fan_out, fan_in)
+            assert state[f"{name}.weight_scale"].shape == (fan_out,)
+        elif quant_mode == "int4-weight-only":
+            assert state[f"{name}.weight"].shape == (fan_in, fan_out)
+            assert state[f"{name}.weight_scale"].shape == (fan_in // 128, fan_out)
+        else:
+            assert state[f"{name}.weight"].shape == (fan_out, fan_in)
+            assert state[f"{name}.weight_scale"].shape == state[f"{name}.input_scale"].shape == ()
+        suffixes |= {k[len(name) + 1 :] for k in state if k.startswith(name + ".")}
+    expected = {"weight", "bias", "weight_scale"} | {
+        "int8-weight-only": set(),
+        "int4-weight-only": {"pre_quant_scale"},
+        "float8": {"input_scale"},
+    }[quant_mode]
+    assert suffixes == expected
+
+    hf_keys = set(tiny_gpt2(0).state_dict())
+    assert hf_keys <= set(state)
+    extra = {k for k in state if k not in hf_keys}
+    assert all(k.endswith(("_scale",)) for k in extra)
+    assert state["lm_head.weight"].shape == (vocab, n)
+    assert ("lm_head.weight_scale" in state) == ("lm_head.input_scale" in state) == (quant_mode == "float8")
+    assert all(v.dtype == torch.float32 for v in state.values())
+
+
+def test_awq_pre_quant_scales_are_folded_or_explicit():
+    model, state, _ = quantized("int4-weight-only", 0)
+    block = model.transformer.h[1]
+    for linear, norm in ((block.attn.c_attn, block.ln_1), (block.mlp.c_fc, block.ln_2)):
+        s = linear.input_quantizer.pre_quant_scale
+        prefix = "transformer.h.1." + ("ln_1" if norm is block.ln_1 else "ln_2")
+        torch.testing.assert_close(state[f"{prefix}.weight"], norm.weight * s, rtol=0, atol=0)
+        torch.testing.assert_close(state[f"{prefix}.bias"], norm.bias * s, rtol=0, atol=0)
+    for name, linear in (("attn.c_proj", block.attn.c_proj), ("mlp.c_proj", block.mlp.c_proj)):
+        s = state[f"transformer.h.1.{name}.pre_quant_scale"]
+        assert not torch.allclose(s, torch.ones_like(s))
+        torch.testing.assert_close(s, linear.input_quantizer.pre_quant_scale, rtol=0, atol=0)
+    assert not any(k.endswith(("c_attn.pre_quant_scale", "c_fc.pre_quant_scale")) for k in state)
+
+
+@pytest.mark.parametrize("quant_mode", q.QUANT_MODES)
+def test_weights_requantize_to_modelopt_codes(quant_mode):
+    """Tripy's quantize of the stored weight with the stored scale gives ModelOpt's fake-quantized weight."""
+    model, state, _ = quantized(quant_mode, 0)
+    for name in [f"transformer.h.{i}.{linear}" for i in range(model.config.n_layer) for linear in LINEARS]:
+        module = model.get_submodule(name)
+        with torch.no_grad():
+            theirs = module.weight_quantizer(module.weight)
+        dim = 0 if quant_mode == "int8-weight-only" else None
+        ours = q.reference_fake_quantize(state[f"{name}.weight"], state[f"{name}.weight_scale"], quant_mode, dim)
+        if quant_mode == "int4-weight-only":
+            ours = ours.t()
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0)
+
+
+def test_int4_layout_is_tripys_blockwise_quantization():
+    """nvtripy's own quantize/dequantize (blocks along dim 0) on [in, out] and [in/128, out] == ModelOpt's blocks."""
+    import nvtripy as tp
+
+    model, state, _ = quantized("int4-weight-only", 0)
+    name = "transformer.h.0.mlp.c_proj"  # in = 1024: eight blocks per output column
+    weight, scale = state[f"{name}.weight"], state[f"{name}.weight_scale"]
+    tp_weight = tp.dequantize(tp.quantize(tp.Tensor(weight), tp.Tensor(scale), tp.int4), tp.Tensor(scale), tp.float32)
+    module = model.get_submodule(name)
+    with torch.no_grad():
+        theirs = module.weight_quantizer(module.weight).t()
+    torch.testing.assert_close(torch.from_dlpack(tp_weight), theirs, rtol=1e-6, atol=0)
+
+
+def test_reference_quantize_rounds_half_to_even_and_saturates():
+    x = torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5, 300.0, -300.0])
+    one = torch.tensor(1.0)
+    assert q.reference_quantize(x, one, "int8-weight-only").tolist() == [0, 2, 2, 0, -2, 127, -128]
+    assert q.reference_quantize(x, one, "int4-weight-only").tolist() == [0, 2, 2, 0, -2, 7, -8]
+    fp8 = q.reference_quantize(torch.tensor([1000.0, -1000.0, 17.0, 19.0]), one, "float8")
+    assert fp8.dtype == torch.float8_e4m3fn and fp8.float().tolist() == [448.0, -448.0, 16.0, 20.0]
+    w = torch.arange(8.0).reshape(4, 2)
+    assert q.reference_fake_quantize(w, torch.tensor([1.0, 2.0, 4.0, 8.0]), "int8-weight-only", dim=0).equal(
+        torch.tensor([[0.0, 1.0], [2.0, 4.0], [4.0, 4.0], [8.0, 8.0]])
+    )
+    blocks = q.reference_fake_quantize(w, torch.tensor([[1.0, 1.0], [4.0, 4.0]]), "int4-weight-only")
+    assert blocks.equal(torch.tensor([[0.0, 1.0], [2.0, 3.0], [4.0, 4.0], [8.0, 8.0]]))
+
+
+# ----------------------------------------------------------------------------------------------
+# The reference forward on Tripy's tensors reproduces ModelOpt's fake-quantized model
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("quant_mode", ["int8-weight-only", "int4-weight-only"])
+def test_weight_only_logits_match_modelopt(quant_mode, seed):
+    model, state, _ = quantized(quant_mode, seed)
+    ids = eval_ids(model, seed)
+    with torch.no_grad():
+        theirs = model(ids).logits
+        ours = reference_gpt2_logits(state, model.config, quant_mode, ids)
+    assert relative_max_error(ours, theirs) <= FP32_TOLERANCE
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_float8_logits_match_modelopt_up_to_activation_ties(seed):
+    """Exact to fp32 rounding at every position before the first activation that the two round differently.
+
+    Such ties are rare (asserted below), but past one the two forwards drift by about the size of
+    the fp8 quantization error itself, so only the positions before it are compared closely.
+    """
+    model, state, _ = quantized("float8", seed)
+    ids = eval_ids(model, seed)
+    probe = ActivationTieProbe(model, ids)
+    with torch.no_grad():
+        ours = reference_gpt2_logits(state, model.config, "float8", ids, tie_probe=probe)
+    theirs = probe.modelopt_logits
+    assert probe.ties <= 1e-4 * probe.elements
+    scale = theirs.abs().max()
+    compared = 0
+    for b, first_tie in enumerate(probe.first_tie):
+        if first_tie > 0:
+            assert (ours[b, :first_tie] - theirs[b, :first_tie]).abs().max() / scale <= FP32_TOLERANCE
+            compared += first_tie
+    assert compared >= ids.numel() // 4  # ties are rare: most positions precede any
+    if all(t == ids.shape[1] for t in probe.first_tie):
+        assert relative_max_error(ours, theirs) <= FP32_TOLERANCE
+
+
+def test_dropping_awq_pre_quant_scale_visibly_changes_logits():
+    model, state, _ = quantized("int4-weight-only", 0)
+    ids = eval_ids(model, 0)
+    hf = model.state_dict()
+    dropped = {k: v for k, v in state.items() if not k.endswith(".pre_quant_scale")}
+    for key in state:
+        if ".ln_1." in key or ".ln_2." in key:
+            dropped[key] = hf[key].float()  # the LayerNorms without AWQ's scales folded in
+    with torch.no_grad():
+        theirs = model(ids).logits
+        kept = relative_max_error(reference_gpt2_logits(state, model.config, "int4-weight-only", ids), theirs)
+        lost = relative_max_error(reference_gpt2_logits(dropped, model.config, "int4-weight-only", ids), theirs)
+    assert kept <= FP32_TOLERANCE
+    assert lost > 1e-2 and lost > 1000 * kept
