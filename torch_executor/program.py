@@ -46,6 +46,22 @@ def op_attributes(op):
     }
 
 
+class _Diagnostic:
+    def __init__(self, location):
+        self.location = location
+
+
+def op_error(op, message):
+    """An error that nvtripy traces back to the user code that created `op`: it reads the
+    location of MLIR diagnostics in this form, as it does for TensorRT's compiler."""
+    from nvtripy.backend.mlir.utils import OUTPUT_SEPARATOR
+
+    names = lambda tensors: ",".join(t.name for t in tensors)
+    error = MTRTException(message)
+    error.error_diagnostics = [_Diagnostic(f'loc("{names(op.inputs)}{OUTPUT_SEPARATOR}{names(op.outputs)}")')]
+    return error
+
+
 @dataclasses.dataclass
 class Step:
     kind: str
@@ -79,7 +95,7 @@ class Program:
         for step in self.steps:
             if step.kind not in ops.OPS:
                 raise MTRTException(f"The CPU executor does not implement trace op '{step.kind}'")
-        self._calls = [(ops.OPS[s.kind], s.inputs, s.outputs, s.attrs) for s in self.steps]
+        self._calls = [(s.kind, ops.OPS[s.kind], s.inputs, s.outputs, s.attrs) for s in self.steps]
         self._constant_ptrs = {t.untyped_storage().data_ptr() for t in self.constants.values() if t.numel()}
 
     # ------------------------------------------------------------------------------------------
@@ -116,12 +132,15 @@ class Program:
                 continue
             kind = op_key(op)
             if kind in ops.UNSUPPORTED:
-                raise MTRTException(f"The CPU executor cannot run trace op '{kind}': {ops.UNSUPPORTED[kind]} (from: {op})")
+                raise op_error(op, f"The CPU executor cannot run trace op '{kind}': {ops.UNSUPPORTED[kind]}")
             if kind not in ops.OPS:
-                raise MTRTException(f"The CPU executor does not implement trace op '{kind}' (from: {op})")
+                raise op_error(op, f"The CPU executor does not implement trace op '{kind}'")
             step = Step(kind, op_attributes(op), [slot(t) for t in op.inputs], [slot(t) for t in op.outputs])
             if all(i in constants for i in step.inputs):
-                results = ops.OPS[step.kind](*[constants[i] for i in step.inputs], **step.attrs)
+                try:
+                    results = ops.OPS[step.kind](*[constants[i] for i in step.inputs], **step.attrs)
+                except Exception as exc:
+                    raise op_error(op, f"Trace op '{kind}' failed: {type(exc).__name__}: {exc}") from exc
                 results = results if isinstance(results, tuple) else (results,)
                 constants.update(zip(step.outputs, results))
             else:
@@ -173,8 +192,11 @@ class Program:
             values[slot] = tensor
         for slot, memref in zip(self.input_slots, memrefs):
             values[slot] = memref.tensor
-        for fn, ins, outs, attrs in self._calls:
-            result = fn(*[values[i] for i in ins], **attrs)
+        for kind, fn, ins, outs, attrs in self._calls:
+            try:
+                result = fn(*[values[i] for i in ins], **attrs)
+            except Exception as exc:
+                raise MTRTException(f"Trace op '{kind}' failed: {type(exc).__name__}: {exc}") from exc
             if len(outs) == 1:
                 values[outs[0]] = result
             else:

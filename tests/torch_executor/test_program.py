@@ -118,8 +118,17 @@ def test_ops_on_constants_are_folded_at_compile_time():
 
 def test_an_op_the_executor_lacks_fails_loudly_naming_it(monkeypatch):
     monkeypatch.delitem(ops.OPS, "unary.Exp")
-    with pytest.raises(tp.TripyException, match=r"The CPU executor does not implement trace op 'unary.Exp'"):
-        tp.exp(tp.ones((2,))).eval()
+    exponent = tp.exp(tp.ones((2,)))
+    with pytest.raises(tp.TripyException, match=r"The CPU executor does not implement trace op 'unary.Exp'") as info:
+        exponent.eval()
+    assert "exponent = tp.exp(tp.ones((2,)))" in str(info.value)  # nvtripy points at the user's line
+
+
+def test_an_op_that_fails_at_run_time_is_named():
+    compiled = tp.compile(lambda a, b: a @ b, args=[tp.InputInfo((2, (1, 3, 4)), tp.float32)] * 2)
+    a = on_device(torch.ones(2, 3))
+    with pytest.raises(tp.TripyException, match=r"Trace op 'MatrixMultiply' failed: RuntimeError: mat1 and mat2 shapes"):
+        compiled(a, a)
 
 
 def test_a_program_with_an_unknown_step_is_refused():
