@@ -10,6 +10,7 @@ still has to run.
 
 import inspect
 import linecache
+import pathlib
 import re
 import textwrap
 import types
@@ -154,6 +155,40 @@ def test_examples_were_found():
     # The count tracks nvtripy 0.1.7; a parser that silently found nothing must not pass.
     assert len(EXAMPLES) > 250
     assert set(EXPECTED_FAILURES) <= {example_id for example_id, _ in EXAMPLES}
+
+
+def test_every_example_in_the_package_sources_is_collected():
+    package = pathlib.Path(tp.__file__).parent
+    in_sources = {block for path in package.rglob("*.py") for block in code_blocks(path.read_text())}
+    assert len(in_sources) > 150
+    assert in_sources <= {code for _, code in EXAMPLES}
+
+
+def test_code_blocks_keep_doc_markers_and_drop_directive_options():
+    doc = """
+    Summary.
+
+    .. code-block:: python
+        :linenos:
+        :caption: Example
+
+        import tempfile # doc: omit
+        # doc: print-locals out
+        if True:
+            out = 1
+
+        assert out == 1
+
+    Trailing text.
+
+        .. code-block:: python
+
+            nested = 2
+    """
+    assert code_blocks(doc) == [
+        "import tempfile # doc: omit\n# doc: print-locals out\nif True:\n    out = 1\n\nassert out == 1\n",
+        "nested = 2\n",
+    ]
 
 
 def run_example(example_id, code):
