@@ -1,7 +1,10 @@
 """What each nvtripy trace op means, in PyTorch: one function per op, keyed by the op's class name.
 
-Where nvtripy leaves semantics to TensorRT, these follow TensorRT:
-- integer `Div` rounds toward zero, `FloorDiv` toward negative infinity;
+Where nvtripy leaves semantics to TensorRT, these follow TensorRT (convolution, pooling and resize
+are described in their own sections below):
+- integer `Div` rounds toward zero, `FloorDiv` toward negative infinity (TensorRT's Python docs
+  say only "divide" and "floor division"; truncation is C's rule, and StableHLO's, whose divide
+  mlir-tensorrt lowers to TensorRT's);
 - `Cast` from a float to an integer type rounds toward zero; to bool it tests for non-zero;
 - `Quantize` divides by the scale, rounds half to even and saturates: int8 to [-128, 127], int4 to
   [-8, 7], float8 e4m3 to [-448, 448]. A scalar scale is per tensor, a 1-D scale is per channel

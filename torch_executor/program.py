@@ -21,8 +21,12 @@ _KEYED_BY_MODULE = ("binary", "unary", "reduce")
 
 
 def op_key(op):
-    module = type(op).__module__.rsplit(".", 1)[-1]
-    name = type(op).__name__
+    return op_class_key(type(op))
+
+
+def op_class_key(op_class):
+    module = op_class.__module__.rsplit(".", 1)[-1]
+    name = op_class.__name__
     return f"{module}.{name}" if module in _KEYED_BY_MODULE else name
 
 

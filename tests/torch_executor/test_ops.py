@@ -4,12 +4,34 @@ Most tests go through nvtripy's frontend, so they also check that the trace carr
 op needs; a few call `torch_executor.ops` directly where the frontend cannot reach an edge case.
 """
 
+import importlib
+import inspect
+import pkgutil
+
 import numpy as np
 import pytest
 import torch
 
 import nvtripy as tp
+from nvtripy.trace.ops.base import TraceOp
 from torch_executor import ops
+from torch_executor.program import op_class_key
+
+
+def trace_op_classes():
+    """Every op class nvtripy's frontend can put in a trace."""
+    package = importlib.import_module("nvtripy.trace.ops")
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"nvtripy.trace.ops.{info.name}")
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, TraceOp) and not inspect.isabstract(value):
+                yield value
+
+
+def test_every_trace_op_is_implemented_or_refused_with_a_reason():
+    keys = {op_class_key(cls) for cls in trace_op_classes()}
+    assert len(keys) >= 60  # nvtripy 0.1.7 defines 60
+    assert keys - set(ops.OPS) == set(ops.UNSUPPORTED)
 
 
 def as_torch(tensor):
