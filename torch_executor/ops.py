@@ -341,7 +341,7 @@ def avg_pooling(x, *, kernel_dims, stride, pre_padding, post_padding, avg_exclud
 # given), by
 # - ResizeNearest: asymmetric, src = dst * in / out, rounded down;
 # - ResizeLinear, ResizeCubic: half-pixel, src = (dst + 0.5) * in / out - 0.5, or with
-#   `align_corners`, src = dst * (in - 1) / (out - 1).
+#   `align_corners`, src = dst * (in - 1) / (out - 1) (0 when out is 1).
 # Neighbours past the edge repeat the edge, and cubic uses coefficient A = -0.75, as PyTorch does.
 
 CUBIC_COEFFICIENT = -0.75
