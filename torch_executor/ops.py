@@ -211,8 +211,10 @@ def softmax(x, *, dim):
 
 def layer_norm(x, weight, bias, *, normalized_shape, eps):
     dims = len(normalized_shape)
-    if weight.shape == x.shape[-dims:] and bias.shape == x.shape[-dims:]:
-        return F.layer_norm(x, x.shape[-dims:], weight, bias, eps)
+    normalized = x.shape[-dims:]
+    # nvtripy hands over weight and bias broadcast to the input's rank, e.g. (1, 1, C).
+    if weight.numel() == bias.numel() == normalized.numel() and weight.shape[-dims:] == normalized:
+        return F.layer_norm(x, normalized, weight.reshape(normalized), bias.reshape(normalized), eps)
     reduce_dims = tuple(range(x.dim() - dims, x.dim()))
     mean = x.mean(reduce_dims, keepdim=True)
     var = x.var(reduce_dims, keepdim=True, unbiased=False)
