@@ -9,3 +9,95 @@ sys.path.insert(0, REPO_ROOT)
 import backend  # noqa: E402
 
 BACKEND = backend.select_backend_from_env()
+
+
+# --- GPT-2 checkpoints for test_model.py, test_weight_loader.py and test_example.py ------------------
+
+import shutil  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import make_tiny_checkpoint  # noqa: E402
+
+SHARED_TIKTOKEN_CACHE = os.path.join(REPO_ROOT, "..", "shared", "tiktoken-cache")
+
+# Random GPT-2s for parity with transformers: layer and head counts vary, "odd" has a head size of 7,
+# "gpt2-vocab" has GPT-2's vocabulary of 50257, and "eps" a layer_norm_epsilon other than 1e-5.
+PARITY_CONFIGS = {
+    "gpt2-vocab": dict(num_layers=2, num_heads=2, embedding_size=32, block_size=64, vocab_size=50257),
+    "odd": dict(num_layers=3, num_heads=3, embedding_size=21, block_size=32),
+    "eps": dict(num_layers=1, num_heads=8, embedding_size=64, block_size=48, layer_norm_epsilon=1e-3),
+}
+
+
+def write_random_checkpoint(directory, seed=0, layer_norm_epsilon=1e-5, **shape):
+    """A random GPT-2 checkpoint with the tiny tokenizer. Its weights are scaled like a trained model's
+    (unit-variance projections, layer norms off 1 and 0, logits of a few units) rather than
+    transformers' small init, so that a wrong GELU or epsilon shows in the logits. Returns the HF model."""
+    model = make_tiny_checkpoint.make_checkpoint(directory, seed=seed, layer_norm_epsilon=layer_norm_epsilon, **shape)
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".ln_" in name and name.endswith("weight"):
+                param.mul_(torch.exp(0.3 * torch.randn(param.shape, generator=generator)))
+            elif name.endswith("bias"):
+                param.normal_(0.0, 0.1, generator=generator)
+            elif "wte" in name:
+                param.normal_(0.0, 0.15, generator=generator)
+            elif "wpe" in name:
+                param.normal_(0.0, 0.5, generator=generator)
+            else:  # Conv1D weights, stored (in, out)
+                param.normal_(0.0, param.shape[0] ** -0.5, generator=generator)
+    model.save_pretrained(directory)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """The checkpoint make_tiny_checkpoint.py writes by default: what the README runs."""
+    directory = str(tmp_path_factory.mktemp("tiny-gpt2"))
+    make_tiny_checkpoint.make_checkpoint(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def parity_checkpoints(tmp_path_factory):
+    """name -> (directory, transformers GPT2LMHeadModel in fp32) for every PARITY_CONFIGS entry."""
+    checkpoints = {}
+    for seed, (name, shape) in enumerate(PARITY_CONFIGS.items()):
+        directory = str(tmp_path_factory.mktemp(f"parity-{name}"))
+        checkpoints[name] = (directory, write_random_checkpoint(directory, seed=seed, **shape))
+    return checkpoints
+
+
+@pytest.fixture
+def offline_env(tmp_path):
+    """Environment for running example.py as a user would with no network: an empty Hugging Face
+    cache, hub access off, and tiktoken's cache pointing at an empty directory."""
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"), TIKTOKEN_CACHE_DIR=str(tmp_path / "tiktoken"))
+    env.pop("HF_HUB_CACHE", None)
+    env.pop("TRANSFORMERS_CACHE", None)
+    return env
+
+
+@pytest.fixture(scope="session")
+def gpt2_tiktoken_cache(tmp_path_factory):
+    """A writable copy of the shared tiktoken cache (../shared/tiktoken-cache), or skip without one."""
+    if not os.path.isdir(SHARED_TIKTOKEN_CACHE):
+        pytest.skip("tiktoken's gpt2 encoding is not cached in ../shared/tiktoken-cache and there is no network")
+    copy = str(tmp_path_factory.mktemp("tiktoken-cache") / "cache")
+    shutil.copytree(SHARED_TIKTOKEN_CACHE, copy)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def real_gpt2():
+    """The Hub id under which OpenAI's gpt2 is in the local Hugging Face cache, or skip without it."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for repo in ("gpt2", "openai-community/gpt2"):
+        if all(isinstance(try_to_load_from_cache(repo, name), str) for name in ("config.json", "model.safetensors")):
+            return repo
+    pytest.skip("needs the real gpt2 weights, which are not in the Hugging Face cache (and there is no network)")

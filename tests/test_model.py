@@ -1,0 +1,100 @@
+"""model.py: the GPT matches transformers' GPT2LMHeadModel, parameter for parameter and logit for logit."""
+
+import copy
+
+import nvtripy as tp
+import pytest
+import torch
+from conftest import PARITY_CONFIGS
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import weight_loader
+from model import GPT, GPTConfig, gelu_new, linear_layer
+
+TOLERANCE = {"float32": 1e-4, "float16": 2e-2}
+DTYPES = {"float32": tp.float32, "float16": tp.float16}
+
+
+def device_tensor(t):
+    return tp.copy(tp.Tensor(t), tp.device("gpu"))
+
+
+def compiled_gpt(directory, dtype):
+    """Loads a checkpoint the way example.py does and compiles it for every length up to its block size."""
+    hf_config = weight_loader.load_hf_config(directory)
+    model = GPT(weight_loader.gpt_config_from_hf(hf_config, dtype=dtype))
+    weight_loader.load_weights_from_hf(model, directory, dtype)
+    seq_len = tp.NamedDimension("seq_len", 1, 8, model.config.seq_len)
+    return model, tp.compile(model, args=[tp.InputInfo((1, seq_len), dtype=tp.int32)])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("name", list(PARITY_CONFIGS))
+def test_logits_match_transformers(parity_checkpoints, name, dtype):
+    directory, hf_model = parity_checkpoints[name]
+    # The reference runs at the same precision: fp16 is compared with transformers in fp16.
+    reference = hf_model if dtype == "float32" else copy.deepcopy(hf_model).half()
+    _, compiled = compiled_gpt(directory, DTYPES[dtype])
+    block_size = hf_model.config.n_positions
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for length in (1, 7, block_size):
+        idx = torch.randint(0, hf_model.config.vocab_size, (1, length), generator=generator)
+        logits = torch.from_dlpack(compiled(device_tensor(idx.to(torch.int32)))).float()
+        with torch.no_grad():
+            expected = reference(idx).logits.float()
+        assert logits.shape == expected.shape
+        worst = max(worst, (logits - expected).abs().max().item())
+    print(f"parity {name} {dtype}: max |logit diff| = {worst:.2e}")  # shown with pytest -s
+    assert worst < TOLERANCE[dtype], f"{name} {dtype}: max |logit difference| {worst:.2e}"
+
+
+def test_parameter_names_are_transformers_state_dict_keys():
+    hf_config = GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=50, n_positions=8)
+    config = weight_loader.gpt_config_from_hf(hf_config)
+    ours = GPT(config).state_dict()
+    theirs = GPT2LMHeadModel(hf_config).state_dict()
+    assert set(ours) == set(theirs)
+    for key, param in ours.items():
+        shape = tuple(theirs[key].shape)
+        expected = shape[::-1] if key.endswith(weight_loader.TRANSPOSED) else shape
+        assert tuple(param.shape) == expected, key
+
+
+def test_gelu_is_gpt2s_tanh_approximation():
+    x = torch.linspace(-6, 6, 97)
+    ours = torch.from_dlpack(gelu_new(tp.Tensor(x)).eval())
+    assert torch.allclose(ours, torch.nn.functional.gelu(x, approximate="tanh"), atol=1e-6)
+    # tp.gelu is the erf form; the two differ by more than the parity tolerance.
+    erf_form = torch.from_dlpack(tp.gelu(tp.Tensor(x)).eval())
+    assert (erf_form - ours).abs().max() > 1e-4
+
+
+def test_attention_is_causal(tiny_checkpoint):
+    """Changing a token changes no logits before it."""
+    _, compiled = compiled_gpt(tiny_checkpoint, tp.float32)
+    idx = torch.arange(10, dtype=torch.int32)[None] + 40
+    changed = idx.clone()
+    changed[0, 6] = 7
+    before = torch.from_dlpack(compiled(device_tensor(idx))).clone()
+    after = torch.from_dlpack(compiled(device_tensor(changed)))
+    assert torch.equal(before[:, :6], after[:, :6])
+    assert not torch.equal(before[:, 6:], after[:, 6:])
+
+
+def test_linear_layers_are_built_in_one_place_and_reject_unknown_quantization():
+    assert isinstance(linear_layer(GPTConfig(), 4, 8, bias=True), tp.Linear)
+    with pytest.raises(NotImplementedError, match="not implemented yet"):
+        GPT(GPTConfig(num_layers=1, embedding_size=8, num_heads=2, vocab_size=10, quant_mode="int8-weight-only"))
+
+
+
+def test_real_gpt2_logits_match_transformers(real_gpt2):
+    hf_model = GPT2LMHeadModel.from_pretrained(real_gpt2, local_files_only=True).eval()
+    _, compiled = compiled_gpt(real_gpt2, tp.float32)
+    idx = torch.randint(0, 50257, (1, 40), generator=torch.Generator().manual_seed(0))
+    logits = torch.from_dlpack(compiled(device_tensor(idx.to(torch.int32))))
+    with torch.no_grad():
+        expected = hf_model(idx).logits
+    # GPT-2's logits run to about -100 to -200, so fp32 rounding shows at a few 1e-4.
+    assert (logits - expected).abs().max().item() < 2e-3
