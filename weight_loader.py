@@ -46,8 +46,8 @@ def _quiet_transformers():
 
 
 def is_local(model_type):
-    """A path-like name is a checkpoint directory; anything else is a Hub id."""
-    return os.path.isdir(model_type) or model_type.startswith((".", "/", "~")) or os.sep in model_type.strip("/")
+    """A directory, or a name only a path can have, is a checkpoint directory; else it is a Hub id (name or org/name)."""
+    return os.path.isdir(model_type) or model_type.startswith((".", "/", "~")) or model_type.count("/") > 1
 
 
 def _from_pretrained(cls, model_type, **kwargs):
