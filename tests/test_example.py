@@ -1,0 +1,257 @@
+"""example.py: generation matches transformers, sampling is reproducible, bad input gets one clear line.
+
+Most tests run the real command line in a subprocess, offline: an empty Hugging Face cache with
+hub access off, and no tiktoken cache.
+"""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import nvtripy as tp
+import pytest
+import torch
+from conftest import BACKEND, REPO_ROOT
+from safetensors.torch import load_file, save_file
+from transformers import GPT2LMHeadModel
+
+import example
+from tokenizer import load_encoding
+
+EXAMPLE = os.path.join(REPO_ROOT, "example.py")
+PROMPT = "Hello, my name is"
+# What a run prints on stdout: compile time, generation time, then the prompt and its completion.
+OUTPUT = re.compile(
+    r"\ACompilation took \d+\.\d+ seconds\.\nGenerating (\d+) tokens took \d+\.\d+ seconds\.\nResponse: (.*)\n\Z", re.S
+)
+
+
+def run_example(*args, env, backend_choice=None):
+    backend_choice = backend_choice or os.environ.get("TRIPY_EXAMPLE_BACKEND", "auto")
+    return subprocess.run(
+        [sys.executable, EXAMPLE, "--backend", backend_choice, *args],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def response(result):
+    assert result.returncode == 0, result.stderr
+    match = OUTPUT.match(result.stdout)
+    assert match, result.stdout
+    return match.group(2)
+
+
+def hf_greedy(directory, prompt, max_new_tokens):
+    """transformers' own greedy generation: the reference tokens."""
+    hf_model = GPT2LMHeadModel.from_pretrained(directory, local_files_only=True).eval()
+    hf_model.generation_config.eos_token_id = None  # generate all the tokens, as example.py does
+    idx = torch.tensor([prompt])
+    out = hf_model.generate(idx, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=0)
+    return out[0, len(prompt) :].tolist()
+
+
+# --- generation --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["odd", "eps"])
+def test_greedy_generation_is_token_identical_to_transformers(parity_checkpoints, name):
+    directory, _ = parity_checkpoints[name]
+    prompt = load_encoding(directory, is_directory=True).encode(PROMPT)
+    max_new_tokens = 12
+    model = example.load_model(directory, tp.float32, seq_len=len(prompt) + max_new_tokens)
+    logits = example.logits_function(example.compile_model(model, len(prompt)))
+    ours = list(example.generate(logits, prompt, max_new_tokens, 0.0, 5, torch.Generator()))
+    assert ours == hf_greedy(directory, prompt, max_new_tokens)
+
+
+def test_greedy_on_the_command_line(parity_checkpoints, offline_env):
+    directory, _ = parity_checkpoints["eps"]
+    encoding = load_encoding(directory, is_directory=True)
+    prompt = encoding.encode(PROMPT)
+    expected = encoding.decode(prompt + hf_greedy(directory, prompt, 20))
+    result = run_example("--checkpoint", directory, "--input-text", PROMPT, "--temperature", "0", "--max-new-tokens", "20", env=offline_env)
+    assert response(result) == expected
+
+
+def test_seeded_sampling_is_reproducible_run_to_run(tiny_checkpoint, offline_env):
+    args = ("--checkpoint", tiny_checkpoint, "--input-text", PROMPT, "--seed", "0", "--max-new-tokens", "20")
+    first, second = run_example(*args, env=offline_env), run_example(*args, env=offline_env)
+    assert response(first) == response(second)
+    assert response(first).startswith(PROMPT)
+    assert OUTPUT.match(first.stdout).group(1) == "20"
+    # stderr holds only the backend's announcement
+    assert first.stderr.startswith("nvtripy backend: ") and len(first.stderr.strip().splitlines()) == 1
+
+
+def test_sampling_follows_the_seed(tiny_checkpoint):
+    prompt = load_encoding(tiny_checkpoint, is_directory=True).encode(PROMPT)
+    model = example.load_model(tiny_checkpoint, tp.float32, seq_len=len(prompt) + 16)
+    logits = example.logits_function(example.compile_model(model, len(prompt)))
+
+    def sample(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return list(example.generate(logits, prompt, 16, 0.8, 5, generator))
+
+    first = sample(0)
+    assert sample(0) == first
+    assert sample(1) != first
+
+
+def test_top_k_1_is_greedy():
+    logits = torch.randn(1, 3, 50)
+    for seed in range(5):
+        token = example.sample(logits.clone(), 1.3, 1, torch.Generator().manual_seed(seed))
+        assert token.item() == logits[0, -1].argmax().item()
+
+
+def test_endoftext_is_allowed_in_the_prompt(tiny_checkpoint, offline_env):
+    text = "Hello<|endoftext|>world"
+    result = run_example("--checkpoint", tiny_checkpoint, "--input-text", text, "--max-new-tokens", "1", env=offline_env)
+    assert response(result).startswith(text)
+
+
+def test_ctrl_c_prints_what_was_generated(tiny_checkpoint, offline_env):
+    process = subprocess.Popen(
+        [sys.executable, EXAMPLE, "--checkpoint", tiny_checkpoint, "--input-text", PROMPT, "--max-new-tokens", "110"]
+        + ["--backend", os.environ.get("TRIPY_EXAMPLE_BACKEND", "auto")],
+        env=offline_env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first_line = process.stdout.readline()  # printed just before generation starts
+    assert first_line.startswith("Compilation took"), first_line + process.stderr.read()
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert re.search(r"Interrupted after \d+ of 110 new tokens", stderr)
+    assert stdout.startswith(f"Response: {PROMPT}")
+
+
+def test_help_shows_the_defaults(offline_env):
+    result = subprocess.run([sys.executable, EXAMPLE, "--help"], env=offline_env, capture_output=True, text=True)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for default in ("(default: gpt2)", "(default: 10)", "(default: 0.8)", "(default: 5)", "(default: auto)"):
+        assert default in text
+
+
+def test_real_gpt2_greedy_matches_transformers(real_gpt2, gpt2_tiktoken_cache, monkeypatch):
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", gpt2_tiktoken_cache)
+    text = "What is the answer to life, the universe, and everything?"
+    result = run_example("--model-type", real_gpt2, "--input-text", text, "--temperature", "0", env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    encoding = load_encoding(real_gpt2, is_directory=False)
+    prompt = encoding.encode(text)
+    assert response(result) == encoding.decode(prompt + hf_greedy(real_gpt2, prompt, 10))
+
+
+def test_a_hub_model_in_the_local_cache_runs_offline(parity_checkpoints, gpt2_tiktoken_cache, tmp_path):
+    """A Hub id is looked up in the Hugging Face cache first: no network, and no HF_HUB_OFFLINE, needed."""
+    directory, _ = parity_checkpoints["gpt2-vocab"]
+    snapshot = tmp_path / "hf-home" / "hub" / "models--tiny-org--gpt2-vocab" / "snapshots" / ("0" * 40)
+    shutil.copytree(directory, snapshot)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf-home"), TIKTOKEN_CACHE_DIR=gpt2_tiktoken_cache)
+    env.pop("HF_HUB_OFFLINE", None)
+    start = time.perf_counter()
+    result = run_example("--model-type", "tiny-org/gpt2-vocab", "--input-text", PROMPT, "--max-new-tokens", "3", env=env)
+    assert response(result).startswith(PROMPT)
+    assert time.perf_counter() - start < 60  # the hub client would retry for longer than this if it went online
+
+
+# --- bad input: exit status 2, one line on stderr, no traceback ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bad_checkpoints(tmp_path_factory, tiny_checkpoint):
+    root = tmp_path_factory.mktemp("bad-checkpoints")
+
+    def variant(name, edit_weights=None):
+        directory = str(root / name)
+        shutil.copytree(tiny_checkpoint, directory)
+        if edit_weights is not None:
+            path = os.path.join(directory, "model.safetensors")
+            weights = load_file(path)
+            edit_weights(weights)
+            save_file(weights, path, metadata={"format": "pt"})
+        return directory
+
+    corrupt = variant("corrupt")
+    path = os.path.join(corrupt, "model.safetensors")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 3])
+    not_gpt2 = variant("not-gpt2")
+    open(os.path.join(not_gpt2, "config.json"), "w").write('{"model_type": "bert"}')
+    no_config = variant("no-config")
+    os.remove(os.path.join(no_config, "config.json"))
+    return {
+        "corrupt": corrupt,
+        "not-gpt2": not_gpt2,
+        "no-config": no_config,
+        "misshaped": variant("misshaped", lambda w: w.update({"transformer.h.1.mlp.c_fc.weight": torch.zeros(64, 250)})),
+        "missing": variant("missing", lambda w: w.pop("transformer.ln_f.bias")),
+        "nowhere": str(root / "nowhere"),
+    }
+
+
+BAD_INPUTS = {
+    "empty prompt": (["--input-text", ""], "--input-text is empty"),
+    "beyond block size": (["--input-text", PROMPT, "--max-new-tokens", "125"], "exceeds the model's block size of 128"),
+    "no new tokens": (["--input-text", PROMPT, "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    "top-k 0": (["--input-text", PROMPT, "--top-k", "0"], "--top-k must be at least 1"),
+    "negative temperature": (["--input-text", PROMPT, "--temperature", "-0.5"], "--temperature must be 0"),
+    "quantization": (["--input-text", PROMPT, "--quant-mode", "int8-weight-only"], "not implemented yet"),
+}
+BAD_CHECKPOINTS = {
+    "nowhere": "no such directory",
+    "not-gpt2": "not a GPT-2 checkpoint",
+    "no-config": "no config.json",
+    "corrupt": "cannot read the weights",
+    "misshaped": "mis-shaped transformer.h.1.mlp.c_fc.weight (checkpoint (64, 250), expected (64, 256))",
+    "missing": "missing transformer.ln_f.bias",
+}
+
+
+def assert_one_error_line(result, expected):
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert expected in lines[0]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_arguments(tiny_checkpoint, offline_env, case):
+    args, expected = BAD_INPUTS[case]
+    assert_one_error_line(run_example("--checkpoint", tiny_checkpoint, *args, env=offline_env), expected)
+
+
+@pytest.mark.parametrize("case", list(BAD_CHECKPOINTS))
+def test_bad_checkpoints(bad_checkpoints, offline_env, case):
+    result = run_example("--checkpoint", bad_checkpoints[case], "--input-text", PROMPT, env=offline_env)
+    assert_one_error_line(result, BAD_CHECKPOINTS[case])
+
+
+def test_hub_model_that_cannot_be_fetched(offline_env):
+    result = run_example("--model-type", "distilgpt2", "--input-text", PROMPT, env=offline_env)
+    assert_one_error_line(result, "cannot fetch 'distilgpt2' from the Hugging Face Hub")
+    assert "pass --checkpoint DIR" in result.stderr
+
+
+@pytest.mark.skipif(BACKEND == "tensorrt", reason="TensorRT is installed here")
+def test_tensorrt_requested_but_missing(tiny_checkpoint, offline_env):
+    result = run_example("--checkpoint", tiny_checkpoint, "--input-text", PROMPT, env=offline_env, backend_choice="tensorrt")
+    assert_one_error_line(result, "the TensorRT backend is not available")
