@@ -86,7 +86,7 @@ def offline_env(tmp_path):
 def gpt2_tiktoken_cache(tmp_path_factory):
     """A writable copy of the shared tiktoken cache (../shared/tiktoken-cache), or skip without one."""
     if not os.path.isdir(SHARED_TIKTOKEN_CACHE):
-        pytest.skip("tiktoken's gpt2 encoding is not cached in ../shared/tiktoken-cache and there is no network")
+        pytest.skip("tiktoken's gpt2 encoding is not in ../shared/tiktoken-cache (the tests never download it)")
     copy = str(tmp_path_factory.mktemp("tiktoken-cache") / "cache")
     shutil.copytree(SHARED_TIKTOKEN_CACHE, copy)
     return copy
@@ -100,4 +100,4 @@ def real_gpt2():
     for repo in ("gpt2", "openai-community/gpt2"):
         if all(isinstance(try_to_load_from_cache(repo, name), str) for name in ("config.json", "model.safetensors")):
             return repo
-    pytest.skip("needs the real gpt2 weights, which are not in the Hugging Face cache (and there is no network)")
+    pytest.skip("needs the real gpt2 weights in the Hugging Face cache (the tests never download them)")
