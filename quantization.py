@@ -63,6 +63,11 @@ def default_calibration_texts():
     return [topics[name].strip() for name in sorted(topics) if topics[name].strip()]
 
 
+def calibration_source(calib_file=None):
+    """Where calibration text comes from, for the report line."""
+    return f"'{os.fspath(calib_file)}'" if calib_file is not None else "Python's help topics (pydoc_data.topics)"
+
+
 def load_calibration_texts(calib_file=None):
     """Calibration samples: paragraphs (separated by blank lines) of a UTF-8 text file, or the default corpus.
 
@@ -94,30 +99,43 @@ def load_calibration_texts(calib_file=None):
 class CalibrationData:
     """Token batches for calibration, and how much text they hold (for the report)."""
 
-    batches: list  # of int64 tensors [1, T], 1 <= T <= max_length
+    batches: list  # of int64 tensors [B, T], 1 <= B <= batch_size, 1 <= T <= max_length
     num_samples: int
     num_tokens: int
 
+    def summary(self):
+        return f"{self.num_samples} samples, {self.num_tokens} tokens"
 
-def make_calibration_batches(texts, encode, max_length=DEFAULT_CALIB_MAX_LENGTH, num_samples=None):
-    """Tokenizes samples into batches of one sequence each, truncated to `max_length` tokens.
 
-    One sequence a batch needs no padding, so no pad token pollutes the calibrated ranges and
-    no attention mask is needed. `num_samples` caps how many samples are used (None: all).
-    Samples that encode to no tokens are skipped.
+def make_calibration_batches(texts, encode, max_length=DEFAULT_CALIB_MAX_LENGTH, num_samples=None, batch_size=8):
+    """Tokenizes samples, truncated to `max_length` tokens, into batches of equal-length sequences.
+
+    Only sequences of the same length share a batch (most samples are cut to exactly
+    `max_length`), so there is no padding: no pad token pollutes the calibrated ranges and no
+    attention mask is needed. Batching matters for AWQ, whose search re-quantizes every weight
+    for each of its 11 candidate scales once per batch. `num_samples` caps how many samples are
+    used (None: all). Samples that encode to no tokens are skipped.
     """
-    if max_length < 1:
-        raise ValueError(f"max_length must be at least 1, got {max_length}")
-    batches = []
+    if max_length < 1 or batch_size < 1:
+        raise ValueError(f"max_length and batch_size must be at least 1, got {max_length} and {batch_size}")
+    sequences = []
     for text in texts:
-        if num_samples is not None and len(batches) >= num_samples:
+        if num_samples is not None and len(sequences) >= num_samples:
             break
         ids = list(encode(text))[:max_length]
         if ids:
-            batches.append(torch.tensor([ids], dtype=torch.long))
-    if not batches:
+            sequences.append(ids)
+    if not sequences:
         raise CalibrationDataError("the calibration text encodes to no tokens")
-    return CalibrationData(batches, len(batches), sum(b.shape[1] for b in batches))
+    by_length = {}
+    for ids in sequences:  # dicts keep insertion order: batches follow the text's order
+        by_length.setdefault(len(ids), []).append(ids)
+    batches = [
+        torch.tensor(group[i : i + batch_size], dtype=torch.long)
+        for group in by_length.values()
+        for i in range(0, len(group), batch_size)
+    ]
+    return CalibrationData(batches, len(sequences), sum(len(ids) for ids in sequences))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,9 +206,11 @@ def _progress_forward_loop(calib_batches, quant_mode, num_passes, progress):
     def forward_loop(model):
         passes[0] += 1
         label = f"calibrating {quant_mode}" + (f" (pass {passes[0]}/{num_passes})" if num_passes > 1 else "")
-        with torch.no_grad():
-            for batch in tqdm(calib_batches, desc=label, unit="sample", file=sys.stderr, disable=not progress):
+        total = sum(batch.shape[0] for batch in calib_batches)
+        with torch.no_grad(), tqdm(total=total, desc=label, unit="sample", file=sys.stderr, disable=not progress) as bar:
+            for batch in calib_batches:
                 model(batch.to(next(model.parameters()).device))
+                bar.update(batch.shape[0])
 
     return forward_loop
 
@@ -274,6 +294,7 @@ def tripy_quantized_state_dict(model_hf, quant_mode, snap_weights=True):
     float8 (e4m3, per tensor, lm_head included):
       L.weight, lm_head.weight        [out, in]
       L.weight_scale, L.input_scale   []  amax / 448 (scalars); same keys for lm_head.
+      lm_head.weight is snapped (below) while transformer.wte.weight is not: load both, untied.
 
     With `snap_weights` (default), quantized weights are ModelOpt's fake-quantized values
     (q * scale, already on the quantization grid): Tripy's quantize then recovers exactly

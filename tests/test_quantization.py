@@ -82,10 +82,15 @@ def test_calibration_directory_is_an_error(tmp_path):
 
 def test_calibration_batches_count_samples_and_tokens():
     encode = byte_encode(100)
-    data = q.make_calibration_batches(["abcdef", "", "xy", "z" * 50], encode, max_length=4)
-    assert [b.tolist() for b in data.batches] == [[encode("abcd")], [encode("xy")], [encode("zzzz")]]
+    texts = ["abcdef", "", "xy", "z" * 50, "pqrs", "tuvw"]
+    data = q.make_calibration_batches(texts, encode, max_length=4, batch_size=2)
+    # Equal lengths share a batch (no padding), in the text's order, at most batch_size rows.
+    assert [b.tolist() for b in data.batches] == [[encode("abcd"), encode("zzzz")], [encode("pqrs"), encode("tuvw")], [encode("xy")]]
     assert all(b.dtype == torch.long for b in data.batches)
-    assert (data.num_samples, data.num_tokens) == (3, 10)
+    assert (data.num_samples, data.num_tokens) == (5, 18)
+    assert data.summary() == "5 samples, 18 tokens"
+    single = q.make_calibration_batches(texts, encode, max_length=4, batch_size=1)
+    assert [tuple(b.shape) for b in single.batches] == [(1, 4)] * 4 + [(1, 2)]
     capped = q.make_calibration_batches(["abcdef", "xy", "z"], encode, max_length=4, num_samples=2)
     assert (capped.num_samples, capped.num_tokens) == (2, 6)
     with pytest.raises(q.CalibrationDataError, match="no tokens"):
