@@ -1,7 +1,8 @@
 """A compiled nvtripy trace: a flat list of steps over numbered value slots, run by PyTorch.
 
 Building a Program from a Trace folds every op whose inputs are all constants, so shape
-arithmetic on static dimensions and weight layout changes happen once, at compile time.
+arithmetic on static dimensions and weight layout changes happen once, at compile time; the
+constants only folding needed are then dropped.
 A Program serializes to bytes without pickle: a JSON header (steps, attributes, input bounds)
 followed by the constants in safetensors format.
 """
@@ -151,6 +152,10 @@ class Program:
                 steps.append(step)
 
         output_slots = [slot(t) for t in trace.outputs]
+        # Folding leaves the constants it started from behind (a weight before its transposition, say);
+        # only those the steps or outputs read are kept, so a saved program holds each weight once.
+        needed = {i for step in steps for i in step.inputs} | set(output_slots)
+        constants = {i: tensor for i, tensor in constants.items() if i in needed}
         output_dtypes = [convert_tripy_dtype_to_runtime_dtype(t.dtype).name for t in trace.outputs]
         return Program(steps, constants, input_slots, input_specs, output_slots, output_dtypes)
 

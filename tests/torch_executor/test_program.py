@@ -116,6 +116,26 @@ def test_ops_on_constants_are_folded_at_compile_time():
     torch.testing.assert_close(torch.from_dlpack(compiled(on_device(x))), expected)
 
 
+def test_constants_only_folding_read_are_dropped(tmp_path):
+    """A weight transposed at compile time is kept once, transposed: the saved file holds one copy."""
+    weight = torch.randn(64, 32)
+
+    def project(x):
+        return x @ tp.transpose(tp.Tensor(weight), 0, 1)
+
+    compiled = tp.compile(project, args=[tp.InputInfo((2, 32), dtype=tp.float32)])
+    constants = program_of(compiled).constants
+    assert [tuple(t.shape) for t in constants.values()] == [(32, 64)]
+    path = str(tmp_path / "project.json")
+    compiled.save(path)
+    _, payload = _payload(path)
+    start = len(FORMAT_MAGIC) + 8
+    length = int.from_bytes(payload[len(FORMAT_MAGIC) : start], "little")
+    assert len(safetensors.torch.load(payload[start + length :])) == 1
+    x = torch.randn(2, 32)
+    torch.testing.assert_close(torch.from_dlpack(tp.Executable.load(path)(on_device(x))), x @ weight.T)
+
+
 def test_an_op_the_executor_lacks_fails_loudly_naming_it(monkeypatch):
     monkeypatch.delitem(ops.OPS, "unary.Exp")
     exponent = tp.exp(tp.ones((2,)))
