@@ -49,9 +49,10 @@ def causal_mask(query_positions, key_positions):
 
 
 def attention(q, k, v, mask, head_size):
-    """Scaled dot-product attention over (batch, heads, tokens, head_size) tensors."""
+    """Scaled dot-product attention over (batch, heads, tokens, head_size) tensors; mask None attends everywhere."""
     att = (q @ tp.transpose(k, -2, -1)) * (1.0 / math.sqrt(head_size))
-    att = tp.masked_fill(att, mask, float("-inf"))
+    if mask is not None:
+        att = tp.masked_fill(att, mask, float("-inf"))
     att = tp.softmax(att, dim=-1)
     return att @ v
 
@@ -71,13 +72,22 @@ class CausalSelfAttention(tp.Module):
         B, T = x.shape[0], x.shape[1]
         return tp.transpose(tp.reshape(x, (B, T, self.num_heads, self.head_size)), 1, 2)
 
-    def forward(self, x, positions):
+    def forward(self, x, mask, past=None):
+        """Attends from x's tokens to the cached ones (`past`, or None) and to themselves.
+
+        Returns the output and the keys and values of all tokens so far, stacked as one
+        (2, batch, heads, tokens, head_size) tensor: the layer's KV cache, one tensor to pass around.
+        """
         B, T = x.shape[0], x.shape[1]
         q, k, v = tp.split(self.c_attn(x), 3, dim=2)
         q, k, v = self.split_heads(q), self.split_heads(k), self.split_heads(v)
-        y = attention(q, k, v, causal_mask(positions, positions), self.head_size)
+        kv = tp.stack([k, v])
+        if past is not None:
+            kv = tp.concatenate([past, kv], dim=3)
+            k, v = kv[0], kv[1]
+        y = attention(q, k, v, mask, self.head_size)
         y = tp.reshape(tp.transpose(y, 1, 2), (B, T, self.embedding_size))
-        return self.c_proj(y)
+        return self.c_proj(y), kv
 
 
 class MLP(tp.Module):
@@ -98,10 +108,11 @@ class Block(tp.Module):
         self.ln_2 = tp.LayerNorm(config.embedding_size, dtype=config.dtype, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x, positions):
-        x = x + self.attn(self.ln_1(x), positions)
+    def forward(self, x, mask, past=None):
+        y, kv = self.attn(self.ln_1(x), mask, past)
+        x = x + y
         x = x + self.mlp(self.ln_2(x))
-        return x
+        return x, kv
 
 
 class Transformer(tp.Module):
@@ -112,12 +123,26 @@ class Transformer(tp.Module):
         self.h = [Block(config) for _ in range(config.num_layers)]
         self.ln_f = tp.LayerNorm(config.embedding_size, dtype=config.dtype, eps=config.layer_norm_epsilon)
 
-    def forward(self, idx):
-        positions = tp.arange(idx.shape[1], dtype=tp.int32)
+    def forward(self, idx, cache=None):
+        """Hidden states of the tokens idx, and every layer's keys and values up to and including them.
+
+        Without a cache, idx is a whole sequence and attends causally. With one (a list of each layer's
+        keys and values of the tokens before), idx is one new token: it may attend to every key, so no mask.
+        """
+        if cache is None:
+            positions = tp.arange(idx.shape[1], dtype=tp.int32)
+            mask = causal_mask(positions, positions)
+            cache = [None] * len(self.h)
+        else:
+            past = cache[0].shape[3]
+            positions = tp.arange(past, past + 1, dtype=tp.int32)
+            mask = None
         x = self.wte(idx) + self.wpe(positions)
-        for block in self.h:
-            x = block(x, positions)
-        return self.ln_f(x)
+        new_cache = []
+        for block, past_kv in zip(self.h, cache):
+            x, kv = block(x, mask, past_kv)
+            new_cache.append(kv)
+        return self.ln_f(x), new_cache
 
 
 class GPT(tp.Module):
@@ -129,5 +154,23 @@ class GPT(tp.Module):
         self.lm_head = linear_layer(config, config.embedding_size, config.vocab_size, bias=False)
 
     def forward(self, idx):
-        """Logits of shape (batch, tokens, vocab) for int32 token ids of shape (batch, tokens)."""
-        return self.lm_head(self.transformer(idx))
+        """Logits of shape (batch, tokens, vocab) for int32 token ids of shape (batch, tokens).
+
+        This recomputes the whole sequence for every new token (example.py --no-kv-cache);
+        prefill and decode below are the KV-cache path.
+        """
+        x, _ = self.transformer(idx)
+        return self.lm_head(x)
+
+    def prefill(self, idx):
+        """Reads a prompt (batch, tokens): the logits of its last token (batch, 1, vocab), then the KV
+        cache, one (2, batch, heads, tokens, head_size) tensor per layer. Only the last token's logits
+        are needed to sample, so lm_head, the largest matrix, runs on that one token."""
+        x, cache = self.transformer(idx)
+        return (self.lm_head(x[:, -1:, :]), *cache)
+
+    def decode(self, idx, cache):
+        """One new token (batch, 1) after the tokens in `cache` (a list as prefill returns it): its
+        logits (batch, 1, vocab), then the cache grown by one token."""
+        x, cache = self.transformer(idx, cache)
+        return (self.lm_head(x), *cache)
