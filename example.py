@@ -3,8 +3,11 @@
     python example.py --input-text "What is the answer to life, the universe, and everything?" --seed 0
     python example.py --checkpoint checkpoints/tiny-gpt2 --input-text "Hello, my name is" --seed 0
 
-The model is compiled once, with a dynamic sequence dimension, and called once per new token on the
-whole sequence so far. Sampling (top-k, temperature) runs in PyTorch with a seeded generator.
+Generation uses a KV cache (generate.py): a prefill function reads the prompt, a decode function then
+makes one token at a time, each compiled once with dynamic dimensions; the text streams as it is made,
+and a speed report follows. With TensorRT the compiled engines are saved and reused by the next run
+(engine_cache.py). --no-kv-cache instead calls the model once per new token on the whole sequence so
+far. Sampling (top-k, temperature) runs in PyTorch with a seeded generator.
 """
 
 import argparse
@@ -17,6 +20,10 @@ import time
 import torch
 
 import backend
+import engine_cache
+from generate import compile_decode, compile_prefill, peak_memory_bandwidth, sample, shape_bounds, speed_report
+from generate import generate as generate_with_cache
+from generate import text_stream, weight_bytes
 from tokenizer import TokenizerError, load_encoding
 
 QUANT_MODES = ("int8-weight-only", "int4-weight-only", "float8")
@@ -52,6 +59,26 @@ def parse_args(argv=None):
         choices=backend.CHOICES,
         default="auto",
         help="auto: TensorRT when it and a GPU are present, else the PyTorch executor on the CPU (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-kv-cache",
+        action="store_true",
+        help="recompute the whole sequence for every new token, as Tripy's example does, instead of prefill "
+        "and decode with a KV cache (slower, more so with every token)",
+    )
+    parser.add_argument(
+        "--engine-cache",
+        action=argparse.BooleanOptionalAction,
+        help="save the compiled prefill and decode functions and reuse them in later runs (default: on with "
+        "TensorRT, where building engines takes long; off on the CPU executor, where compiling takes "
+        "seconds but a saved entry holds the weights twice, about 1.7 GB for gpt2, and loads slower than "
+        "compiling)",
+    )
+    parser.add_argument(
+        "--engine-cache-dir",
+        metavar="DIR",
+        default=engine_cache.default_dir(),
+        help="where the engine cache lives (default: $TRIPY_ENGINE_CACHE_DIR, else %(default)s)",
     )
     args = parser.parse_args(argv)
     if args.quant_mode is not None:
@@ -100,18 +127,6 @@ def logits_function(compiled_model):
     return logits
 
 
-def sample(logits, temperature, top_k, generator):
-    """The next token from the last position's logits: greedy for temperature 0, else top-k sampling."""
-    logits = logits[:, -1, :]
-    if temperature == 0:
-        return torch.argmax(logits, dim=-1, keepdim=True)
-    logits = logits / temperature
-    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-    logits[logits < v[:, [-1]]] = -float("Inf")
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
-
-
 def generate(logits, prompt, max_new_tokens, temperature, top_k, generator, vocab_size=None):
     """Yields new token ids one at a time, each from the logits of the whole sequence so far.
 
@@ -122,6 +137,41 @@ def generate(logits, prompt, max_new_tokens, temperature, top_k, generator, voca
         idx_next = sample(logits(idx)[..., :vocab_size], temperature, top_k, generator)
         idx = torch.cat((idx, idx_next.to(torch.int32)), dim=1)
         yield int(idx_next[0, 0])
+
+
+def load_or_compile(source, dtype, backend_name, cache_dir=None, quant_mode=None):
+    """The compiled prefill and decode functions, the weights' size in bytes, and a line saying how the
+    functions were got: from the engine cache in `cache_dir` when it has them (the weights are then not
+    even read), else loaded and compiled, and saved to the cache if there is one."""
+    import weight_loader
+
+    is_local = weight_loader.is_local(source)
+    config = weight_loader.gpt_config_from_hf(weight_loader.load_hf_config(source), dtype=dtype, quant_mode=quant_mode)
+
+    def key_parts(checkpoint):
+        env, code = engine_cache.environment(backend_name), engine_cache.source_digest(backend_name)
+        return engine_cache.key_parts(checkpoint, dtype, quant_mode, shape_bounds(config), config.batch_size, env, code)
+
+    checkpoint = engine_cache.checkpoint_identity(source, is_local, cache_dir) if cache_dir else None
+    if checkpoint:
+        start = time.perf_counter()
+        entry = engine_cache.load(cache_dir, key_parts(checkpoint), ("prefill", "decode"))
+        if entry:
+            executables, info = entry
+            how = f"Loaded the compiled model from the engine cache in {time.perf_counter() - start:.2f} seconds."
+            return executables["prefill"], executables["decode"], info["weight_bytes"], how
+
+    model = load_model(source, dtype, seq_len=config.block_size)
+    start = time.perf_counter()
+    compiled_prefill, compiled_decode = compile_prefill(model), compile_decode(model)
+    how = f"Compilation took {time.perf_counter() - start:.2f} seconds."
+    if cache_dir:
+        checkpoint = checkpoint or engine_cache.checkpoint_identity(source, is_local, cache_dir)  # now downloaded
+        start = time.perf_counter()
+        executables = {"prefill": compiled_prefill, "decode": compiled_decode}
+        if checkpoint and engine_cache.save(cache_dir, key_parts(checkpoint), executables, {"weight_bytes": weight_bytes(model)}):
+            how += f" Saving it to the engine cache took {time.perf_counter() - start:.2f} seconds."
+    return compiled_prefill, compiled_decode, weight_bytes(model), how
 
 
 def prepare(args):
@@ -156,18 +206,26 @@ def main(argv=None):
 
     # Half precision where TensorRT runs, as Tripy's example does; full precision on the CPU.
     dtype = tp.float16 if backend_name == "tensorrt" else tp.float32
+    use_engine_cache = args.engine_cache if args.engine_cache is not None else backend_name == "tensorrt"
     try:
         source, encoding, prompt = prepare(args)
-        model = load_model(source, dtype, seq_len=len(prompt) + args.max_new_tokens)
+        if args.no_kv_cache:
+            model = load_model(source, dtype, seq_len=len(prompt) + args.max_new_tokens)
+        else:
+            cache_dir = args.engine_cache_dir if use_engine_cache else None
+            compiled_prefill, compiled_decode, model_bytes, how_compiled = load_or_compile(source, dtype, backend_name, cache_dir)
     except weight_loader.HubUnavailable as exc:
         raise UsageError(f"{exc}; pass --checkpoint DIR with a local copy of the model") from None
     except weight_loader.CheckpointError as exc:
         raise UsageError(str(exc)) from None
     sys.stderr.write(announcement.getvalue())
+    sys.stderr.flush()  # once nvtripy has compiled, sys.stderr is a buffered stream of its own
 
-    start = time.perf_counter()
-    compiled_model = compile_model(model, len(prompt))
-    print(f"Compilation took {time.perf_counter() - start:.2f} seconds.", flush=True)
+    if args.no_kv_cache:
+        start = time.perf_counter()
+        compiled_model = compile_model(model, len(prompt))
+        how_compiled = f"Compilation took {time.perf_counter() - start:.2f} seconds."
+        model_bytes = weight_bytes(model)
 
     # Sampling runs where the logits are: on the GPU with TensorRT, as in Tripy's example, so its
     # published outputs reproduce; on the CPU otherwise.
@@ -177,20 +235,30 @@ def main(argv=None):
     else:
         generator.seed()
 
-    tokens = list(prompt)
-    new_tokens = generate(
-        logits_function(compiled_model), prompt, args.max_new_tokens, args.temperature, args.top_k, generator, encoding.n_vocab
-    )
+    sampling = (args.max_new_tokens, args.temperature, args.top_k, generator, encoding.n_vocab)
+    if args.no_kv_cache:
+        new_tokens = generate(logits_function(compiled_model), prompt, *sampling)
+    else:
+        new_tokens = generate_with_cache(compiled_prefill, compiled_decode, prompt, *sampling)
+
+    # The response streams: each token's text is printed as soon as it is made (whole characters only).
+    text = text_stream(encoding)
+    print(f"Response: {text(prompt)}", end="", flush=True)
+    token_times = []
     start = time.perf_counter()
     try:
         for token in new_tokens:
-            tokens.append(token)
+            token_times.append(time.perf_counter())
+            print(text([token]), end="", flush=True)
     except KeyboardInterrupt:
-        print(f"Interrupted after {len(tokens) - len(prompt)} of {args.max_new_tokens} new tokens.", file=sys.stderr)
-        print(f"Response: {encoding.decode(tokens)}", flush=True)
+        print(text([], final=True), flush=True)
+        print(f"Interrupted after {len(token_times)} of {args.max_new_tokens} new tokens.", file=sys.stderr)
         return 130
-    print(f"Generating {len(tokens) - len(prompt)} tokens took {time.perf_counter() - start:.2f} seconds.")
-    print(f"Response: {encoding.decode(tokens)}")
+    print(text([], final=True))
+
+    peak = peak_memory_bandwidth() if backend_name == "tensorrt" else None
+    for line in [how_compiled, *speed_report(token_times[0] - start, token_times, model_bytes, peak)]:
+        print(line)
     return 0
 
 

@@ -1,0 +1,263 @@
+"""Compiled functions saved on disk and reused by the next run, keyed by everything that changes them.
+
+Building TensorRT engines for GPT-2 takes far longer than loading them, and the compiled prefill and
+decode functions depend on nothing a run chooses at run time (generate.shape_bounds), so they can be
+reused. An entry is a directory <cache dir>/<key>/ holding one file per function, written by
+Executable.save (the same call on TensorRT and on the CPU executor), and entry.json, which records the
+key's parts, each file's SHA-256 and facts about the model (its weight bytes, for the speed report).
+
+The key is the SHA-256 of its parts (see key_parts): the checkpoint's files by content, the dtype,
+the quantization, the shape bounds, the versions of nvtripy and of the backend, the GPU, and the
+source files of this program that decide what gets compiled.
+
+Writes are atomic: an entry is written to a temporary directory beside it and renamed into place,
+so a reader sees a whole entry or none, and when two runs write the same key, one rename wins and
+the other run drops its copy. An entry that fails to load, whose files' digests differ from those it
+recorded, or whose recorded parts differ from the key's, is removed with a warning and rebuilt: it
+is never used.
+"""
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+ENTRY_FORMAT = 1  # bump when the layout of an entry changes
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".index.json")  # what transformers reads weights from
+# The source files whose code decides what is compiled: a change to any of them changes the key.
+SOURCE_FILES = ("model.py", "generate.py", "weight_loader.py", "quantization.py")
+REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def default_dir():
+    """$TRIPY_ENGINE_CACHE_DIR, else tripy-gpt2-engines in the user's cache directory."""
+    if os.environ.get("TRIPY_ENGINE_CACHE_DIR"):
+        return os.environ["TRIPY_ENGINE_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tripy-gpt2-engines")
+
+
+def warn(message):
+    # Flushed: after a compile, sys.stderr is a buffered stream nvtripy put there (its redirect_stderr).
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+# --- the key -------------------------------------------------------------------------------------------
+
+
+def sha256_of_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_digest(path, memo):
+    """A content hash of a checkpoint file. A file in a Hugging Face cache is a link to a blob named by
+    its hash (SHA-256 for large files, git's SHA-1 for small ones), so that name is used as it is. Other
+    files are hashed once per (size, modification time, inode), remembered in `memo`."""
+    real = os.path.realpath(path)
+    if os.path.basename(os.path.dirname(real)) == "blobs" and len(os.path.basename(real)) in (40, 64):
+        return os.path.basename(real)
+    stat = os.stat(real)
+    stamp = f"{real}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}"
+    if stamp not in memo:
+        memo[stamp] = sha256_of_file(real)
+    return memo[stamp]
+
+
+def checkpoint_directory(source, is_local):
+    """Where the checkpoint's files are: the directory itself, or the Hub snapshot in the local cache
+    (None when not cached yet: then the first run downloads it and computes the key after loading)."""
+    if is_local:
+        return source
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(source, "config.json")
+    return os.path.dirname(config) if isinstance(config, str) else None
+
+
+def checkpoint_identity(source, is_local, cache_dir):
+    """{file name: content digest} of config.json and the weight files, or None if the weights are not
+    on this machine yet. Tokenizer files do not change an engine, so they are left out."""
+    directory = checkpoint_directory(source, is_local)
+    if directory is None or not os.path.isdir(directory):
+        return None
+    names = sorted(n for n in os.listdir(directory) if n == "config.json" or n.endswith(WEIGHT_FILE_SUFFIXES))
+    if not any(n.endswith(WEIGHT_FILE_SUFFIXES) for n in names):
+        return None
+    memo_path = os.path.join(cache_dir, "file-digests.json")
+    memo = _read_json(memo_path, default={})
+    known = len(memo)
+    identity = {name: file_digest(os.path.join(directory, name), memo) for name in names}
+    if len(memo) != known:
+        try:
+            _write_json_atomically(memo_path, memo)
+        except OSError:
+            pass  # the memo only saves time
+    return identity
+
+
+def environment(backend_name):
+    """What the engine was built with: nvtripy and the backend's versions, and on TensorRT the GPU."""
+    import torch
+
+    env = {"backend": backend_name, "nvtripy": _version("nvtripy")}
+    if backend_name == "tensorrt":
+        env["tensorrt"] = _version("tensorrt") or __import__("tensorrt").__version__
+        env["mlir-tensorrt"] = sorted(
+            f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
+            if (d.metadata["Name"] or "").lower().replace("_", "-").startswith("mlir-tensorrt")
+        )
+        props = torch.cuda.get_device_properties(0)
+        env["gpu"] = f"{props.name}, compute capability {props.major}.{props.minor}"
+    else:
+        # The executor's program holds PyTorch tensors and names of its own ops: any CPU can load it.
+        env["torch"] = torch.__version__
+    return env
+
+
+def source_digest(backend_name):
+    """SHA-256 over this program's files that decide what is compiled (the executor's too, on the CPU:
+    its constant folding runs at compile time)."""
+    paths = [os.path.join(REPO_ROOT, name) for name in SOURCE_FILES]
+    if backend_name == "cpu":
+        executor = os.path.join(REPO_ROOT, "torch_executor")
+        paths += [os.path.join(executor, n) for n in sorted(os.listdir(executor)) if n.endswith(".py")]
+    digest = hashlib.sha256()
+    for path in paths:
+        if os.path.exists(path):
+            digest.update(os.path.relpath(path, REPO_ROOT).encode() + b"\0" + open(path, "rb").read() + b"\0")
+    return digest.hexdigest()
+
+
+def key_parts(checkpoint, dtype, quant_mode, shape_bounds, batch_size, env, source, quant_settings=None):
+    """Everything that changes the compiled functions, as plain JSON-able values."""
+    return {
+        "format": ENTRY_FORMAT,
+        "checkpoint": checkpoint,
+        "dtype": str(dtype),
+        "quant_mode": quant_mode,
+        "quant_settings": quant_settings,  # e.g. calibration data and sample count: they change the weights
+        "shape_bounds": {name: list(bounds) for name, bounds in shape_bounds.items()},
+        "batch_size": batch_size,
+        "environment": env,
+        "source": source,
+    }
+
+
+def entry_key(parts):
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:40]
+
+
+# --- entries -------------------------------------------------------------------------------------------
+
+
+def load(cache_dir, parts, names):
+    """(executables by name, info dict) from the entry for `parts`, or None on a miss. A corrupt or
+    stale entry is removed with a warning and counts as a miss."""
+    import nvtripy as tp
+
+    entry = os.path.join(cache_dir, entry_key(parts))
+    if not os.path.isdir(entry):
+        return None
+    try:
+        with open(os.path.join(entry, "entry.json")) as f:
+            recorded = json.load(f)
+        if recorded.get("parts") != json.loads(json.dumps(parts)):
+            raise ValueError("it was built for different key parts (stale)")
+        executables = {}
+        for name in names:
+            path = os.path.join(entry, f"{name}.json")
+            if sha256_of_file(path) != recorded["files"][f"{name}.json"]:
+                raise ValueError(f"{name}.json does not have the digest recorded when it was written")
+            executables[name] = tp.Executable.load(path)
+        return executables, recorded["info"]
+    except Exception as exc:  # whatever fails, the entry must not be used
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        warn(f"the engine cache entry {entry} is unusable ({type(exc).__name__}: {reason}); rebuilding it")
+        remove(entry)
+        return None
+
+
+def save(cache_dir, parts, executables, info):
+    """Writes the entry for `parts` atomically; returns its path, or None (with a warning) if it could
+    not be written. Saving is never worth failing a run for."""
+    entry = os.path.join(cache_dir, entry_key(parts))
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".writing-{os.path.basename(entry)}-", dir=cache_dir)
+    except OSError as exc:
+        warn(f"cannot write to the engine cache {cache_dir} ({exc}); the compiled engines are not saved")
+        return None
+    try:
+        files = {}
+        for name, executable in executables.items():
+            path = os.path.join(staging, f"{name}.json")
+            executable.save(path)
+            _fsync(path)
+            files[f"{name}.json"] = sha256_of_file(path)
+        _write_json_atomically(os.path.join(staging, "entry.json"), {"parts": parts, "files": files, "info": info})
+        try:
+            os.rename(staging, entry)  # atomic; fails if another run has put the entry there first
+        except OSError:
+            if not os.path.isdir(entry):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)  # theirs is as good as ours
+        return entry
+    except Exception as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        warn(f"cannot save the compiled engines to {entry} ({type(exc).__name__}: {exc})")
+        return None
+
+
+def remove(entry):
+    """Moves an entry aside in one rename, so no reader sees it half deleted, then deletes it."""
+    trash = f"{entry}.removing-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        os.rename(entry, trash)
+    except OSError:
+        return  # already gone, or replaced
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+
+def _version(distribution):
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _fsync(path):
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _read_json(path, default):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return default
+
+
+def _write_json_atomically(path, value):
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, staging = tempfile.mkstemp(prefix=".writing-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(value, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(staging, path)
+    except BaseException:
+        os.unlink(staging)
+        raise
