@@ -12,6 +12,14 @@ from typing import Optional
 
 import nvtripy as tp
 
+# The placeholder nvtripy's own modules (tp.Linear, tp.LayerNorm) use for a parameter that must be loaded.
+from nvtripy.frontend.module.parameter import DefaultParameter
+
+from quantization import INT4_BLOCK_SIZE, QUANT_MODES
+
+# Modes that quantize lm_head too (quantization.modelopt_quant_config); the others leave it in full precision.
+QUANTIZED_LM_HEAD = ("float8",)
+
 
 @dataclass
 class GPTConfig:
@@ -28,11 +36,58 @@ class GPTConfig:
     quant_mode: Optional[str] = None  # ModelOpt quantization; None means full precision
 
 
-def linear_layer(config, in_features, out_features, bias):
-    """Builds every linear layer of the model, so that quantized layers can replace them in one place."""
-    if config.quant_mode is not None:
-        raise NotImplementedError(f"quant_mode '{config.quant_mode}' is not implemented yet")
-    return tp.Linear(in_features, out_features, bias=bias, dtype=config.dtype)
+class Int4Linear(tp.Module):
+    """Weight-only int4 linear layer in AWQ's layout: y = (x * pre_quant_scale) @ dequantize(W) + b.
+
+    AWQ quantizes blocks of 128 consecutive inputs of each output. nvtripy's block-wise int4 blocks
+    dim 0 of a 2-D weight, and tp.Linear keeps its weight as [out, in], so tp.Linear would block the
+    output dim instead. Here the weight is [in, out] and its scales [in / 128, out]: dim 0 is the input
+    dim, and x @ W needs no transpose. pre_quant_scale [in] is AWQ's per-input-channel scale, for layers
+    fed by no LayerNorm that could absorb it (quantization.tripy_quantized_state_dict folds the others).
+    """
+
+    def __init__(self, in_features, out_features, bias, dtype, pre_quant_scale):
+        super().__init__()
+        if in_features % INT4_BLOCK_SIZE:
+            raise ValueError(f"int4 needs the input size to be a multiple of {INT4_BLOCK_SIZE}, not {in_features}")
+        self.dtype = dtype
+        self.weight = DefaultParameter((in_features, out_features), dtype=dtype)
+        self.weight_scale = DefaultParameter((in_features // INT4_BLOCK_SIZE, out_features), dtype=dtype)
+        self.bias = DefaultParameter((out_features,), dtype=dtype) if bias else None
+        self.pre_quant_scale = DefaultParameter((in_features,), dtype=dtype) if pre_quant_scale else None
+
+    def forward(self, x):
+        if self.pre_quant_scale is not None:
+            x = x * self.pre_quant_scale
+        weight = tp.dequantize(tp.quantize(self.weight, self.weight_scale, tp.int4), self.weight_scale, self.dtype)
+        out = x @ weight
+        return out if self.bias is None else out + self.bias
+
+
+def linear_layer(config, in_features, out_features, bias, fed_by_layer_norm=False, lm_head=False):
+    """Builds every linear layer of the model, quantized as config.quant_mode says.
+
+    Which layers are quantized, and how, follows quantization.py (ModelOpt's configs): the four linear
+    layers of every block in each mode; lm_head only in float8. Scales are the layer's parameters
+    weight_scale (and input_scale, pre_quant_scale), named and shaped as tripy_quantized_state_dict
+    makes them. int8 quantizes the weight per output channel (dim 0 of tp.Linear's [out, in]); float8
+    quantizes weight and input per tensor, each with a scalar scale; int4 is Int4Linear, whose AWQ
+    pre_quant_scale is a parameter only where no LayerNorm feeds the layer (`fed_by_layer_norm`).
+    """
+    mode = config.quant_mode
+    if mode is None or (lm_head and mode not in QUANTIZED_LM_HEAD):
+        return tp.Linear(in_features, out_features, bias=bias, dtype=config.dtype)
+    if mode == "int8-weight-only":
+        layer = tp.Linear(in_features, out_features, bias=bias, dtype=config.dtype, quant_dtype=tp.int8, weight_quant_dim=0)
+        layer.input_scale = None  # weight-only: tp.Linear's optional input quantization is not a parameter here
+        return layer
+    if mode == "float8":
+        layer = tp.Linear(in_features, out_features, bias=bias, dtype=config.dtype, quant_dtype=tp.float8)
+        layer.weight_scale = DefaultParameter((), dtype=config.dtype)  # per tensor; tp.Linear leaves the shape open
+        return layer
+    if mode == "int4-weight-only":
+        return Int4Linear(in_features, out_features, bias, config.dtype, pre_quant_scale=not fed_by_layer_norm)
+    raise ValueError(f"unknown quant_mode '{mode}': choose one of {', '.join(QUANT_MODES)}")
 
 
 def gelu_new(x):
@@ -65,8 +120,12 @@ class CausalSelfAttention(tp.Module):
         self.head_size = config.embedding_size // config.num_heads
         self.embedding_size = config.embedding_size
         # Query, key and value projections for all heads, in one matrix as GPT-2 stores them.
-        self.c_attn = linear_layer(config, config.embedding_size, 3 * config.embedding_size, config.bias)
+        self.c_attn = linear_layer(config, config.embedding_size, 3 * config.embedding_size, config.bias, fed_by_layer_norm=True)
         self.c_proj = linear_layer(config, config.embedding_size, config.embedding_size, config.bias)
+        # Quantized models in half precision attend in float32: quantization already costs accuracy,
+        # and scores, softmax and weighted sum cost little next to the linear layers. The KV cache
+        # stays in the model's dtype.
+        self.attention_dtype = tp.float32 if config.quant_mode is not None else config.dtype
 
     def split_heads(self, x):
         B, T = x.shape[0], x.shape[1]
@@ -85,7 +144,9 @@ class CausalSelfAttention(tp.Module):
         if past is not None:
             kv = tp.concatenate([past, kv], dim=3)
             k, v = kv[0], kv[1]
-        y = attention(q, k, v, mask, self.head_size)
+        if self.attention_dtype != x.dtype:
+            q, k, v = (tp.cast(t, self.attention_dtype) for t in (q, k, v))
+        y = tp.cast(attention(q, k, v, mask, self.head_size), x.dtype)
         y = tp.reshape(tp.transpose(y, 1, 2), (B, T, self.embedding_size))
         return self.c_proj(y), kv
 
@@ -93,7 +154,7 @@ class CausalSelfAttention(tp.Module):
 class MLP(tp.Module):
     def __init__(self, config):
         super().__init__()
-        self.c_fc = linear_layer(config, config.embedding_size, 4 * config.embedding_size, config.bias)
+        self.c_fc = linear_layer(config, config.embedding_size, 4 * config.embedding_size, config.bias, fed_by_layer_norm=True)
         self.c_proj = linear_layer(config, 4 * config.embedding_size, config.embedding_size, config.bias)
 
     def forward(self, x):
@@ -151,7 +212,7 @@ class GPT(tp.Module):
         self.config = config
         self.transformer = Transformer(config)
         # GPT-2 ties this weight to transformer.wte.weight; the loader gives both the same tensor.
-        self.lm_head = linear_layer(config, config.embedding_size, config.vocab_size, bias=False)
+        self.lm_head = linear_layer(config, config.embedding_size, config.vocab_size, bias=False, lm_head=True)
 
     def forward(self, idx):
         """Logits of shape (batch, tokens, vocab) for int32 token ids of shape (batch, tokens).

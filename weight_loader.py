@@ -4,11 +4,15 @@ A checkpoint is a Hugging Face Hub id (gpt2, gpt2-medium, gpt2-large, gpt2-xl, d
 local directory in transformers' format (config.json plus model.safetensors or pytorch_model.bin).
 transformers does the reading: safetensors, or torch.load with weights_only=True; nothing is unpickled.
 The model's shape comes from the checkpoint's own config.json, so any GPT-2-architecture checkpoint works.
+load_quant_weights_from_hf first quantizes the checkpoint with ModelOpt (quantization.py), calibrating
+on text, and loads weights and scales into a quantized model.GPT.
 
 Import this only after `backend.select_backend(...)`: it imports nvtripy.
 """
 
+import dataclasses
 import os
+import time
 import warnings
 
 import nvtripy as tp
@@ -113,18 +117,19 @@ def gpt_config_from_hf(hf_config, seq_len=None, batch_size=1, dtype=tp.float32, 
     )
 
 
-def load_weights_from_hf(model, model_type, dtype):
-    """Copies the checkpoint's weights into `model` (a model.GPT), converted to `dtype` (a tp.dtype)."""
-    # transformers maps the file into memory and converts each tensor to `dtype` as it reads it.
+def read_hf_model(model_type, torch_dtype):
+    """transformers' GPT2LMHeadModel for the checkpoint, and its loading info (missing, extra and
+    mis-shaped keys, which `check_weights` reports). An unreadable checkpoint is a CheckpointError."""
+    # transformers maps the file into memory and converts each tensor to `torch_dtype` as it reads it.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. torch's notes on pickle protocols: the error says enough
-            hf_model, info = _from_pretrained(
+            return _from_pretrained(
                 GPT2LMHeadModel,
                 model_type,
-                dtype=TORCH_DTYPES[dtype],
+                dtype=torch_dtype,
                 output_loading_info=True,
-                ignore_mismatched_sizes=True,  # reported below, together with missing and extra keys
+                ignore_mismatched_sizes=True,  # reported by check_weights, together with missing and extra keys
             )
     except HubUnavailable:
         raise
@@ -135,20 +140,24 @@ def load_weights_from_hf(model, model_type, dtype):
                 "and it is loaded with weights_only=True, never unpickled"
             ) from None
         raise CheckpointError(f"cannot read the weights of '{model_type}': {_one_line(exc)}") from None
-    tied = hf_model.config.tie_word_embeddings
-    hf_state = hf_model.state_dict()
-    del hf_model
 
-    expected = {key: tuple(map(int, param.shape)) for key, param in model.state_dict().items()}
-    missing = set(info["missing_keys"]) | (set(expected) - set(hf_state))
-    extra = set(info["unexpected_keys"]) | (set(hf_state) - set(expected))
+
+def check_weights(model_type, expected, state, info=None, transposed=()):
+    """Raises one CheckpointError naming every missing, extra and mis-shaped key, if there are any.
+
+    `expected` is {key: shape} of the model to load, `state` the tensors to load into it, `info`
+    transformers' loading info, and keys ending in `transposed` are stored (in, out) in `state`.
+    """
+    info = info or {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": []}
+    missing = set(info["missing_keys"]) | (set(expected) - set(state))
+    extra = set(info["unexpected_keys"]) | (set(state) - set(expected))
     # Older GPT-2 checkpoints also store each layer's causal mask; the model computes its own.
     extra = {key for key in extra if not key.endswith((".attn.bias", ".attn.masked_bias"))}
     misshaped = {key: (tuple(ckpt), tuple(want)) for key, ckpt, want in info["mismatched_keys"]}
-    for key, weight in hf_state.items():  # shapes as the checkpoint stores them: Conv1D weights are (in, out)
+    for key, weight in state.items():  # shapes as `state` stores them: Conv1D weights are (in, out)
         if key not in expected or key in misshaped:
             continue
-        want = expected[key][::-1] if key.endswith(TRANSPOSED) else expected[key]
+        want = expected[key][::-1] if key.endswith(transposed) else expected[key]
         if tuple(weight.shape) != want:
             misshaped[key] = (tuple(weight.shape), want)
     if missing or extra or misshaped:
@@ -162,6 +171,19 @@ def load_weights_from_hf(model, model_type, dtype):
                 "mis-shaped " + ", ".join(f"{key} (checkpoint {have}, expected {want})" for key, (have, want) in sorted(misshaped.items()))
             )
         raise CheckpointError(f"the weights of '{model_type}' do not match its GPT-2 config: {'; '.join(problems)}")
+
+
+def expected_shapes(model):
+    return {key: tuple(map(int, param.shape)) for key, param in model.state_dict().items()}
+
+
+def load_weights_from_hf(model, model_type, dtype):
+    """Copies the checkpoint's weights into `model` (a model.GPT), converted to `dtype` (a tp.dtype)."""
+    hf_model, info = read_hf_model(model_type, TORCH_DTYPES[dtype])
+    tied = hf_model.config.tie_word_embeddings
+    hf_state = hf_model.state_dict()
+    del hf_model
+    check_weights(model_type, expected_shapes(model), hf_state, info, TRANSPOSED)
 
     # Transposed copies are made one at a time, each source dropped as we go; other tensors are shared,
     # not copied. The peak is the mapped checkpoint plus the transposed copies: about 2x the fp32 size,
@@ -179,6 +201,44 @@ def load_weights_from_hf(model, model_type, dtype):
         state["lm_head.weight"] = state["transformer.wte.weight"]
     model.load_state_dict(state)
 
+
+def load_quant_weights_from_hf(model, model_type, dtype, quant_mode, calibration, progress=True):
+    """Quantizes the checkpoint with ModelOpt and loads the result into `model` (a model.GPT built with
+    this quant_mode), converted to `dtype`. Returns the seconds calibration took.
+
+    `calibration` is quantization.CalibrationData (or a list of int64 token batches). ModelOpt runs on
+    transformers' model in float32, whatever `dtype` is: scales come from full-precision activations.
+    quantization.tripy_quantized_state_dict turns its calibrated amax into scales laid out as
+    model.linear_layer's layers take them, with AWQ's pre_quant_scales folded into LayerNorms or kept
+    as parameters. The checkpoint is checked as load_weights_from_hf checks it, and the converted
+    tensors against the quantized model, each with one message naming every bad key.
+    """
+    import quantization
+    from model import GPT
+
+    if model.config.quant_mode != quant_mode:
+        raise ValueError(f"the model was built for quant_mode {model.config.quant_mode!r}, not {quant_mode!r}")
+    hf_model, info = read_hf_model(model_type, torch.float32)
+    tied = hf_model.config.tie_word_embeddings
+    unquantized = GPT(dataclasses.replace(model.config, quant_mode=None))  # shapes only: nothing is allocated
+    check_weights(model_type, expected_shapes(unquantized), hf_model.state_dict(), info, TRANSPOSED)
+
+    start = time.perf_counter()
+    quantization.modelopt_quantize(hf_model, quant_mode, calibration, progress=progress)
+    seconds = time.perf_counter() - start
+    state = quantization.tripy_quantized_state_dict(hf_model, quant_mode)
+    del hf_model
+    expected = expected_shapes(model)
+    state = {key: value for key, value in state.items() if not key.endswith((".attn.bias", ".attn.masked_bias"))}
+    check_weights(model_type, expected, state)
+
+    tp_state = {key: tp.Tensor(value.to(TORCH_DTYPES[dtype]).contiguous()) for key, value in state.items()}
+    if tied and "lm_head.weight_scale" not in tp_state:
+        # An unquantized lm_head is the token embedding itself, as in load_weights_from_hf. A quantized
+        # one (float8) holds ModelOpt's fake-quantized copy, so it is loaded on its own.
+        tp_state["lm_head.weight"] = tp_state["transformer.wte.weight"]
+    model.load_state_dict(tp_state)
+    return seconds
 
 def _one_line(exc):
     text = " ".join(str(exc).split())

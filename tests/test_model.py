@@ -82,10 +82,33 @@ def test_attention_is_causal(tiny_checkpoint):
     assert not torch.equal(before[:, 6:], after[:, 6:])
 
 
-def test_linear_layers_are_built_in_one_place_and_reject_unknown_quantization():
+QUANTIZED_SHAPES = {  # n = 256, so the MLP's inner size is 1024; quantization.tripy_quantized_state_dict's layouts
+    None: {"transformer.h.0.mlp.c_fc.weight": (1024, 256)},
+    "int8-weight-only": {"transformer.h.0.mlp.c_fc.weight": (1024, 256), "transformer.h.0.mlp.c_fc.weight_scale": (1024,)},
+    "int4-weight-only": {
+        "transformer.h.0.mlp.c_fc.weight": (256, 1024),
+        "transformer.h.0.mlp.c_fc.weight_scale": (2, 1024),
+        "transformer.h.0.mlp.c_proj.weight_scale": (8, 256),
+        "transformer.h.0.attn.c_proj.pre_quant_scale": (256,),
+        "transformer.h.0.mlp.c_proj.pre_quant_scale": (1024,),
+    },
+    "float8": {"transformer.h.0.mlp.c_fc.weight_scale": (), "transformer.h.0.mlp.c_fc.input_scale": (), "lm_head.weight_scale": (), "lm_head.input_scale": ()},
+}
+
+
+@pytest.mark.parametrize("quant_mode", list(QUANTIZED_SHAPES))
+def test_linear_layers_are_built_in_one_place_per_quant_mode(quant_mode):
+    config = GPTConfig(num_layers=1, embedding_size=256, num_heads=2, vocab_size=10, block_size=8, quant_mode=quant_mode)
+    shapes = {key: tuple(map(int, param.shape)) for key, param in GPT(config).state_dict().items()}
+    assert {key: shapes.get(key) for key in QUANTIZED_SHAPES[quant_mode]} == QUANTIZED_SHAPES[quant_mode]
+    scales = {key.rpartition(".")[2] for key in shapes if key.endswith("_scale")}
+    assert scales == {name for key in QUANTIZED_SHAPES[quant_mode] if (name := key.rpartition(".")[2]).endswith("_scale")}
+    # AWQ's scales of the layers fed by a LayerNorm are folded into it; lm_head is quantized in float8 only.
+    assert not any(key.endswith(("c_attn.pre_quant_scale", "c_fc.pre_quant_scale")) for key in shapes)
+    assert ("lm_head.weight_scale" in shapes) == (quant_mode == "float8")
     assert isinstance(linear_layer(GPTConfig(), 4, 8, bias=True), tp.Linear)
-    with pytest.raises(NotImplementedError, match="not implemented yet"):
-        GPT(GPTConfig(num_layers=1, embedding_size=8, num_heads=2, vocab_size=10, quant_mode="int8-weight-only"))
+    with pytest.raises(ValueError, match="unknown quant_mode 'int2'"):
+        linear_layer(GPTConfig(quant_mode="int2"), 4, 8, bias=True)
 
 
 
