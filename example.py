@@ -139,10 +139,15 @@ def generate(logits, prompt, max_new_tokens, temperature, top_k, generator, voca
         yield int(idx_next[0, 0])
 
 
-def load_or_compile(source, dtype, backend_name, cache_dir=None, quant_mode=None):
+def load_or_compile(source, dtype, backend_name, cache_dir=None, quant_mode=None, quant_settings=None, load=None):
     """The compiled prefill and decode functions, the weights' size in bytes, and a line saying how the
     functions were got: from the engine cache in `cache_dir` when it has them (the weights are then not
-    even read), else loaded and compiled, and saved to the cache if there is one."""
+    even read), else loaded and compiled, and saved to the cache if there is one.
+
+    `load()` makes the model (default: load_model at full block size). A quantized model must also name
+    its quant_mode, and in quant_settings whatever else changes its weights (calibration text, samples):
+    both are part of the engine cache's key.
+    """
     import weight_loader
 
     is_local = weight_loader.is_local(source)
@@ -150,7 +155,7 @@ def load_or_compile(source, dtype, backend_name, cache_dir=None, quant_mode=None
 
     def key_parts(checkpoint):
         env, code = engine_cache.environment(backend_name), engine_cache.source_digest(backend_name)
-        return engine_cache.key_parts(checkpoint, dtype, quant_mode, shape_bounds(config), config.batch_size, env, code)
+        return engine_cache.key_parts(checkpoint, dtype, quant_mode, shape_bounds(config), config.batch_size, env, code, quant_settings)
 
     checkpoint = engine_cache.checkpoint_identity(source, is_local, cache_dir) if cache_dir else None
     if checkpoint:
@@ -161,7 +166,8 @@ def load_or_compile(source, dtype, backend_name, cache_dir=None, quant_mode=None
             how = f"Loaded the compiled model from the engine cache in {time.perf_counter() - start:.2f} seconds."
             return executables["prefill"], executables["decode"], info["weight_bytes"], how
 
-    model = load_model(source, dtype, seq_len=config.block_size)
+    model = load() if load else load_model(source, dtype, seq_len=config.block_size)
+    assert model.config.quant_mode == quant_mode, "the engine cache's key must name the model's quant_mode"
     start = time.perf_counter()
     compiled_prefill, compiled_decode = compile_prefill(model), compile_decode(model)
     how = f"Compilation took {time.perf_counter() - start:.2f} seconds."

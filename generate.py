@@ -68,11 +68,23 @@ def compile_decode(model):
     return tp.compile(model.decode, args=[token, [layer_cache] * c.num_layers])
 
 
+# Bytes per weight of a quantized linear layer. model.py keeps its weight in the model's dtype and
+# quantizes it in the traced graph; compiling folds that into the constant the program reads.
+QUANTIZED_WEIGHT_BYTES = {"int8-weight-only": 1, "int4-weight-only": 0.5, "float8": 1}
+
+
 def weight_bytes(model):
-    """Bytes of the model's weights, each counted once (the tied lm_head and wte are one tensor):
-    what a decode step reads from memory, for the bandwidth report."""
-    weights = {id(w): w for w in model.state_dict().values()}.values()
-    return int(sum(math.prod(w.shape) * w.dtype.itemsize for w in weights))
+    """Bytes of the model's weights as the compiled program stores them, each counted once (the tied
+    lm_head and wte are one tensor): what a decode step reads from memory, for the bandwidth report."""
+    state, seen, total = model.state_dict(), set(), 0
+    for key, weight in state.items():
+        if id(weight) in seen:
+            continue
+        seen.add(id(weight))
+        quantized = key.endswith(".weight") and f"{key[: -len('weight')]}weight_scale" in state
+        itemsize = QUANTIZED_WEIGHT_BYTES[model.config.quant_mode] if quantized else weight.dtype.itemsize
+        total += math.prod(weight.shape) * itemsize
+    return int(total)
 
 
 # --- generating ----------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@ at the cache's boundaries too; the text streams whole characters; the speed repo
 hits, misses on any key change, rebuilds corrupt entries and survives concurrent writers.
 
 Everything runs on random tiny checkpoints, on whichever backend the session uses: the engine cache
-goes through Executable.save and Executable.load, as it does for TensorRT.
+goes through Executable.save and Executable.load, as it does for TensorRT. Quantized models are
+checked in every quant mode, against the recompute path and ModelOpt's fake-quantized transformers model.
 """
 
 import copy
@@ -24,6 +25,7 @@ from transformers import GPT2LMHeadModel
 import engine_cache
 import example
 import generate
+import quantization
 from tokenizer import load_encoding
 
 PROMPT = "Hello, my name is"
@@ -105,6 +107,59 @@ def test_cached_greedy_matches_recompute_and_transformers(parity_checkpoints, co
         theirs = reference(torch.tensor([tokens])).logits[0, len(prompt) - 1 :].float()
     assert (with_cache - without).abs().max().item() < LOGIT_TOLERANCE[dtype]
     assert (with_cache - theirs).abs().max().item() < LOGIT_TOLERANCE[dtype]
+
+
+@pytest.fixture(scope="module")
+def quant_checkpoint(tmp_path_factory):
+    """A random GPT-2 wide enough for int4's 128-blocks, and calibration batches for it."""
+    from quantization_fixtures import calibration_batches, tiny_gpt2
+
+    directory = str(tmp_path_factory.mktemp("quant-gpt2"))
+    tiny_gpt2(0).save_pretrained(directory)
+    return directory, calibration_batches(384).batches
+
+
+# Logits, max |difference|: with the cache vs without, and vs transformers on ModelOpt's fake-quantized
+# model in float32 (measured at most a few 1e-6 in fp32, 2e-3 in fp16). float8 also quantizes
+# activations: a sum that rounds differently (a batched or a one-token matmul) can flip an fp8 code,
+# which moves a logit by up to about 1e-2 (measured 6e-3), and fp16 activations round into fp8
+# differently from transformers' fp32 ones (measured 7e-2).
+QUANT_TOLERANCE = {
+    ("float32", False): 1e-4, ("float32", True): 2e-2, ("float16", False): 2e-2, ("float16", True): 2e-2,
+}
+QUANT_TOLERANCE_VS_TRANSFORMERS = {"float32": 1e-4, "float16": 2e-2, ("float16", "float8"): 0.1}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("quant_mode", quantization.QUANT_MODES)
+def test_quantized_cached_greedy_matches_recompute_and_transformers(quant_checkpoint, quant_mode, dtype):
+    import weight_loader
+    from model import GPT
+    from quantization_fixtures import tiny_gpt2
+
+    directory, calibration = quant_checkpoint
+    model = GPT(weight_loader.gpt_config_from_hf(weight_loader.load_hf_config(directory), dtype=DTYPES[dtype], quant_mode=quant_mode))
+    weight_loader.load_quant_weights_from_hf(model, directory, DTYPES[dtype], quant_mode, calibration, progress=False)
+    prefill, decode = generate.compile_prefill(model), generate.compile_decode(model)
+    recompute = example.logits_function(example.compile_model(model, 8))
+    reference = tiny_gpt2(0)
+    quantization.modelopt_quantize(reference, quant_mode, calibration, progress=False)
+    reference.generation_config.eos_token_id = None
+    prompt, max_new_tokens = [5, 17, 99, 3], 16
+
+    ours = cached_greedy(prefill, decode, prompt, max_new_tokens)
+    assert ours == list(example.generate(recompute, prompt, max_new_tokens, 0.0, 1, torch.Generator()))
+    if dtype == "float32":  # transformers' fake quantization runs in float32 only
+        assert ours == hf_greedy(reference, prompt, max_new_tokens)
+
+    tokens = prompt + ours
+    with_cache = cached_logits(prefill, decode, tokens, len(prompt))
+    without = recompute(torch.tensor([tokens], dtype=torch.int32))[0, len(prompt) - 1 :].float()
+    with torch.no_grad():
+        theirs = reference(torch.tensor([tokens])).logits[0, len(prompt) - 1 :]
+    assert (with_cache - without).abs().max().item() < QUANT_TOLERANCE[dtype, quant_mode == "float8"]
+    tolerance = QUANT_TOLERANCE_VS_TRANSFORMERS.get((dtype, quant_mode), QUANT_TOLERANCE_VS_TRANSFORMERS[dtype])
+    assert (with_cache - theirs).abs().max().item() < tolerance
 
 
 def test_sampling_with_the_cache_follows_the_seed(parity_checkpoints, compiled):
@@ -219,6 +274,16 @@ def test_weight_bytes_count_the_tied_embedding_once(parity_checkpoints, compiled
     directory, reference = parity_checkpoints["eps"]
     model = compiled(directory, "float32")[0]
     assert generate.weight_bytes(model) == 4 * sum(p.numel() for p in reference.parameters())  # transformers ties them too
+
+
+def test_weight_bytes_count_quantized_weights_at_their_quantized_size():
+    from model import GPT, GPTConfig
+
+    shape = dict(num_layers=2, num_heads=2, embedding_size=128, vocab_size=10, block_size=4)
+    full, int8 = GPT(GPTConfig(**shape)), GPT(GPTConfig(**shape, quant_mode="int8-weight-only"))
+    per_layer = 128 * (3 * 128) + 128 * 128 + 128 * (4 * 128) + (4 * 128) * 128  # the four linear weights
+    scales = 3 * 128 + 128 + 4 * 128 + 128  # one float32 scale per output channel
+    assert generate.weight_bytes(int8) == generate.weight_bytes(full) - 2 * (3 * per_layer - 4 * scales)
 
 
 # --- the engine cache -----------------------------------------------------------------------------------

@@ -1,0 +1,154 @@
+"""How fast generation is with the KV cache, next to the recompute loop and to transformers' generate().
+
+On one machine, in one run, for a GPT-2-124M-shaped checkpoint with random weights (GPT2Config()
+defaults), greedy, from the same prompt:
+  1. the KV cache (generate.py) against the recompute loop (example.py --no-kv-cache) at 16, 64 and
+     256 new tokens;
+  2. the time of one decode step at token 10 and at token 200 (median of the five steps around each):
+     with the cache a step should cost about the same wherever it is;
+  3. transformers' GPT2LMHeadModel.generate(), with its own KV cache, on the same device and dtype:
+     decode tokens/s, counted the same way for both ((N - 1) new tokens after the first).
+It prints ratios as well as times, with the machine's load before and after. Not a test: run it, read it.
+The backend is example.py's: TensorRT in float16 where it runs, else the CPU executor in float32.
+
+    python benchmarks/generation.py [--backend auto] [--threads N] [--prompt-tokens 8]
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import backend  # noqa: E402
+
+NEW_TOKENS = (16, 64, 256)
+PER_TOKEN = (10, 200)
+
+
+def load_average():
+    return " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" (1, 5, 15 min; {os.cpu_count()} CPUs)"
+
+
+def timed_tokens(tokens, sync):
+    """Runs a token generator; returns the perf_counter time at which each token was ready, and the start."""
+    sync()
+    start = time.perf_counter()
+    times = []
+    for _ in tokens:
+        times.append(time.perf_counter())
+    return start, times
+
+
+def step_ms(runs, token):
+    """Median time of the decode steps around new token `token` (1-based: token 1 comes from prefill),
+    over every run: five steps a run, so that a burst of load on a busy machine counts for little."""
+    steps = [times[i] - times[i - 1] for _, times in runs for i in range(token - 3, token + 2)]
+    return 1e3 * statistics.median(steps)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=backend.CHOICES, default="auto")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument("--prompt-tokens", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of the KV-cache and transformers timings (medians are shown)")
+    args = parser.parse_args()
+
+    backend_name = backend.select_backend(args.backend)
+    import nvtripy as tp
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import example
+    import generate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    on_gpu = backend_name == "tensorrt"
+    device = "cuda" if on_gpu else "cpu"
+    dtype, torch_dtype = (tp.float16, torch.float16) if on_gpu else (tp.float32, torch.float32)
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    print(f"backend: {backend_name}, {dtype}, torch {torch.__version__} with {torch.get_num_threads()} CPU threads")
+    print(f"load average before: {load_average()}")
+
+    torch.manual_seed(0)
+    hf_model = GPT2LMHeadModel(GPT2Config()).eval()
+    hf_model.generation_config.eos_token_id = None  # all the tokens, as example.py makes them
+    prompt = torch.randint(0, 50257, (args.prompt_tokens,)).tolist()
+    with tempfile.TemporaryDirectory() as checkpoint:
+        hf_model.save_pretrained(checkpoint)
+        start = time.perf_counter()
+        prefill, decode, weight_bytes, how = example.load_or_compile(checkpoint, dtype, backend_name)
+        kv_compile_s = time.perf_counter() - start  # includes reading the weights
+        model = example.load_model(checkpoint, dtype, seq_len=args.prompt_tokens + max(NEW_TOKENS))
+    start = time.perf_counter()
+    recompute = example.logits_function(example.compile_model(model, args.prompt_tokens))
+    recompute_compile_s = time.perf_counter() - start
+    del model
+    hf_model = hf_model.to(device=device, dtype=torch_dtype)
+    print(f"model: GPT2Config() shape, random weights, {weight_bytes / 1e9:.3f} GB; prompt of {len(prompt)} tokens; greedy")
+    print(f"compile: prefill + decode {kv_compile_s:.2f} s (with loading the weights); recompute model {recompute_compile_s:.2f} s")
+
+    def cached(n):
+        return generate.generate(prefill, decode, prompt, n, 0.0, 1, torch.Generator(device))
+
+    def recomputed(n):
+        return example.generate(recompute, prompt, n, 0.0, 1, torch.Generator(device))
+
+    def hf(n):
+        with torch.no_grad():
+            idx = torch.tensor([prompt], device=device)
+            yield from hf_model.generate(idx, do_sample=False, max_new_tokens=n, min_new_tokens=n, pad_token_id=0)[0, len(prompt) :]
+
+    for fn in (cached, recomputed, hf):  # warm-up
+        list(fn(4))
+
+    print()
+    print(f"{'new tokens':>10} | {'KV cache':>10} | {'recompute':>10} | recompute / KV cache (target >= 3x at 256)")
+    runs = {}
+    for n in NEW_TOKENS:
+        kv_runs = [timed_tokens(cached(n), sync) for _ in range(args.repeats)]
+        rc = timed_tokens(recomputed(n), sync)  # once: it is the slow one
+        runs[n] = (kv_runs, [rc])
+        kv_s, re_s = statistics.median(times[-1] - start for start, times in kv_runs), rc[1][-1] - rc[0]
+        print(f"{n:>10} | {kv_s:>8.2f} s | {re_s:>8.2f} s | {re_s / kv_s:.2f}x")
+
+    kv_runs, re_runs = runs[max(NEW_TOKENS)]
+    a, b = PER_TOKEN
+    print()
+    print(f"one decode step: token {a} vs token {b}")
+    kv_a, kv_b = step_ms(kv_runs, a), step_ms(kv_runs, b)
+    re_a, re_b = step_ms(re_runs, a), step_ms(re_runs, b)
+    print(f"  KV cache : {kv_a:8.2f} ms vs {kv_b:8.2f} ms: token {b} costs {kv_b / kv_a:.2f}x token {a} (target <= 1.3x)")
+    print(f"  recompute: {re_a:8.2f} ms vs {re_b:8.2f} ms: token {b} costs {re_b / re_a:.2f}x token {a}")
+    n = max(NEW_TOKENS)
+
+    print()
+    ours_decode = statistics.median((n - 1) / (times[-1] - times[0]) for _, times in kv_runs)
+    ours_ttft = statistics.median(times[0] - start for start, times in kv_runs)
+    hf_runs = []
+    for _ in range(args.repeats):
+        one = timed_tokens(hf(1), sync)
+        full = timed_tokens(hf(n), sync)
+        hf_runs.append(((n - 1) / ((full[1][-1] - full[0]) - (one[1][-1] - one[0])), one[1][-1] - one[0]))
+    hf_decode = statistics.median(rate for rate, _ in hf_runs)
+    hf_ttft = statistics.median(ttft for _, ttft in hf_runs)
+    print(f"transformers generate() on {device} in {torch_dtype}, {n} new tokens, its KV cache; medians of {args.repeats} runs:")
+    print(f"  decode tokens/s: ours {ours_decode:.2f}, transformers {hf_decode:.2f}: ours / transformers = {ours_decode / hf_decode:.2f}"
+          " (target >= 0.5 on the CPU executor)")
+    print(f"  time to first token: ours {1e3 * ours_ttft:.1f} ms, transformers {1e3 * hf_ttft:.1f} ms")
+    print(f"  weight bandwidth (weights x decode tokens/s): ours {weight_bytes * ours_decode / 1e9:.2f} GB/s")
+    if on_gpu:
+        peak, how_found = generate.peak_memory_bandwidth()
+        if peak:
+            print(f"  = {100 * weight_bytes * ours_decode / peak:.1f}% of the GPU's peak {peak / 1e12:.2f} TB/s ({how_found})")
+    print()
+    print(f"load average after: {load_average()}")
+
+
+if __name__ == "__main__":
+    main()
