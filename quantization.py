@@ -12,6 +12,8 @@ Three steps, each a plain function:
 tensors; the tests use it to show that it reproduces ModelOpt's fake-quantized model.
 """
 
+import contextlib
+import copy
 import os
 import sys
 import warnings
@@ -166,8 +168,6 @@ def modelopt_quant_config(quant_mode):
     "*input_quantizer" would otherwise fake-quantize the inputs of ln_1, ln_2 and ln_f (the
     residual stream), which Tripy's model, quantizing linear layers only, does not do.
     """
-    import copy
-
     mtq = _import_mtq()
     if quant_mode == "int8-weight-only":
         config = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
@@ -199,7 +199,7 @@ def _check_int4_shapes(model_hf):
 
 def _progress_forward_loop(calib_batches, quant_mode, num_passes, progress):
     """A ModelOpt forward loop that runs every batch through the model, with a tqdm line on stderr."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     passes = [0]
 
@@ -220,7 +220,7 @@ def modelopt_quantize(model_hf, quant_mode, calib_batches, progress=True):
 
     `calib_batches` is a sequence of int64 token tensors [batch, T] (e.g. CalibrationData.batches).
     The result is ModelOpt's fake-quantized model; `tripy_quantized_state_dict` reads it.
-    AWQ (int4) runs the calibration data through the model twice: once to collect activation
+    Progress goes to stderr (a tqdm line per pass; `progress=False` hides it). AWQ (int4) runs the calibration data through the model twice: once to collect activation
     statistics, once to search its scales.
     """
     if quant_mode not in QUANT_MODES:
@@ -239,7 +239,10 @@ def modelopt_quantize(model_hf, quant_mode, calib_batches, progress=True):
     num_passes = 2 if method == "awq_lite" else 1
     model_hf.eval()
     forward_loop = _progress_forward_loop(calib_batches, quant_mode, num_passes, progress)
-    return mtq.quantize(model_hf, config, forward_loop)
+    # ModelOpt prints its own progress notes ("Inserted 51 quantizers", "awq_lite: ...") to
+    # stdout; send them to stderr with the progress bar, leaving stdout to the generated text.
+    with contextlib.redirect_stdout(sys.stderr):
+        return mtq.quantize(model_hf, config, forward_loop)
 
 
 # ----------------------------------------------------------------------------------------------
