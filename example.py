@@ -8,25 +8,40 @@ makes one token at a time, each compiled once with dynamic dimensions; the text 
 and a speed report follows. With TensorRT the compiled engines are saved and reused by the next run
 (engine_cache.py). --no-kv-cache instead calls the model once per new token on the whole sequence so
 far. Sampling (top-k, temperature) runs in PyTorch with a seeded generator.
+
+--quant-mode quantizes the linear layers with NVIDIA ModelOpt first (weight_loader.py, quantization.py),
+calibrating on --calib-file or on text that ships with Python; a report line says on how much text and
+how long it took. perplexity.py measures what a mode costs in quality.
 """
 
 import argparse
 import contextlib
+import hashlib
 import io
 import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 import backend
 import engine_cache
+import quantization
 from generate import compile_decode, compile_prefill, peak_memory_bandwidth, sample, shape_bounds, speed_report
 from generate import generate as generate_with_cache
 from generate import text_stream, weight_bytes
+from quantization import QUANT_MODES
 from tokenizer import TokenizerError, load_encoding
 
-QUANT_MODES = ("int8-weight-only", "int4-weight-only", "float8")
+# Calibration: this many samples of (at most) 256 tokens, run through ModelOpt in batches of 16.
+# AWQ (int4) searches its scales once per batch, so few large batches calibrate much faster than many.
+CALIB_SAMPLES = 32
+CALIB_BATCH_SIZE = 16
+# The oldest GPU each quantized mode runs on with TensorRT, as a compute capability: float8 needs
+# Ada (8.9) or Hopper (9.0). On the CPU executor every mode runs.
+MIN_COMPUTE_CAPABILITY = {"float8": (8, 9)}
 
 
 class UsageError(Exception):
@@ -55,6 +70,18 @@ def parse_args(argv=None):
     parser.add_argument("--top-k", type=int, default=5, help="sample among the k likeliest tokens (default: %(default)s)")
     parser.add_argument("--quant-mode", choices=QUANT_MODES, help="ModelOpt quantization of the linear layers")
     parser.add_argument(
+        "--calib-file",
+        metavar="PATH",
+        help="plain UTF-8 text to calibrate --quant-mode on, paragraphs separated by blank lines "
+        "(default: Python's own help topics, which need no download)",
+    )
+    parser.add_argument(
+        "--calib-samples",
+        type=int,
+        default=CALIB_SAMPLES,
+        help="calibrate on this many samples of up to 256 tokens, cut from the calibration text (default: %(default)s)",
+    )
+    parser.add_argument(
         "--backend",
         choices=backend.CHOICES,
         default="auto",
@@ -81,8 +108,10 @@ def parse_args(argv=None):
         help="where the engine cache lives (default: $TRIPY_ENGINE_CACHE_DIR, else %(default)s)",
     )
     args = parser.parse_args(argv)
-    if args.quant_mode is not None:
-        raise UsageError(f"--quant-mode {args.quant_mode} is not implemented yet")
+    if args.quant_mode is None and (args.calib_file is not None or args.calib_samples != CALIB_SAMPLES):
+        raise UsageError("--calib-file and --calib-samples calibrate a quantized model: give --quant-mode too")
+    if args.calib_samples < 1:
+        raise UsageError(f"--calib-samples must be at least 1, not {args.calib_samples}")
     if args.input_text == "":
         raise UsageError("--input-text is empty: give a prompt to complete")
     if args.max_new_tokens < 1:
@@ -96,14 +125,93 @@ def parse_args(argv=None):
     return args
 
 
-def load_model(source, dtype, seq_len):
-    """GPT for the checkpoint `source` (Hub id or directory), with weights, ready for tp.compile."""
+@dataclass
+class Quantization:
+    """--quant-mode and the tokens ModelOpt calibrates it on; load_model records the seconds it took."""
+
+    mode: str
+    calibration: quantization.CalibrationData
+    text_source: str  # where the calibration text came from, for the report
+    seconds: Optional[float] = None
+
+    def settings(self):
+        """What changes the quantized weights besides the mode, for the engine cache's key."""
+        digest = hashlib.sha256()
+        for batch in self.calibration.batches:
+            digest.update(repr(tuple(batch.shape)).encode() + batch.numpy().tobytes())
+        return {"calibration_tokens_sha256": digest.hexdigest(), "calibration": self.calibration.summary()}
+
+    def report(self):
+        return f"Calibrating {self.mode} on {self.calibration.summary()} of {self.text_source} took {self.seconds:.2f} seconds."
+
+
+def calibration_data(texts, encoding, num_samples, max_length):
+    """Samples of `max_length` tokens cut from the texts' tokens one after another (blank lines between
+    them), as quantization.CalibrationData. Equal lengths share a batch with no padding, and short
+    paragraphs do not each make a batch of their own; only a text shorter than one sample gives less."""
+    separator = encoding.encode("\n\n")
+    stream = []
+    for text in texts:
+        stream += encoding.encode(text, disallowed_special=()) + separator
+        if len(stream) >= num_samples * max_length:
+            break
+    samples = [stream[i : i + max_length] for i in range(0, min(len(stream), num_samples * max_length), max_length)]
+    if len(samples) > 1 and len(samples[-1]) < max_length:
+        samples.pop()
+    return quantization.make_calibration_batches(samples, lambda ids: ids, max_length, batch_size=CALIB_BATCH_SIZE)
+
+
+def check_quant_mode_supported(quant_mode, backend_name, capability=None):
+    """Refuses a mode the GPU cannot run, before any weights are read. `capability` is the GPU's (major,
+    minor) compute capability; None asks CUDA."""
+    need = MIN_COMPUTE_CAPABILITY.get(quant_mode)
+    if backend_name != "tensorrt" or need is None:
+        return
+    capability = tuple(capability or torch.cuda.get_device_capability())
+    if capability < need:
+        raise UsageError(
+            f"--quant-mode {quant_mode} needs a GPU of compute capability {need[0]}.{need[1]} or newer with TensorRT; "
+            f"this one has {capability[0]}.{capability[1]} (int8-weight-only and int4-weight-only run on it, and "
+            "every mode runs with --backend cpu)"
+        )
+
+
+def prepare_quantization(args, source, encoding):
+    """The Quantization that --quant-mode asks for, its calibration text read and tokenized: a bad
+    --calib-file, or a model int4 cannot quantize, is reported before any weights are read."""
+    import weight_loader
+
+    if args.quant_mode is None:
+        return None
+    hf_config = weight_loader.load_hf_config(source)
+    block = quantization.INT4_BLOCK_SIZE
+    if args.quant_mode == "int4-weight-only" and hf_config.n_embd % block:
+        raise UsageError(
+            f"--quant-mode int4-weight-only quantizes blocks of {block} inputs, and the embedding size of "
+            f"'{source}' ({hf_config.n_embd}) is not a multiple of {block}"
+        )
+    try:
+        texts = quantization.load_calibration_texts(args.calib_file)
+        max_length = min(quantization.DEFAULT_CALIB_MAX_LENGTH, hf_config.n_positions)
+        calibration = calibration_data(texts, encoding, args.calib_samples, max_length)
+    except quantization.CalibrationDataError as exc:
+        raise UsageError(str(exc)) from None
+    return Quantization(args.quant_mode, calibration, quantization.calibration_source(args.calib_file))
+
+
+def load_model(source, dtype, seq_len, quant=None):
+    """GPT for the checkpoint `source` (Hub id or directory), with weights, ready for tp.compile;
+    quantized with ModelOpt when `quant` (a Quantization) is given. seq_len None means the block size."""
     import weight_loader
     from model import GPT
 
     hf_config = weight_loader.load_hf_config(source)
-    model = GPT(weight_loader.gpt_config_from_hf(hf_config, seq_len=seq_len, dtype=dtype))
-    weight_loader.load_weights_from_hf(model, source, dtype)
+    quant_mode = quant.mode if quant else None
+    model = GPT(weight_loader.gpt_config_from_hf(hf_config, seq_len=seq_len, dtype=dtype, quant_mode=quant_mode))
+    if quant:
+        quant.seconds = weight_loader.load_quant_weights_from_hf(model, source, dtype, quant.mode, quant.calibration)
+    else:
+        weight_loader.load_weights_from_hf(model, source, dtype)
     return model
 
 
@@ -214,12 +322,17 @@ def main(argv=None):
     dtype = tp.float16 if backend_name == "tensorrt" else tp.float32
     use_engine_cache = args.engine_cache if args.engine_cache is not None else backend_name == "tensorrt"
     try:
+        check_quant_mode_supported(args.quant_mode, backend_name)
         source, encoding, prompt = prepare(args)
+        quant = prepare_quantization(args, source, encoding)
         if args.no_kv_cache:
-            model = load_model(source, dtype, seq_len=len(prompt) + args.max_new_tokens)
+            model = load_model(source, dtype, seq_len=len(prompt) + args.max_new_tokens, quant=quant)
         else:
             cache_dir = args.engine_cache_dir if use_engine_cache else None
-            compiled_prefill, compiled_decode, model_bytes, how_compiled = load_or_compile(source, dtype, backend_name, cache_dir)
+            quant_mode, quant_settings = (quant.mode, quant.settings()) if quant else (None, None)
+            compiled_prefill, compiled_decode, model_bytes, how_compiled = load_or_compile(
+                source, dtype, backend_name, cache_dir, quant_mode, quant_settings, load=lambda: load_model(source, dtype, None, quant)
+            )
     except weight_loader.HubUnavailable as exc:
         raise UsageError(f"{exc}; pass --checkpoint DIR with a local copy of the model") from None
     except weight_loader.CheckpointError as exc:
@@ -263,7 +376,8 @@ def main(argv=None):
     print(text([], final=True))
 
     peak = peak_memory_bandwidth() if backend_name == "tensorrt" else None
-    for line in [how_compiled, *speed_report(token_times[0] - start, token_times, model_bytes, peak)]:
+    calibrated = [quant.report()] if quant and quant.seconds is not None else []  # none when the engine cache had it
+    for line in [*calibrated, how_compiled, *speed_report(token_times[0] - start, token_times, model_bytes, peak)]:
         print(line)
     return 0
 

@@ -10,8 +10,10 @@ on text, and loads weights and scales into a quantized model.GPT.
 Import this only after `backend.select_backend(...)`: it imports nvtripy.
 """
 
+import contextlib
 import dataclasses
 import os
+import sys
 import time
 import warnings
 
@@ -224,7 +226,8 @@ def load_quant_weights_from_hf(model, model_type, dtype, quant_mode, calibration
     check_weights(model_type, expected_shapes(unquantized), hf_model.state_dict(), info, TRANSPOSED)
 
     start = time.perf_counter()
-    quantization.modelopt_quantize(hf_model, quant_mode, calibration, progress=progress)
+    with contextlib.redirect_stdout(sys.stderr):  # ModelOpt's notes, some printed as it is imported: stdout is for results
+        quantization.modelopt_quantize(hf_model, quant_mode, calibration, progress=progress)
     seconds = time.perf_counter() - start
     state = quantization.tripy_quantized_state_dict(hf_model, quant_mode)
     del hf_model

@@ -221,7 +221,10 @@ BAD_INPUTS = {
     "no new tokens": (["--input-text", PROMPT, "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
     "top-k 0": (["--input-text", PROMPT, "--top-k", "0"], "--top-k must be at least 1"),
     "negative temperature": (["--input-text", PROMPT, "--temperature", "-0.5"], "--temperature must be 0"),
-    "quantization": (["--input-text", PROMPT, "--quant-mode", "int8-weight-only"], "not implemented yet"),
+    "missing calibration file": (["--input-text", PROMPT, "--quant-mode", "int8-weight-only", "--calib-file", "nowhere.txt"], "calibration file 'nowhere.txt' does not exist"),
+    "int4 on 64 inputs": (["--input-text", PROMPT, "--quant-mode", "int4-weight-only"], "(64) is not a multiple of 128"),
+    "calibration without quantization": (["--input-text", PROMPT, "--calib-samples", "3"], "give --quant-mode too"),
+    "no calibration samples": (["--input-text", PROMPT, "--quant-mode", "float8", "--calib-samples", "0"], "--calib-samples must be at least 1"),
 }
 BAD_CHECKPOINTS = {
     "nowhere": "no such directory",
