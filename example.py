@@ -48,9 +48,8 @@ class UsageError(Exception):
     """Bad input from the user: reported as one line on stderr, with exit status 2."""
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Completes a prompt with GPT-2 running on nvtripy.")
-    parser.add_argument("--input-text", required=True, help="the prompt to complete")
+def add_model_arguments(parser):
+    """The options that choose the model and its quantization (perplexity.py takes them too)."""
     parser.add_argument(
         "--model-type",
         default="gpt2",
@@ -62,12 +61,6 @@ def parse_args(argv=None):
         metavar="DIR",
         help="a local checkpoint directory in transformers' format, used instead of --model-type; works offline",
     )
-    parser.add_argument("--max-new-tokens", type=int, default=10, help="tokens to generate (default: %(default)s)")
-    parser.add_argument("--seed", type=int, help="seeds sampling, for reproducible output (default: random)")
-    parser.add_argument(
-        "--temperature", type=float, default=0.8, help="sampling temperature; 0 means greedy (default: %(default)s)"
-    )
-    parser.add_argument("--top-k", type=int, default=5, help="sample among the k likeliest tokens (default: %(default)s)")
     parser.add_argument("--quant-mode", choices=QUANT_MODES, help="ModelOpt quantization of the linear layers")
     parser.add_argument(
         "--calib-file",
@@ -87,6 +80,27 @@ def parse_args(argv=None):
         default="auto",
         help="auto: TensorRT when it and a GPU are present, else the PyTorch executor on the CPU (default: %(default)s)",
     )
+
+
+def check_model_arguments(args):
+    if args.quant_mode is None and (args.calib_file is not None or args.calib_samples != CALIB_SAMPLES):
+        raise UsageError("--calib-file and --calib-samples calibrate a quantized model: give --quant-mode too")
+    if args.calib_samples < 1:
+        raise UsageError(f"--calib-samples must be at least 1, not {args.calib_samples}")
+    if args.checkpoint is not None and not os.path.isdir(args.checkpoint):
+        raise UsageError(f"--checkpoint {args.checkpoint}: no such directory")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Completes a prompt with GPT-2 running on nvtripy.")
+    parser.add_argument("--input-text", required=True, help="the prompt to complete")
+    add_model_arguments(parser)
+    parser.add_argument("--max-new-tokens", type=int, default=10, help="tokens to generate (default: %(default)s)")
+    parser.add_argument("--seed", type=int, help="seeds sampling, for reproducible output (default: random)")
+    parser.add_argument(
+        "--temperature", type=float, default=0.8, help="sampling temperature; 0 means greedy (default: %(default)s)"
+    )
+    parser.add_argument("--top-k", type=int, default=5, help="sample among the k likeliest tokens (default: %(default)s)")
     parser.add_argument(
         "--no-kv-cache",
         action="store_true",
@@ -108,10 +122,6 @@ def parse_args(argv=None):
         help="where the engine cache lives (default: $TRIPY_ENGINE_CACHE_DIR, else %(default)s)",
     )
     args = parser.parse_args(argv)
-    if args.quant_mode is None and (args.calib_file is not None or args.calib_samples != CALIB_SAMPLES):
-        raise UsageError("--calib-file and --calib-samples calibrate a quantized model: give --quant-mode too")
-    if args.calib_samples < 1:
-        raise UsageError(f"--calib-samples must be at least 1, not {args.calib_samples}")
     if args.input_text == "":
         raise UsageError("--input-text is empty: give a prompt to complete")
     if args.max_new_tokens < 1:
@@ -120,8 +130,7 @@ def parse_args(argv=None):
         raise UsageError(f"--top-k must be at least 1, not {args.top_k}")
     if not args.temperature >= 0:  # also rejects nan
         raise UsageError(f"--temperature must be 0 (greedy) or positive, not {args.temperature}")
-    if args.checkpoint is not None and not os.path.isdir(args.checkpoint):
-        raise UsageError(f"--checkpoint {args.checkpoint}: no such directory")
+    check_model_arguments(args)
     return args
 
 
@@ -288,8 +297,9 @@ def load_or_compile(source, dtype, backend_name, cache_dir=None, quant_mode=None
     return compiled_prefill, compiled_decode, weight_bytes(model), how
 
 
-def prepare(args):
-    """Checks the checkpoint's config, its tokenizer and the prompt, before any weights are read."""
+def open_checkpoint(args):
+    """The checkpoint's source (Hub id or directory), its transformers config and its tokenizer, checked
+    against each other before any weights are read."""
     import weight_loader
 
     source = args.checkpoint or args.model_type
@@ -300,6 +310,12 @@ def prepare(args):
             f"the tokenizer of '{source}' ({encoding.name}) has {encoding.n_vocab} tokens, "
             f"more than the model's vocabulary of {hf_config.vocab_size}"
         )
+    return source, hf_config, encoding
+
+
+def prepare(args):
+    """Checks the checkpoint's config, its tokenizer and the prompt, before any weights are read."""
+    source, hf_config, encoding = open_checkpoint(args)
     prompt = encoding.encode(args.input_text, allowed_special={"<|endoftext|>"})
     if len(prompt) + args.max_new_tokens > hf_config.n_positions:
         raise UsageError(
