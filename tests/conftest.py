@@ -101,3 +101,22 @@ def real_gpt2():
         if all(isinstance(try_to_load_from_cache(repo, name), str) for name in ("config.json", "model.safetensors")):
             return repo
     pytest.skip("needs the real gpt2 weights in the Hugging Face cache (the tests never download them)")
+
+
+# Random GPT-2s to quantize: every row of a weight holds several of int4's 128-input blocks (n = 256:
+# two per row of c_attn, eight of mlp.c_proj; n = 384: three), few layers, a small vocabulary.
+QUANT_CONFIGS = {
+    "quant-256": dict(num_layers=2, num_heads=4, embedding_size=256, block_size=64),
+    "quant-384": dict(num_layers=1, num_heads=6, embedding_size=384, block_size=48, vocab_size=400),
+}
+
+
+@pytest.fixture(scope="session")
+def quant_checkpoints(tmp_path_factory):
+    """name -> checkpoint directory for every QUANT_CONFIGS entry (tokenizer included)."""
+    checkpoints = {}
+    for seed, (name, shape) in enumerate(QUANT_CONFIGS.items()):
+        directory = str(tmp_path_factory.mktemp(name))
+        write_random_checkpoint(directory, seed=seed, **shape)
+        checkpoints[name] = directory
+    return checkpoints
