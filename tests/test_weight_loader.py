@@ -159,3 +159,157 @@ def test_peak_memory_stays_under_twice_the_checkpoint(tmp_path):
     for dtype in ("float32", "float16"):
         growth = result[dtype]["peak_mib"] - result[dtype]["before_mib"]
         assert growth < 2 * size_mib, f"{dtype}: loading grew the peak by {growth:.0f} MiB for {size_mib:.0f} MiB"
+
+
+# --- quantized loading: the Tripy model computes ModelOpt's fake-quantized model ------------------------
+
+import functools  # noqa: E402
+
+import quantization  # noqa: E402
+from conftest import QUANT_CONFIGS  # noqa: E402
+from quantization_fixtures import calibration_batches  # noqa: E402
+
+# max |Tripy logit - ModelOpt logit| / max |ModelOpt logit|, for the same calibration and input. In
+# float32 the two compute the same products in another order: fp32 rounding (measured <= 9e-7). In
+# float16 (weight-only modes) the Tripy model rounds every activation to fp16, as the unquantized
+# model does (measured 1.2e-3 to 1.5e-3, and 1.2e-3 unquantized).
+FP32_TOLERANCE = 1e-5
+FP16_TOLERANCE = 5e-3
+# float8 past an activation tie (see its test): measured 9.5e-3 and 3.5e-2; fp8's own error is ~1e-1.
+FLOAT8_DRIFT = 1e-1
+
+
+def eval_ids(vocab_size, seed):
+    """Two random sequences, unlike the calibration text."""
+    return torch.randint(0, vocab_size, (2, 40), generator=torch.Generator().manual_seed(100 + seed))
+
+
+def calibration(directory):
+    return calibration_batches(GPT2Config.from_pretrained(directory).vocab_size, num_samples=4, max_length=48)
+
+
+@functools.lru_cache(maxsize=None)
+def modelopt_model(directory, quant_mode):
+    """ModelOpt's fake-quantized transformers model of the checkpoint, calibrated as the loader is."""
+    model = GPT2LMHeadModel.from_pretrained(directory).eval()
+    return quantization.modelopt_quantize(model, quant_mode, calibration(directory).batches, progress=False)
+
+
+@functools.lru_cache(maxsize=None)
+def quantized_gpt(directory, quant_mode, dtype=tp.float32):
+    config = weight_loader.gpt_config_from_hf(weight_loader.load_hf_config(directory), dtype=dtype, quant_mode=quant_mode)
+    model = GPT(config)
+    seconds = weight_loader.load_quant_weights_from_hf(model, directory, dtype, quant_mode, calibration(directory), progress=False)
+    assert seconds > 0
+    return model
+
+
+def tripy_logits(model, ids):
+    compiled = tp.compile(model, args=[tp.InputInfo(tuple(ids.shape), dtype=tp.int32)])
+    return torch.from_dlpack(compiled(tp.copy(tp.Tensor(ids.to(torch.int32)), tp.device("gpu")))).float()
+
+
+def relative_error(ours, theirs):
+    return ((ours - theirs).abs().max() / theirs.abs().max()).item()
+
+
+@pytest.mark.parametrize("name", list(QUANT_CONFIGS))
+@pytest.mark.parametrize("quant_mode", ["int8-weight-only", "int4-weight-only"])
+def test_weight_only_logits_match_modelopt(quant_checkpoints, name, quant_mode):
+    """int4's agreement includes AWQ's pre_quant_scales: folded into ln_1/ln_2, multiplied in c_proj."""
+    directory = quant_checkpoints[name]
+    ids = eval_ids(GPT2Config.from_pretrained(directory).vocab_size, 0)
+    with torch.no_grad():
+        theirs = modelopt_model(directory, quant_mode)(ids).logits
+    error = relative_error(tripy_logits(quantized_gpt(directory, quant_mode), ids), theirs)
+    print(f"{name} {quant_mode}: max |logit diff| / max |logit| = {error:.1e}")  # shown with pytest -s
+    assert error <= FP32_TOLERANCE
+
+
+@pytest.mark.parametrize("name", list(QUANT_CONFIGS))
+def test_float8_logits_match_modelopt_until_an_activation_tie(quant_checkpoints, name):
+    """Equal to fp32 rounding at every position of a sequence before its first activation tie, and
+    within fp8's own error after it.
+
+    Tripy quantizes an activation as x / scale, ModelOpt as x * (448 / amax), and their activations
+    differ in the last bits: an activation that close to a midpoint between two fp8 codes rounds to
+    one code in one model and to the other in the other (quantization_fixtures.ActivationTieProbe
+    finds them: about one per forward here). That activation then moves by an fp8 step, and through
+    attention every later position of its sequence moves too, by about the fp8 error itself (fp8
+    moves these logits by up to 10% of the largest).
+    """
+    directory = quant_checkpoints[name]
+    modelopt = modelopt_model(directory, "float8")
+    ids = eval_ids(modelopt.config.vocab_size, 0)
+    with torch.no_grad():
+        theirs = modelopt(ids).logits
+    ours = tripy_logits(quantized_gpt(directory, "float8"), ids)
+    agree = (ours - theirs).abs().amax(-1) <= FP32_TOLERANCE * theirs.abs().max()  # [batch, position]
+    before_first_tie = [len(row) if row.all() else int((~row).nonzero()[0, 0]) for row in agree]
+    print(f"{name} float8: {before_first_tie} positions agree before a tie; overall {relative_error(ours, theirs):.1e}")
+    assert sum(before_first_tie) >= ids.numel() // 4  # ties are rare: most positions precede any
+    assert relative_error(ours, theirs) <= FLOAT8_DRIFT
+
+
+@pytest.mark.parametrize("quant_mode", ["int8-weight-only", "int4-weight-only"])
+def test_float16_weight_only_logits_match_modelopt(quant_checkpoints, quant_mode):
+    directory = quant_checkpoints["quant-256"]
+    model = quantized_gpt(directory, quant_mode, tp.float16)
+    assert {param.dtype for param in model.state_dict().values()} == {tp.float16}
+    ids = eval_ids(GPT2Config.from_pretrained(directory).vocab_size, 0)
+    with torch.no_grad():
+        theirs = modelopt_model(directory, quant_mode)(ids).logits
+    assert relative_error(tripy_logits(model, ids), theirs) <= FP16_TOLERANCE
+
+
+def test_dropping_awq_pre_quant_scales_visibly_changes_the_logits(quant_checkpoints):
+    """The same int4 model with AWQ's scales undone where they were applied (ln_1/ln_2 as in the
+    checkpoint, pre_quant_scale all ones): far from ModelOpt's logits, where the loaded model is exact."""
+    directory = quant_checkpoints["quant-256"]
+    model = quantized_gpt(directory, "int4-weight-only")
+    plain = GPT2LMHeadModel.from_pretrained(directory).state_dict()
+    state = dict(model.state_dict())
+    scales = [key for key in state if key.endswith(".pre_quant_scale")]
+    assert scales and all(not torch.allclose(torch.from_dlpack(state[key]), torch.tensor(1.0)) for key in scales)
+    for key in scales:
+        state[key] = tp.ones(tuple(state[key].shape), dtype=tp.float32)
+    for key in state:
+        if ".ln_1." in key or ".ln_2." in key:
+            assert not torch.equal(torch.from_dlpack(state[key]), plain[key])  # AWQ's scales were folded in
+            state[key] = tp.Tensor(plain[key])
+    dropped = GPT(model.config)
+    dropped.load_state_dict(state)
+
+    ids = eval_ids(plain["transformer.wte.weight"].shape[0], 0)
+    with torch.no_grad():
+        theirs = modelopt_model(directory, "int4-weight-only")(ids).logits
+    kept = relative_error(tripy_logits(model, ids), theirs)
+    lost = relative_error(tripy_logits(dropped, ids), theirs)
+    print(f"int4: kept {kept:.1e}, dropped {lost:.1e}")
+    assert kept <= FP32_TOLERANCE
+    assert lost > 1e-2 and lost > 1000 * kept
+
+
+@pytest.mark.parametrize("quant_mode", quantization.QUANT_MODES)
+def test_quantized_lm_head_is_untied_and_the_rest_shared(quant_checkpoints, quant_mode):
+    state = quantized_gpt(quant_checkpoints["quant-256"], quant_mode).state_dict()
+    if quant_mode == "float8":
+        assert state["lm_head.weight"] is not state["transformer.wte.weight"]  # ModelOpt's fp8-rounded copy
+        assert state["lm_head.weight_scale"].shape == state["lm_head.input_scale"].shape == ()
+    else:
+        assert state["lm_head.weight"] is state["transformer.wte.weight"]
+
+
+def test_quantized_loading_checks_the_checkpoint_before_calibrating(quant_checkpoints, tmp_path, monkeypatch):
+    directory = copy_checkpoint(
+        quant_checkpoints["quant-256"], tmp_path, lambda w: w.update({"transformer.h.1.mlp.c_fc.weight": torch.zeros(256, 5)})
+    )
+    monkeypatch.setattr(quantization, "modelopt_quantize", lambda *args, **kwargs: pytest.fail("calibrated a bad checkpoint"))
+    config = weight_loader.gpt_config_from_hf(weight_loader.load_hf_config(directory), quant_mode="int8-weight-only")
+    with pytest.raises(CheckpointError) as info:
+        weight_loader.load_quant_weights_from_hf(GPT(config), directory, tp.float32, "int8-weight-only", calibration(directory))
+    message = str(info.value)
+    assert "mis-shaped transformer.h.1.mlp.c_fc.weight (checkpoint (256, 5), expected (256, 1024))" in message
+    assert "\n" not in message
+    with pytest.raises(ValueError, match="built for quant_mode 'int8-weight-only', not 'float8'"):
+        weight_loader.load_quant_weights_from_hf(GPT(config), directory, tp.float32, "float8", calibration(directory))
