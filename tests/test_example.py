@@ -267,3 +267,111 @@ def test_hub_model_that_cannot_be_fetched(offline_env):
 def test_tensorrt_requested_but_missing(tiny_checkpoint, offline_env):
     result = run_example("--checkpoint", tiny_checkpoint, "--input-text", PROMPT, env=offline_env, backend_choice="tensorrt")
     assert_one_error_line(result, "the TensorRT backend is not available")
+
+
+# --- --quant-mode ----------------------------------------------------------------------------------------
+
+import quantization  # noqa: E402
+
+CALIBRATED = re.compile(r"^Calibrating (\S+) on (\d+) samples, (\d+) tokens of (.+) took \d+\.\d+ seconds\.\n", re.M)
+
+
+def quantized_response(result, quant_mode, samples, tokens, text_source):
+    """The response of a quantized run, after checking its calibration report and progress."""
+    assert result.returncode == 0, result.stderr
+    report = CALIBRATED.search(result.stdout)
+    assert report, result.stdout
+    assert report.groups() == (quant_mode, str(samples), str(tokens), text_source)
+    assert f"calibrating {quant_mode}" in result.stderr  # the progress bar
+    assert "Traceback" not in result.stderr
+    without_report = result.stdout[: report.start()] + result.stdout[report.end() :]
+    return response(subprocess.CompletedProcess(result.args, 0, without_report, result.stderr))
+
+
+def modelopt_greedy(directory, quant_mode, calibration, prompt, max_new_tokens):
+    """Greedy tokens of ModelOpt's fake-quantized transformers model, calibrated on the same tokens."""
+    hf_model = GPT2LMHeadModel.from_pretrained(directory, local_files_only=True).eval()
+    quantization.modelopt_quantize(hf_model, quant_mode, calibration.batches, progress=False)
+    hf_model.generation_config.eos_token_id = None
+    out = hf_model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=0)
+    return out[0, len(prompt) :].tolist()
+
+
+@pytest.mark.parametrize("quant_mode", ["int8-weight-only", "int4-weight-only"])
+def test_weight_only_quantization_on_the_command_line_is_modelopts_greedy(quant_checkpoints, offline_env, quant_mode):
+    directory = quant_checkpoints["quant-256"]
+    encoding = load_encoding(directory, is_directory=True)
+    prompt = encoding.encode(PROMPT)
+    # example.py's calibration: two samples of 64 tokens (the block size) from Python's help topics.
+    calibration = example.calibration_data(quantization.load_calibration_texts(), encoding, 2, 64)
+    expected = encoding.decode(prompt + modelopt_greedy(directory, quant_mode, calibration, prompt, 12))
+    args = ("--checkpoint", directory, "--input-text", PROMPT, "--temperature", "0", "--max-new-tokens", "12")
+    result = run_example(*args, "--quant-mode", quant_mode, "--calib-samples", "2", env=offline_env)
+    universal_newlines = expected.replace("\r\n", "\n").replace("\r", "\n")  # as subprocess's text mode reads them
+    assert quantized_response(result, quant_mode, 2, 128, "Python's help topics (pydoc_data.topics)") == universal_newlines
+
+
+def test_float8_on_the_command_line_with_a_calibration_file(quant_checkpoints, offline_env, tmp_path):
+    calib_file = tmp_path / "calib.txt"
+    calib_file.write_text("A first paragraph of text to calibrate on.\n\nAnd a second one, a little longer than that.\n" * 20)
+    args = ("--checkpoint", quant_checkpoints["quant-256"], "--input-text", PROMPT, "--seed", "0", "--quant-mode", "float8")
+    result = run_example(*args, "--calib-file", str(calib_file), "--calib-samples", "3", env=offline_env)
+    assert quantized_response(result, "float8", 3, 192, f"'{calib_file}'").startswith(PROMPT)
+
+
+@pytest.mark.parametrize("content, expected", [("", "holds no text"), ("\n \n\n", "holds no text"), (None, "is not a regular file")])
+def test_bad_calibration_file(tiny_checkpoint, offline_env, tmp_path, content, expected):
+    path = tmp_path / "calib"
+    path.mkdir() if content is None else path.write_text(content)
+    result = run_example("--checkpoint", tiny_checkpoint, "--input-text", PROMPT, "--quant-mode", "int8-weight-only", "--calib-file", str(path), env=offline_env)
+    assert_one_error_line(result, f"calibration file '{path}' {expected}")
+
+
+def test_float8_needs_compute_capability_8_9_on_tensorrt():
+    with pytest.raises(example.UsageError, match="needs a GPU of compute capability 8.9 or newer with TensorRT; this one has 8.6"):
+        example.check_quant_mode_supported("float8", "tensorrt", capability=(8, 6))
+    example.check_quant_mode_supported("float8", "tensorrt", capability=(8, 9))
+    example.check_quant_mode_supported("float8", "cpu", capability=(7, 5))  # the CPU executor runs every mode
+    example.check_quant_mode_supported("int8-weight-only", "tensorrt", capability=(8, 6))
+
+
+def test_calibration_samples_are_equal_length_chunks_of_the_text(tiny_checkpoint):
+    encoding = load_encoding(tiny_checkpoint, is_directory=True)
+    texts = ["one two three four five", "six seven", "eight nine ten eleven twelve thirteen"]
+    data = example.calibration_data(texts, encoding, num_samples=3, max_length=6)
+    stream = encoding.encode("\n\n".join(texts) + "\n\n")
+    assert [row.tolist() for batch in data.batches for row in batch] == [stream[0:6], stream[6:12], stream[12:18]]
+    assert (data.num_samples, data.num_tokens, len(data.batches)) == (3, 18, 1)  # one batch: AWQ searches once
+    short = example.calibration_data(["tiny"], encoding, num_samples=4, max_length=64)
+    assert short.num_samples == 1 and short.num_tokens == len(encoding.encode("tiny\n\n"))
+
+
+def test_calibration_settings_are_in_the_engine_cache_key(tiny_checkpoint):
+    encoding = load_encoding(tiny_checkpoint, is_directory=True)
+
+    def settings(texts, samples):
+        data = example.calibration_data(texts, encoding, samples, 16)
+        return example.Quantization("float8", data, "test").settings()
+
+    texts = quantization.load_calibration_texts()
+    assert settings(texts, 2) == settings(texts, 2)
+    assert settings(texts, 2) != settings(texts, 3)
+    assert settings(texts, 2) != settings(texts[1:], 2)
+
+
+def test_a_failed_calibration_writes_nothing(quant_checkpoints, tmp_path, monkeypatch):
+    """Calibration happens before anything is compiled or saved: when it fails, the engine cache gets no
+    entry (the key's file digests aside) and the checkpoint is untouched."""
+    directory = quant_checkpoints["quant-256"]
+    before = {name: os.stat(os.path.join(directory, name)).st_mtime_ns for name in os.listdir(directory)}
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("calibration failed")
+
+    monkeypatch.setattr(quantization, "modelopt_quantize", fail)
+    cache = tmp_path / "engine-cache"
+    args = ["--checkpoint", directory, "--input-text", PROMPT, "--quant-mode", "int8-weight-only", "--calib-samples", "2"]
+    with pytest.raises(RuntimeError, match="calibration failed"):
+        example.main(args + ["--engine-cache", "--engine-cache-dir", str(cache)])
+    assert not cache.exists() or set(os.listdir(cache)) <= {"file-digests.json"}
+    assert {name: os.stat(os.path.join(directory, name)).st_mtime_ns for name in os.listdir(directory)} == before
