@@ -1,0 +1,100 @@
+"""perplexity.py: transformers' perplexity on the same windows, the same number run to run, clear errors."""
+
+import math
+import os
+import re
+import subprocess
+import sys
+
+import nvtripy as tp
+import pytest
+import torch
+from conftest import REPO_ROOT
+from transformers import GPT2LMHeadModel
+
+import example
+import perplexity
+from tokenizer import load_encoding
+
+PERPLEXITY = os.path.join(REPO_ROOT, "perplexity.py")
+TEXT = (
+    "Beautiful is better than ugly. Explicit is better than implicit. Simple is better than complex.\n"
+    "Complex is better than complicated. Flat is better than nested. Sparse is better than dense.\n"
+    "Readability counts. Special cases aren't special enough to break the rules.\n"
+)
+RESULT = re.compile(r"\APerplexity of '.*' under .* \((?P<precision>[^)]*)\): (?P<ppl>\d+\.\d{4})\nScored (?P<scored>\d+) tokens in (?P<windows>\d+) windows")
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "zen.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return str(path)
+
+
+def run_perplexity(*args, env):
+    return subprocess.run(
+        [sys.executable, PERPLEXITY, "--backend", os.environ.get("TRIPY_EXAMPLE_BACKEND", "auto"), *args],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_perplexity_is_transformers_on_the_same_windows(quant_checkpoints, text_file):
+    directory = quant_checkpoints["quant-256"]
+    encoding = load_encoding(directory, is_directory=True)
+    tokens = perplexity.read_tokens(text_file, encoding)
+    chunks = perplexity.windows(tokens, 64)
+    assert [len(c) for c in chunks[:-1]] == [64] * (len(chunks) - 1) and sum(map(len, chunks)) == len(tokens)
+    model = example.load_model(directory, tp.float32, seq_len=64)
+    ours, scored = perplexity.perplexity(example.logits_function(example.compile_model(model, 64)), chunks, encoding.n_vocab)
+
+    hf_model = GPT2LMHeadModel.from_pretrained(directory).eval()
+    total = 0.0
+    with torch.no_grad():
+        for chunk in chunks:
+            ids = torch.tensor([chunk])
+            total += hf_model(ids, labels=ids).loss.item() * (len(chunk) - 1)  # the mean over the chunk's targets
+    assert scored == len(tokens) - len(chunks)
+    assert ours == pytest.approx(math.exp(total / scored), rel=1e-5)
+
+
+def test_same_number_run_to_run(quant_checkpoints, text_file, offline_env):
+    """Quantized (calibration included) and not: two runs print the same perplexity to the last digit."""
+    directory = quant_checkpoints["quant-256"]
+    for mode in ([], ["--quant-mode", "int4-weight-only", "--calib-samples", "2"]):
+        first, second = (run_perplexity("--checkpoint", directory, "--text-file", text_file, *mode, env=offline_env) for _ in range(2))
+        assert first.returncode == 0, first.stderr
+        match = RESULT.match(first.stdout)
+        assert match, first.stdout
+        assert match.group("precision") == ("int4-weight-only, float32" if mode else "float32")
+        assert RESULT.match(second.stdout).group("ppl") == match.group("ppl")
+        assert 1 < float(match.group("ppl")) < 10 * 321  # the tiny tokenizer's vocabulary: near chance for random weights
+        assert ("Calibrating int4-weight-only on 2 samples" in first.stdout) == bool(mode)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--text-file", "{one_token}"], "holds 1 token(s): perplexity needs at least 2"),
+        (["--text-file", "{text}", "--context", "1"], "--context must be at least 2"),
+        (["--text-file", "{text}", "--calib-file", "{text}"], "give --quant-mode too"),
+        (["--text-file", "{text}", "--quant-mode", "int4-weight-only"], "(64) is not a multiple of 128"),
+        (["--text-file", "{text}", "--quant-mode", "float8", "--calib-file", "{one_token}.missing"], "does not exist"),
+    ],
+)
+def test_bad_input_is_a_usage_error(tiny_checkpoint, text_file, tmp_path, args, expected):
+    one_token = tmp_path / "one.txt"
+    one_token.write_text("a")
+    args = [a.format(one_token=one_token, text=text_file) for a in args]
+    with pytest.raises(example.UsageError, match=re.escape(expected)):
+        perplexity.main(["--checkpoint", tiny_checkpoint, *args])
+
+
+def test_bad_input_on_the_command_line_is_one_error_line(tiny_checkpoint, offline_env):
+    result = run_perplexity("--checkpoint", tiny_checkpoint, "--text-file", "nowhere.txt", env=offline_env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr == "error: --text-file 'nowhere.txt' does not exist\n" and result.stdout == ""
