@@ -2,6 +2,9 @@
 
 Module and parameter names follow transformers' GPT2LMHeadModel (transformer.h.0.attn.c_attn.weight,
 ..., lm_head.weight), so weight_loader.py copies a checkpoint key for key. The numerics follow it too.
+With config.quant_mode set, linear_layer builds quantized layers instead, whose scales are parameters
+too; weight_loader.load_quant_weights_from_hf fills them from ModelOpt's calibration, and the model then
+computes what ModelOpt's fake-quantized transformers model computes.
 
 Import this only after `backend.select_backend(...)`: it imports nvtripy.
 """
