@@ -327,6 +327,40 @@ def test_the_command_line_reuses_the_engine_on_its_second_run(tiny_checkpoint, o
     assert response(first) == response(second) and response(first).startswith(f"Response: {PROMPT}")
 
 
+def test_checkpoint_files_are_identified_by_content(tiny_checkpoint, tmp_path, monkeypatch):
+    """A directory's files are hashed once (then remembered by size, time and inode); a Hub cache's are
+    named by their hashes already; tokenizer files are left out; with no weights yet there is no identity."""
+    import huggingface_hub
+
+    hashed = []
+    monkeypatch.setattr(engine_cache, "sha256_of_file", lambda path: hashed.append(path) or f"sha256 of {os.path.basename(path)}")
+    cache_dir = str(tmp_path / "engines")
+    identity = engine_cache.checkpoint_identity(tiny_checkpoint, True, cache_dir)
+    assert identity == {"config.json": "sha256 of config.json", "model.safetensors": "sha256 of model.safetensors"}
+    assert engine_cache.checkpoint_identity(tiny_checkpoint, True, cache_dir) == identity and len(hashed) == 2
+
+    hub = tmp_path / "hub"
+    repo = hub / "models--org--tiny"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    snapshot = repo / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    blob_names = {"config.json": "c" * 40, "model.safetensors": "5" * 64, "vocab.json": "d" * 40}
+    for name, blob in blob_names.items():
+        (repo / "blobs" / blob).write_bytes(open(os.path.join(tiny_checkpoint, name), "rb").read())
+        (snapshot / name).symlink_to(f"../../blobs/{blob}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    assert engine_cache.checkpoint_identity("org/tiny", False, cache_dir) == {
+        "config.json": "c" * 40,
+        "model.safetensors": "5" * 64,
+    }
+    assert len(hashed) == 2  # nothing more was hashed
+    (snapshot / "model.safetensors").unlink()
+    assert engine_cache.checkpoint_identity("org/tiny", False, cache_dir) is None  # weights not downloaded yet
+    assert engine_cache.checkpoint_identity("org/absent", False, cache_dir) is None
+
+
 def base_parts(directory, cache_dir):
     import weight_loader
 
