@@ -398,7 +398,8 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
+def run_command(main):
+    """Runs `main` as a command: bad input is one `error:` line on stderr and exit status 2, Ctrl-C 130."""
     try:
         sys.exit(main())
     except (UsageError, backend.BackendError, TokenizerError) as exc:
@@ -406,3 +407,7 @@ if __name__ == "__main__":
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    run_command(main)

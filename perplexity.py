@@ -25,7 +25,6 @@ import torch
 import backend
 import example
 from example import UsageError
-from tokenizer import TokenizerError
 
 DTYPES = ("auto", "float32", "float16")
 
@@ -129,10 +128,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (UsageError, backend.BackendError, TokenizerError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    example.run_command(main)
