@@ -29,8 +29,8 @@ import torch
 import backend
 import engine_cache
 import quantization
-from generate import compile_decode, compile_prefill, peak_memory_bandwidth, sample, shape_bounds, speed_report
-from generate import generate as generate_with_cache
+from generate import compile_decode, compile_forward, compile_prefill, forward_logits, generate, generate_without_cache
+from generate import peak_memory_bandwidth, shape_bounds, speed_report
 from generate import text_stream, weight_bytes
 from quantization import QUANT_MODES
 from tokenizer import TokenizerError, load_encoding
@@ -224,38 +224,6 @@ def load_model(source, dtype, seq_len, quant=None):
     return model
 
 
-def compile_model(model, prompt_len):
-    """Compiles once for every sequence length from 1 up to the model's seq_len, tuned for the prompt's."""
-    import nvtripy as tp
-
-    seq_len = tp.NamedDimension("seq_len", 1, prompt_len, model.config.seq_len)
-    return tp.compile(model, args=[tp.InputInfo((model.config.batch_size, seq_len), dtype=tp.int32)])
-
-
-def logits_function(compiled_model):
-    """Wraps the compiled model as token ids (torch, int32) -> logits (torch)."""
-    import nvtripy as tp
-
-    def logits(idx):
-        # A compiled function takes device tensors: a CPU tensor is copied over first.
-        tp_idx = tp.Tensor(idx) if idx.is_cuda else tp.copy(tp.Tensor(idx), tp.device("gpu"))
-        return torch.from_dlpack(compiled_model(tp_idx))
-
-    return logits
-
-
-def generate(logits, prompt, max_new_tokens, temperature, top_k, generator, vocab_size=None):
-    """Yields new token ids one at a time, each from the logits of the whole sequence so far.
-
-    A model's vocabulary may be padded beyond its tokenizer's; ids from vocab_size on are never chosen.
-    """
-    idx = torch.tensor([prompt], dtype=torch.int32, device=generator.device)
-    for _ in range(max_new_tokens):
-        idx_next = sample(logits(idx)[..., :vocab_size], temperature, top_k, generator)
-        idx = torch.cat((idx, idx_next.to(torch.int32)), dim=1)
-        yield int(idx_next[0, 0])
-
-
 def load_or_compile(source, dtype, backend_name, cache_dir=None, quant_mode=None, quant_settings=None, load=None):
     """The compiled prefill and decode functions, the weights' size in bytes, and a line saying how the
     functions were got: from the engine cache in `cache_dir` when it has them (the weights are then not
@@ -358,7 +326,7 @@ def main(argv=None):
 
     if args.no_kv_cache:
         start = time.perf_counter()
-        compiled_model = compile_model(model, len(prompt))
+        compiled_model = compile_forward(model, len(prompt))
         how_compiled = f"Compilation took {time.perf_counter() - start:.2f} seconds."
         model_bytes = weight_bytes(model)
 
@@ -372,9 +340,9 @@ def main(argv=None):
 
     sampling = (args.max_new_tokens, args.temperature, args.top_k, generator, encoding.n_vocab)
     if args.no_kv_cache:
-        new_tokens = generate(logits_function(compiled_model), prompt, *sampling)
+        new_tokens = generate_without_cache(forward_logits(compiled_model), prompt, *sampling)
     else:
-        new_tokens = generate_with_cache(compiled_prefill, compiled_decode, prompt, *sampling)
+        new_tokens = generate(compiled_prefill, compiled_decode, prompt, *sampling)
 
     # The response streams: each token's text is printed as soon as it is made (whole characters only).
     text = text_stream(encoding)

@@ -87,6 +87,43 @@ def weight_bytes(model):
     return int(total)
 
 
+# --- generating without a cache (example.py --no-kv-cache, and the reference for the cached path) ---------
+
+
+def compile_forward(model, prompt_len):
+    """The whole-sequence forward, compiled once for every length from 1 to the model's seq_len,
+    tuned for the prompt's."""
+    import nvtripy as tp
+
+    seq_len = tp.NamedDimension("seq_len", 1, prompt_len, model.config.seq_len)
+    return tp.compile(model, args=[tp.InputInfo((model.config.batch_size, seq_len), dtype=tp.int32)])
+
+
+def forward_logits(compiled_model):
+    """Wraps the compiled model as token ids (torch, int32) -> logits (torch)."""
+    import nvtripy as tp
+
+    def logits(idx):
+        # A compiled function takes device tensors: a CPU tensor is copied over first.
+        tp_idx = tp.Tensor(idx) if idx.is_cuda else tp.copy(tp.Tensor(idx), tp.device("gpu"))
+        return torch.from_dlpack(compiled_model(tp_idx))
+
+    return logits
+
+
+def generate_without_cache(logits, prompt, max_new_tokens, temperature, top_k, generator, vocab_size=None):
+    """Yields new token ids one at a time, each from the logits of the whole sequence so far (Tripy's
+    example does this; the cost of a token grows with the sequence).
+
+    A model's vocabulary may be padded beyond its tokenizer's; ids from vocab_size on are never chosen.
+    """
+    idx = torch.tensor([prompt], dtype=torch.int32, device=generator.device)
+    for _ in range(max_new_tokens):
+        idx_next = sample(logits(idx)[..., :vocab_size], temperature, top_k, generator)
+        idx = torch.cat((idx, idx_next.to(torch.int32)), dim=1)
+        yield int(idx_next[0, 0])
+
+
 # --- generating ----------------------------------------------------------------------------------------
 
 

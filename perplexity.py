@@ -24,6 +24,7 @@ import torch
 
 import backend
 import example
+import generate
 from example import UsageError
 
 DTYPES = ("auto", "float32", "float16")
@@ -115,7 +116,7 @@ def main(argv=None):
     sys.stderr.flush()
 
     start = time.perf_counter()
-    logits = example.logits_function(example.compile_model(model, len(chunks[0])))
+    logits = generate.forward_logits(generate.compile_forward(model, len(chunks[0])))
     ppl, scored = perplexity(logits, chunks, encoding.n_vocab)
     seconds = time.perf_counter() - start
 

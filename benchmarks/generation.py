@@ -87,7 +87,7 @@ def main():
         kv_compile_s = time.perf_counter() - start  # includes reading the weights
         model = example.load_model(checkpoint, dtype, seq_len=args.prompt_tokens + max(NEW_TOKENS))
     start = time.perf_counter()
-    recompute = example.logits_function(example.compile_model(model, args.prompt_tokens))
+    recompute = generate.forward_logits(generate.compile_forward(model, args.prompt_tokens))
     recompute_compile_s = time.perf_counter() - start
     del model
     hf_model = hf_model.to(device=device, dtype=torch_dtype)
@@ -98,7 +98,7 @@ def main():
         return generate.generate(prefill, decode, prompt, n, 0.0, 1, torch.Generator(device))
 
     def recomputed(n):
-        return example.generate(recompute, prompt, n, 0.0, 1, torch.Generator(device))
+        return generate.generate_without_cache(recompute, prompt, n, 0.0, 1, torch.Generator(device))
 
     def hf(n):
         with torch.no_grad():

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2LMHeadModel
 
 import example
+import generate
 from tokenizer import load_encoding
 
 EXAMPLE = os.path.join(REPO_ROOT, "example.py")
@@ -74,8 +75,8 @@ def test_greedy_generation_is_token_identical_to_transformers(parity_checkpoints
     prompt = load_encoding(directory, is_directory=True).encode(PROMPT)
     max_new_tokens = 12
     model = example.load_model(directory, tp.float32, seq_len=len(prompt) + max_new_tokens)
-    logits = example.logits_function(example.compile_model(model, len(prompt)))
-    ours = list(example.generate(logits, prompt, max_new_tokens, 0.0, 5, torch.Generator()))
+    logits = generate.forward_logits(generate.compile_forward(model, len(prompt)))
+    ours = list(generate.generate_without_cache(logits, prompt, max_new_tokens, 0.0, 5, torch.Generator()))
     assert ours == hf_greedy(directory, prompt, max_new_tokens)
 
 
@@ -101,11 +102,11 @@ def test_seeded_sampling_is_reproducible_run_to_run(tiny_checkpoint, offline_env
 def test_sampling_follows_the_seed(tiny_checkpoint):
     prompt = load_encoding(tiny_checkpoint, is_directory=True).encode(PROMPT)
     model = example.load_model(tiny_checkpoint, tp.float32, seq_len=len(prompt) + 16)
-    logits = example.logits_function(example.compile_model(model, len(prompt)))
+    logits = generate.forward_logits(generate.compile_forward(model, len(prompt)))
 
     def sample(seed):
         generator = torch.Generator().manual_seed(seed)
-        return list(example.generate(logits, prompt, 16, 0.8, 5, generator))
+        return list(generate.generate_without_cache(logits, prompt, 16, 0.8, 5, generator))
 
     first = sample(0)
     assert sample(0) == first
@@ -115,7 +116,7 @@ def test_sampling_follows_the_seed(tiny_checkpoint):
 def test_top_k_1_is_greedy():
     logits = torch.randn(1, 3, 50)
     for seed in range(5):
-        token = example.sample(logits.clone(), 1.3, 1, torch.Generator().manual_seed(seed))
+        token = generate.sample(logits.clone(), 1.3, 1, torch.Generator().manual_seed(seed))
         assert token.item() == logits[0, -1].argmax().item()
 
 

@@ -51,7 +51,7 @@ def compiled():
     def get(directory, dtype):
         if (directory, dtype) not in cache:
             model = example.load_model(directory, DTYPES[dtype], seq_len=None)
-            recompute = example.logits_function(example.compile_model(model, 8))
+            recompute = generate.forward_logits(generate.compile_forward(model, 8))
             cache[directory, dtype] = (model, generate.compile_prefill(model), generate.compile_decode(model), recompute)
         return cache[directory, dtype]
 
@@ -97,7 +97,7 @@ def test_cached_greedy_matches_recompute_and_transformers(parity_checkpoints, co
     max_new_tokens = 16
 
     ours = cached_greedy(prefill, decode, prompt, max_new_tokens)
-    assert ours == list(example.generate(recompute, prompt, max_new_tokens, 0.0, 1, torch.Generator()))
+    assert ours == list(generate.generate_without_cache(recompute, prompt, max_new_tokens, 0.0, 1, torch.Generator()))
     assert ours == hf_greedy(reference, prompt, max_new_tokens)
 
     tokens = prompt + ours
@@ -141,14 +141,14 @@ def test_quantized_cached_greedy_matches_recompute_and_transformers(quant_checkp
     model = GPT(weight_loader.gpt_config_from_hf(weight_loader.load_hf_config(directory), dtype=DTYPES[dtype], quant_mode=quant_mode))
     weight_loader.load_quant_weights_from_hf(model, directory, DTYPES[dtype], quant_mode, calibration, progress=False)
     prefill, decode = generate.compile_prefill(model), generate.compile_decode(model)
-    recompute = example.logits_function(example.compile_model(model, 8))
+    recompute = generate.forward_logits(generate.compile_forward(model, 8))
     reference = tiny_gpt2(0)
     quantization.modelopt_quantize(reference, quant_mode, calibration, progress=False)
     reference.generation_config.eos_token_id = None
     prompt, max_new_tokens = [5, 17, 99, 3], 16
 
     ours = cached_greedy(prefill, decode, prompt, max_new_tokens)
-    assert ours == list(example.generate(recompute, prompt, max_new_tokens, 0.0, 1, torch.Generator()))
+    assert ours == list(generate.generate_without_cache(recompute, prompt, max_new_tokens, 0.0, 1, torch.Generator()))
     if dtype == "float32":  # transformers' fake quantization runs in float32 only
         assert ours == hf_greedy(reference, prompt, max_new_tokens)
 
@@ -171,7 +171,7 @@ def test_sampling_with_the_cache_follows_the_seed(parity_checkpoints, compiled):
         return list(fn(prompt, 12, 0.9, 5, torch.Generator().manual_seed(seed)))
 
     cached = lambda *args: generate.generate(prefill, decode, *args)
-    recomputed = lambda *args: example.generate(recompute, *args)
+    recomputed = lambda *args: generate.generate_without_cache(recompute, *args)
     assert sample(0, cached) == sample(0, cached) == sample(0, recomputed)
     assert sample(1, cached) != sample(0, cached)
 

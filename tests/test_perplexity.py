@@ -13,6 +13,7 @@ from conftest import REPO_ROOT
 from transformers import GPT2LMHeadModel
 
 import example
+import generate
 import perplexity
 from tokenizer import load_encoding
 
@@ -50,7 +51,7 @@ def test_perplexity_is_transformers_on_the_same_windows(quant_checkpoints, text_
     chunks = perplexity.windows(tokens, 64)
     assert [len(c) for c in chunks[:-1]] == [64] * (len(chunks) - 1) and sum(map(len, chunks)) == len(tokens)
     model = example.load_model(directory, tp.float32, seq_len=64)
-    ours, scored = perplexity.perplexity(example.logits_function(example.compile_model(model, 64)), chunks, encoding.n_vocab)
+    ours, scored = perplexity.perplexity(generate.forward_logits(generate.compile_forward(model, 64)), chunks, encoding.n_vocab)
 
     hf_model = GPT2LMHeadModel.from_pretrained(directory).eval()
     total = 0.0
