@@ -1,7 +1,9 @@
 """Chooses what runs nvtripy programs: TensorRT on an NVIDIA GPU, or the PyTorch executor on the CPU.
 
-This must run before the first `import nvtripy`. `example.py` calls it with its `--backend`
-flag; the tests call it with the environment variable TRIPY_EXAMPLE_BACKEND.
+This must run before the first `import nvtripy`: nvtripy imports TensorRT's modules as it loads, and
+where they are absent (or the CPU is asked for) the executor must already stand in for them. So the
+commands call `select_backend` with their `--backend` flag first thing, and import the modules that
+import nvtripy after it; the tests call it with the environment variable TRIPY_EXAMPLE_BACKEND.
 """
 
 import importlib
@@ -18,6 +20,10 @@ TENSORRT_INSTALL_HINT = (
 
 class BackendError(RuntimeError):
     pass
+
+
+# The line select_backend(announce=False) holds back, for the caller to print when it is time.
+announcement = None
 
 
 def tensorrt_missing():
@@ -39,7 +45,9 @@ def tensorrt_missing():
 
 
 def select_backend(choice="auto", announce=True):
-    """Prepares nvtripy for `choice` and returns the backend that will run: 'tensorrt' or 'cpu'."""
+    """Prepares nvtripy for `choice` and returns the backend that will run: 'tensorrt' or 'cpu'.
+    It says which on stderr, or with announce=False keeps that line in `announcement`."""
+    global announcement
     if choice not in CHOICES:
         raise BackendError(f"unknown backend '{choice}': choose one of {', '.join(CHOICES)}")
     import torch_executor
@@ -59,8 +67,9 @@ def select_backend(choice="auto", announce=True):
         backend, why = "cpu", "PyTorch executor" + (f"; TensorRT not used: {reason}" if reason else "")
     else:
         backend, why = "tensorrt", "TensorRT on " + __import__("torch").cuda.get_device_name(0)
+    announcement = f"nvtripy backend: {backend} ({why})"
     if announce:
-        print(f"nvtripy backend: {backend} ({why})", file=sys.stderr)
+        print(announcement, file=sys.stderr)
     return backend
 
 

@@ -2,7 +2,8 @@
 
 Building TensorRT engines for GPT-2 takes far longer than loading them, and the compiled prefill and
 decode functions depend on nothing a run chooses at run time (generate.shape_bounds), so they can be
-reused. An entry is a directory <cache dir>/<key>/ holding one file per function, written by
+reused. `load_or_compile` decides everything about it: whether the cache is used, the key, the lookup,
+loading and compiling the model on a miss, and saving. An entry is a directory <cache dir>/<key>/ holding one file per function, written by
 Executable.save (the same call on TensorRT and on the CPU executor), and entry.json, which records the
 key's parts, each file's SHA-256 and facts about the model (its weight bytes, for the speed report).
 
@@ -24,12 +25,62 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 
-ENTRY_FORMAT = 1  # bump when the layout of an entry changes
+import nvtripy as tp
+import torch
+
+import generate
+import weight_loader
+
+ENTRY_FORMAT = 2  # bump when the layout of an entry changes
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".index.json")  # what transformers reads weights from
 # The source files whose code decides what is compiled: a change to any of them changes the key.
-SOURCE_FILES = ("model.py", "generate.py", "weight_loader.py", "quantization.py")
+SOURCE_FILES = ("model.py", "generate.py", "checkpoint.py", "weight_loader.py", "quantization.py")
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
+FUNCTIONS = ("prefill", "decode")
+
+
+def load_or_compile(checkpoint, dtype, quant, backend_name, use_cache=None, cache_dir=None):
+    """The compiled prefill and decode functions of the checkpoint's model, as a generate.Compiled that
+    says how they were got: from the engine cache when it has them (the weights are then not even
+    read), else loaded (quantized if `quant` says so) and compiled, and saved to the cache.
+
+    use_cache None means on with TensorRT, where building engines takes long, and off on the CPU
+    executor, where compiling takes seconds and loading a saved entry longer. cache_dir None means
+    default_dir().
+    """
+    if use_cache is None:
+        use_cache = backend_name == "tensorrt"
+    cache_dir = cache_dir or default_dir()
+    config = weight_loader.gpt_config(checkpoint, dtype, quant.mode if quant else None)
+
+    def key():
+        identity = checkpoint_identity(checkpoint, cache_dir)
+        if identity is None:  # not downloaded yet
+            return None
+        bounds, batch_size = generate.shape_bounds(config), 1
+        return key_parts(identity, dtype, quant, bounds, batch_size, environment(backend_name), source_digest(backend_name))
+
+    parts = key() if use_cache else None
+    if parts:
+        start = time.perf_counter()
+        entry = load(cache_dir, parts, FUNCTIONS)
+        if entry:
+            executables, info = entry
+            seconds = time.perf_counter() - start
+            return generate.Compiled(tuple(executables[name] for name in FUNCTIONS), info["weight_bytes"], seconds, from_engine_cache=True)
+
+    model, calibration_seconds = weight_loader.load_model(checkpoint, dtype, quant)
+    start = time.perf_counter()
+    functions = (generate.compile_prefill(model), generate.compile_decode(model))
+    compiled = generate.Compiled(functions, model.weight_bytes(), time.perf_counter() - start, calibration_seconds=calibration_seconds)
+    parts = (parts or key()) if use_cache else None  # a Hub model is downloaded by now
+    if parts:
+        start = time.perf_counter()
+        if save(cache_dir, parts, dict(zip(FUNCTIONS, functions)), {"weight_bytes": compiled.weight_bytes}):
+            compiled.save_seconds = time.perf_counter() - start
+    return compiled
 
 
 def default_dir():
@@ -70,21 +121,21 @@ def file_digest(path, memo):
     return memo[stamp]
 
 
-def checkpoint_directory(source, is_local):
+def checkpoint_directory(checkpoint):
     """Where the checkpoint's files are: the directory itself, or the Hub snapshot in the local cache
     (None when not cached yet: then the first run downloads it and computes the key after loading)."""
-    if is_local:
-        return source
+    if checkpoint.is_local:
+        return checkpoint.source
     from huggingface_hub import try_to_load_from_cache
 
-    config = try_to_load_from_cache(source, "config.json")
+    config = try_to_load_from_cache(checkpoint.source, "config.json")
     return os.path.dirname(config) if isinstance(config, str) else None
 
 
-def checkpoint_identity(source, is_local, cache_dir):
+def checkpoint_identity(checkpoint, cache_dir):
     """{file name: content digest} of config.json and the weight files, or None if the weights are not
     on this machine yet. Tokenizer files do not change an engine, so they are left out."""
-    directory = checkpoint_directory(source, is_local)
+    directory = checkpoint_directory(checkpoint)
     if directory is None or not os.path.isdir(directory):
         return None
     names = sorted(n for n in os.listdir(directory) if n == "config.json" or n.endswith(WEIGHT_FILE_SUFFIXES))
@@ -104,8 +155,6 @@ def checkpoint_identity(source, is_local, cache_dir):
 
 def environment(backend_name):
     """What the engine was built with: nvtripy and the backend's versions, and on TensorRT the GPU."""
-    import torch
-
     env = {"backend": backend_name, "nvtripy": _version("nvtripy")}
     if backend_name == "tensorrt":
         env["tensorrt"] = _version("tensorrt") or __import__("tensorrt").__version__
@@ -135,14 +184,14 @@ def source_digest(backend_name):
     return digest.hexdigest()
 
 
-def key_parts(checkpoint, dtype, quant_mode, shape_bounds, batch_size, env, source, quant_settings=None):
-    """Everything that changes the compiled functions, as plain JSON-able values."""
+def key_parts(checkpoint_files, dtype, quant, shape_bounds, batch_size, env, source):
+    """Everything that changes the compiled functions, as plain JSON-able values. `quant` is a
+    quantization.Quantization or None: its mode and calibration tokens change the weights."""
     return {
         "format": ENTRY_FORMAT,
-        "checkpoint": checkpoint,
+        "checkpoint": checkpoint_files,
         "dtype": str(dtype),
-        "quant_mode": quant_mode,
-        "quant_settings": quant_settings,  # e.g. calibration data and sample count: they change the weights
+        "quantization": quant.cache_key() if quant else None,
         "shape_bounds": {name: list(bounds) for name, bounds in shape_bounds.items()},
         "batch_size": batch_size,
         "environment": env,
@@ -160,8 +209,6 @@ def entry_key(parts):
 def load(cache_dir, parts, names):
     """(executables by name, info dict) from the entry for `parts`, or None on a miss. A corrupt or
     stale entry is removed with a warning and counts as a miss."""
-    import nvtripy as tp
-
     entry = os.path.join(cache_dir, entry_key(parts))
     if not os.path.isdir(entry):
         return None

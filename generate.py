@@ -1,9 +1,9 @@
-"""Fast generation with a KV cache, after gpt-fast's generate.py: prefill -> decode_one_token -> generate.
+"""Generation, after gpt-fast's generate.py: prefill -> decode_one_token -> generate.
 
-Recomputing the whole sequence for every new token (example.py --no-kv-cache) makes each token cost
-more than the one before. Here `prefill` reads the prompt once and returns the logits of its last
-token and every layer's keys and values (the KV cache); `decode_one_token` feeds one token and the
-cache, and gets the next logits and the cache grown by one. A step's cost is then the weights, read
+Recomputing the whole sequence for every new token (Tripy's example; example.py --no-kv-cache) makes
+each token cost more than the one before. With a KV cache, `prefill` reads the prompt once and returns
+the logits of its last token and every layer's keys and values; `decode_one_token` feeds one token and
+the cache, and gets the next logits and the cache grown by one. A step's cost is then the weights, read
 once, plus attention over the cache, which is small next to them.
 
 Each function is compiled once, with tp.compile and dynamic dimensions: prefill over the prompt length,
@@ -12,30 +12,35 @@ prompt, so one compiled pair serves every prompt and can be saved and reused (en
 The cache never leaves the device: a call's output tensors go straight back in as the next call's
 inputs. Only the logits are read, through DLPack, to sample the next token.
 
-nvtripy is imported inside the functions, because the backend must be chosen before it is imported
-(backend.select_backend); example.py imports this module before that.
+`generate` and `generate_without_cache` are the two paths: both take the compiled functions as a
+tuple, the prompt and the sampling options, and yield new token ids one at a time.
 """
 
-import codecs
-import math
+import time
+from dataclasses import dataclass
+from typing import Optional
 
+import nvtripy as tp
 import torch
+
+import weight_loader
+from sampling import sample
 
 # The lengths TensorRT tunes its kernels for, within the bounds below: short prompts, a mid-length cache.
 PREFILL_OPT = 64
 DECODE_OPT = 256
 
 
-def sample(logits, temperature, top_k, generator):
-    """The next token from the last position's logits: greedy for temperature 0, else top-k sampling."""
-    logits = logits[:, -1, :]
-    if temperature == 0:
-        return torch.argmax(logits, dim=-1, keepdim=True)
-    logits = logits / temperature
-    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-    logits[logits < v[:, [-1]]] = -float("Inf")
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+@dataclass
+class Compiled:
+    """The compiled functions of one generation path, and how they were got, for the report."""
+
+    functions: tuple  # (prefill, decode) for generate(); (forward,) for generate_without_cache()
+    weight_bytes: int  # what a decode step reads
+    seconds: float  # compiling them, or loading them from the engine cache
+    from_engine_cache: bool = False
+    save_seconds: Optional[float] = None  # saving them to the engine cache, when they were
+    calibration_seconds: Optional[float] = None  # calibrating the quantized model, when it was
 
 
 # --- compiling -----------------------------------------------------------------------------------------
@@ -51,170 +56,82 @@ def shape_bounds(config):
     }
 
 
-def compile_prefill(model):
-    import nvtripy as tp
-
+def compile_prefill(model, batch_size=1):
     tokens = tp.NamedDimension("tokens", *shape_bounds(model.config)["prefill_tokens"])
-    return tp.compile(model.prefill, args=[tp.InputInfo((model.config.batch_size, tokens), dtype=tp.int32)])
+    return tp.compile(model.prefill, args=[tp.InputInfo((batch_size, tokens), dtype=tp.int32)])
 
 
-def compile_decode(model):
-    import nvtripy as tp
-
+def compile_decode(model, batch_size=1):
     c = model.config
     cached = tp.NamedDimension("cached_tokens", *shape_bounds(c)["decode_cached_tokens"])
-    layer_cache = tp.InputInfo((2, c.batch_size, c.num_heads, cached, c.embedding_size // c.num_heads), dtype=c.dtype)
-    token = tp.InputInfo((c.batch_size, 1), dtype=tp.int32)
+    layer_cache = tp.InputInfo((2, batch_size, c.num_heads, cached, c.embedding_size // c.num_heads), dtype=c.dtype)
+    token = tp.InputInfo((batch_size, 1), dtype=tp.int32)
     return tp.compile(model.decode, args=[token, [layer_cache] * c.num_layers])
 
 
-# Bytes per weight of a quantized linear layer. model.py keeps its weight in the model's dtype and
-# quantizes it in the traced graph; compiling folds that into the constant the program reads.
-QUANTIZED_WEIGHT_BYTES = {"int8-weight-only": 1, "int4-weight-only": 0.5, "float8": 1}
+def compile_forward(model, max_tokens, opt_tokens):
+    """The whole-sequence forward, compiled once for every length from 1 to max_tokens, tuned for opt_tokens."""
+    tokens = tp.NamedDimension("tokens", 1, opt_tokens, max_tokens)
+    return tp.compile(model, args=[tp.InputInfo((1, tokens), dtype=tp.int32)])
 
 
-def weight_bytes(model):
-    """Bytes of the model's weights as the compiled program stores them, each counted once (the tied
-    lm_head and wte are one tensor): what a decode step reads from memory, for the bandwidth report."""
-    state, seen, total = model.state_dict(), set(), 0
-    for key, weight in state.items():
-        if id(weight) in seen:
-            continue
-        seen.add(id(weight))
-        quantized = key.endswith(".weight") and f"{key[: -len('weight')]}weight_scale" in state
-        itemsize = QUANTIZED_WEIGHT_BYTES[model.config.quant_mode] if quantized else weight.dtype.itemsize
-        total += math.prod(weight.shape) * itemsize
-    return int(total)
-
-
-# --- generating without a cache (example.py --no-kv-cache, and the reference for the cached path) ---------
-
-
-def compile_forward(model, prompt_len):
-    """The whole-sequence forward, compiled once for every length from 1 to the model's seq_len,
-    tuned for the prompt's."""
-    import nvtripy as tp
-
-    seq_len = tp.NamedDimension("seq_len", 1, prompt_len, model.config.seq_len)
-    return tp.compile(model, args=[tp.InputInfo((model.config.batch_size, seq_len), dtype=tp.int32)])
-
-
-def forward_logits(compiled_model):
-    """Wraps the compiled model as token ids (torch, int32) -> logits (torch)."""
-    import nvtripy as tp
-
-    def logits(idx):
-        # A compiled function takes device tensors: a CPU tensor is copied over first.
-        tp_idx = tp.Tensor(idx) if idx.is_cuda else tp.copy(tp.Tensor(idx), tp.device("gpu"))
-        return torch.from_dlpack(compiled_model(tp_idx))
-
-    return logits
-
-
-def generate_without_cache(logits, prompt, max_new_tokens, temperature, top_k, generator, vocab_size=None):
-    """Yields new token ids one at a time, each from the logits of the whole sequence so far (Tripy's
-    example does this; the cost of a token grows with the sequence).
-
-    A model's vocabulary may be padded beyond its tokenizer's; ids from vocab_size on are never chosen.
-    """
-    idx = torch.tensor([prompt], dtype=torch.int32, device=generator.device)
-    for _ in range(max_new_tokens):
-        idx_next = sample(logits(idx)[..., :vocab_size], temperature, top_k, generator)
-        idx = torch.cat((idx, idx_next.to(torch.int32)), dim=1)
-        yield int(idx_next[0, 0])
+def compile_without_cache(checkpoint, dtype, quant, prompt_tokens, max_tokens):
+    """The checkpoint's model, loaded (quantized if `quant` says so), compiled as one whole-sequence
+    forward for up to max_tokens tokens, tuned for the prompt's length."""
+    model, calibration_seconds = weight_loader.load_model(checkpoint, dtype, quant)
+    start = time.perf_counter()
+    forward = compile_forward(model, max_tokens, prompt_tokens)
+    return Compiled((forward,), model.weight_bytes(), time.perf_counter() - start, calibration_seconds=calibration_seconds)
 
 
 # --- generating ----------------------------------------------------------------------------------------
 
 
 def device_tokens(tokens):
-    """Token ids as a (1, n) int32 tensor created on the device, where compiled functions take inputs."""
-    import nvtripy as tp
+    """Token ids (torch, int32, (batch, n)) as an nvtripy tensor on the device, where compiled functions take inputs."""
+    return tp.Tensor(tokens) if tokens.is_cuda else tp.copy(tp.Tensor(tokens), tp.device("gpu"))
 
-    return tp.Tensor([list(tokens)], device=tp.device("gpu"))
+
+def forward_logits(compiled_forward, tokens):
+    """The logits (torch) of every position of `tokens` (torch, int32, (batch, n))."""
+    return torch.from_dlpack(compiled_forward(device_tokens(tokens)))
 
 
 def prefill(compiled_prefill, prompt):
     """The logits after the prompt (torch, (1, 1, vocab)) and the KV cache (nvtripy tensors, on the device)."""
-    logits, *cache = compiled_prefill(device_tokens(prompt))
+    logits, *cache = compiled_prefill(tp.Tensor([list(prompt)], device=tp.device("gpu")))
     return torch.from_dlpack(logits), cache
 
 
 def decode_one_token(compiled_decode, token, cache):
     """The logits after `token` and the cache grown by it. The cache goes in as it came out: no copies."""
-    logits, *cache = compiled_decode(device_tokens([token]), cache)
+    logits, *cache = compiled_decode(tp.Tensor([[token]], device=tp.device("gpu")), cache)
     return torch.from_dlpack(logits), cache
 
 
-def generate(compiled_prefill, compiled_decode, prompt, max_new_tokens, temperature, top_k, generator, vocab_size=None):
-    """Yields new token ids one at a time: the first from prefill's logits, each next from one decode step.
+def generate(functions, prompt, max_new_tokens, sampling, generator, vocab_size=None):
+    """Yields new token ids one at a time: the first from prefill's logits, each next from one decode
+    step. `functions` is (compiled prefill, compiled decode).
 
     A model's vocabulary may be padded beyond its tokenizer's; ids from vocab_size on are never chosen.
     The next step runs only when the next token is asked for, so a consumer can show each token at once.
     """
+    compiled_prefill, compiled_decode = functions
     logits, cache = prefill(compiled_prefill, prompt)
     for i in range(max_new_tokens):
-        token = int(sample(logits[..., :vocab_size], temperature, top_k, generator)[0, 0])
+        token = int(sample(logits[..., :vocab_size], sampling, generator)[0, 0])
         yield token
         if i + 1 < max_new_tokens:
             logits, cache = decode_one_token(compiled_decode, token, cache)
 
 
-def text_stream(encoding):
-    """A function from token ids to the text they complete. A token can end in the middle of a UTF-8
-    character; its bytes wait for the rest, so every character prints whole. Call it with final=True
-    at the end to flush what is left (as U+FFFD, as encoding.decode would)."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def text(tokens, final=False):
-        return decoder.decode(b"".join(encoding.decode_single_token_bytes(t) for t in tokens), final=final)
-
-    return text
-
-
-# --- the speed report ----------------------------------------------------------------------------------
-
-# Peak memory bandwidth in bytes/s from NVIDIA's datasheets, for GPUs whose properties lack the memory
-# clock or bus width. Matched against torch.cuda.get_device_name(), longest name first.
-PEAK_BANDWIDTH = {
-    "H200": 4.8e12,
-    "H100 PCIe": 2.0e12,
-    "H100 NVL": 3.9e12,
-    "H100": 3.35e12,
-    "A100-SXM4-80GB": 2.039e12,
-    "A100 80GB PCIe": 1.935e12,
-    "A100": 1.555e12,
-    "L40S": 0.864e12,
-    "L4": 0.3e12,
-    "A10": 0.6e12,
-    "RTX 4090": 1.008e12,
-}
-
-
-def peak_memory_bandwidth(device=0):
-    """(bytes/s, how it was found) for a CUDA GPU. From its properties, as NVIDIA's bandwidthTest does:
-    two transfers per memory clock (double data rate) over the whole bus; else from PEAK_BANDWIDTH."""
-    props = torch.cuda.get_device_properties(device)
-    clock_khz, bus_bits = getattr(props, "memory_clock_rate", 0), getattr(props, "memory_bus_width", 0)
-    if clock_khz and bus_bits:
-        return 2 * clock_khz * 1e3 * bus_bits / 8, "from its memory clock and bus width"
-    for name in sorted(PEAK_BANDWIDTH, key=len, reverse=True):
-        if name in props.name:
-            return PEAK_BANDWIDTH[name], "from its datasheet"
-    return None, None
-
-
-def speed_report(first_token_s, token_times, weight_bytes, peak_bandwidth=None):
-    """Report lines after generation, as gpt-fast prints them. token_times are the perf_counter times at
-    which each new token was ready; decode speed counts the tokens after the first, which prefill made."""
-    lines = [f"Time to first token: {first_token_s:.3f} seconds."]
-    decoded = len(token_times) - 1
-    if decoded < 1:
-        return lines + ["Decode: no tokens after the first, so no decode speed to report."]
-    tokens_per_s = decoded / (token_times[-1] - token_times[0])
-    bandwidth = weight_bytes * tokens_per_s
-    lines.append(f"Decode: {tokens_per_s:.2f} tokens/s ({decoded} tokens after the first).")
-    line = f"Weight bandwidth: {bandwidth / 1e9:.2f} GB/s ({weight_bytes / 1e9:.3f} GB of weights x {tokens_per_s:.2f} tokens/s)"
-    if peak_bandwidth:
-        line += f", {100 * bandwidth / peak_bandwidth[0]:.1f}% of the GPU's peak {peak_bandwidth[0] / 1e12:.2f} TB/s ({peak_bandwidth[1]})"
-    return lines + [line + "."]
+def generate_without_cache(functions, prompt, max_new_tokens, sampling, generator, vocab_size=None):
+    """Yields new token ids one at a time, each from the logits of the whole sequence so far, computed
+    anew (Tripy's example does this; the cost of a token grows with the sequence). `functions` is
+    (compiled forward,)."""
+    (compiled_forward,) = functions
+    idx = torch.tensor([prompt], dtype=torch.int32, device=generator.device)
+    for _ in range(max_new_tokens):
+        idx_next = sample(forward_logits(compiled_forward, idx)[..., :vocab_size], sampling, generator)
+        idx = torch.cat((idx, idx_next.to(torch.int32)), dim=1)
+        yield int(idx_next[0, 0])

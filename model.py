@@ -5,8 +5,6 @@ Module and parameter names follow transformers' GPT2LMHeadModel (transformer.h.0
 With config.quant_mode set, linear_layer builds quantized layers instead, whose scales are parameters
 too; weight_loader.load_quant_weights_from_hf fills them from ModelOpt's calibration, and the model then
 computes what ModelOpt's fake-quantized transformers model computes.
-
-Import this only after `backend.select_backend(...)`: it imports nvtripy.
 """
 
 import math
@@ -18,10 +16,7 @@ import nvtripy as tp
 # The placeholder nvtripy's own modules (tp.Linear, tp.LayerNorm) use for a parameter that must be loaded.
 from nvtripy.frontend.module.parameter import DefaultParameter
 
-from quantization import INT4_BLOCK_SIZE, QUANT_MODES
-
-# Modes that quantize lm_head too (quantization.modelopt_quant_config); the others leave it in full precision.
-QUANTIZED_LM_HEAD = ("float8",)
+from quantization import QuantMode
 
 
 @dataclass
@@ -33,10 +28,8 @@ class GPTConfig:
     embedding_size: int = 768
     bias: bool = True
     layer_norm_epsilon: float = 1e-5
-    batch_size: int = 1  # the compiled model's batch dimension
-    seq_len: int = 1024  # most tokens one call sees: the upper bound of the compiled sequence dimension
     dtype: tp.dtype = tp.float32
-    quant_mode: Optional[str] = None  # ModelOpt quantization; None means full precision
+    quant_mode: Optional[QuantMode] = None  # a quantization.QUANT_MODES entry; None means full precision
 
 
 class Int4Linear(tp.Module):
@@ -49,13 +42,13 @@ class Int4Linear(tp.Module):
     fed by no LayerNorm that could absorb it (quantization.tripy_quantized_state_dict folds the others).
     """
 
-    def __init__(self, in_features, out_features, bias, dtype, pre_quant_scale):
+    def __init__(self, in_features, out_features, bias, dtype, block_size, pre_quant_scale):
         super().__init__()
-        if in_features % INT4_BLOCK_SIZE:
-            raise ValueError(f"int4 needs the input size to be a multiple of {INT4_BLOCK_SIZE}, not {in_features}")
+        if in_features % block_size:
+            raise ValueError(f"int4 needs the input size to be a multiple of {block_size}, not {in_features}")
         self.dtype = dtype
         self.weight = DefaultParameter((in_features, out_features), dtype=dtype)
-        self.weight_scale = DefaultParameter((in_features // INT4_BLOCK_SIZE, out_features), dtype=dtype)
+        self.weight_scale = DefaultParameter((in_features // block_size, out_features), dtype=dtype)
         self.bias = DefaultParameter((out_features,), dtype=dtype) if bias else None
         self.pre_quant_scale = DefaultParameter((in_features,), dtype=dtype) if pre_quant_scale else None
 
@@ -71,26 +64,26 @@ def linear_layer(config, in_features, out_features, bias, fed_by_layer_norm=Fals
     """Builds every linear layer of the model, quantized as config.quant_mode says.
 
     Which layers are quantized, and how, follows quantization.py (ModelOpt's configs): the four linear
-    layers of every block in each mode; lm_head only in float8. Scales are the layer's parameters
+    layers of every block in each mode; lm_head where the mode says so. Scales are the layer's parameters
     weight_scale (and input_scale, pre_quant_scale), named and shaped as tripy_quantized_state_dict
     makes them. int8 quantizes the weight per output channel (dim 0 of tp.Linear's [out, in]); float8
     quantizes weight and input per tensor, each with a scalar scale; int4 is Int4Linear, whose AWQ
     pre_quant_scale is a parameter only where no LayerNorm feeds the layer (`fed_by_layer_norm`).
     """
     mode = config.quant_mode
-    if mode is None or (lm_head and mode not in QUANTIZED_LM_HEAD):
+    if mode is None or (lm_head and not mode.quantizes_lm_head):
         return tp.Linear(in_features, out_features, bias=bias, dtype=config.dtype)
-    if mode == "int8-weight-only":
+    if mode.name == "int8-weight-only":
         layer = tp.Linear(in_features, out_features, bias=bias, dtype=config.dtype, quant_dtype=tp.int8, weight_quant_dim=0)
         layer.input_scale = None  # weight-only: tp.Linear's optional input quantization is not a parameter here
         return layer
-    if mode == "float8":
+    if mode.name == "float8":
         layer = tp.Linear(in_features, out_features, bias=bias, dtype=config.dtype, quant_dtype=tp.float8)
         layer.weight_scale = DefaultParameter((), dtype=config.dtype)  # per tensor; tp.Linear leaves the shape open
         return layer
-    if mode == "int4-weight-only":
-        return Int4Linear(in_features, out_features, bias, config.dtype, pre_quant_scale=not fed_by_layer_norm)
-    raise ValueError(f"unknown quant_mode '{mode}': choose one of {', '.join(QUANT_MODES)}")
+    if mode.name == "int4-weight-only":
+        return Int4Linear(in_features, out_features, bias, config.dtype, mode.input_multiple, pre_quant_scale=not fed_by_layer_norm)
+    raise ValueError(f"model.py has no layer for quant mode '{mode}'")
 
 
 def gelu_new(x):
@@ -238,3 +231,18 @@ class GPT(tp.Module):
         logits (batch, 1, vocab), then the cache grown by one token."""
         x, cache = self.transformer(idx, cache)
         return (self.lm_head(x), *cache)
+
+    def weight_bytes(self):
+        """Bytes of the weights as the compiled program stores them, each counted once (the tied lm_head
+        and wte are one tensor): what a decode step reads from memory. A quantized layer keeps its
+        weight in the model's dtype and quantizes it in the traced graph; compiling folds that into
+        the constant the program reads, so those weights count at the quantized size."""
+        state, seen, total = self.state_dict(), set(), 0.0
+        for key, weight in state.items():
+            if id(weight) in seen:
+                continue
+            seen.add(id(weight))
+            quantized = key.endswith(".weight") and f"{key[: -len('weight')]}weight_scale" in state
+            itemsize = self.config.quant_mode.weight_bits / 8 if quantized else weight.dtype.itemsize
+            total += math.prod(weight.shape) * itemsize
+        return int(total)

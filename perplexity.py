@@ -4,7 +4,7 @@
     python perplexity.py --text-file notes.txt --quant-mode int8-weight-only
     python perplexity.py --text-file notes.txt --checkpoint checkpoints/tiny-gpt2 --dtype float16
 
-It loads and quantizes the model as example.py does (same options: --model-type/--checkpoint,
+It loads and quantizes the model as example.py does (the same options, cli.py: --model-type/--checkpoint,
 --quant-mode, --calib-file, --calib-samples, --backend). The text is tokenized whole and cut into
 windows of --context tokens (default: the model's block size); each window is one call of the compiled
 model, and each of its tokens after the first is scored given the ones before it in the window.
@@ -14,18 +14,15 @@ mode and dtype give the same number run to run.
 """
 
 import argparse
-import contextlib
-import io
 import math
-import sys
 import time
 
 import torch
 
-import backend
-import example
-import generate
-from example import UsageError
+import cli
+import quantization
+from checkpoint import open_checkpoint
+from cli import UsageError
 
 DTYPES = ("auto", "float32", "float16")
 
@@ -33,7 +30,7 @@ DTYPES = ("auto", "float32", "float16")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Perplexity of a text file under GPT-2 on nvtripy, full precision or quantized.")
     parser.add_argument("--text-file", required=True, metavar="PATH", help="the UTF-8 text to score")
-    example.add_model_arguments(parser)
+    cli.add_model_arguments(parser)
     parser.add_argument(
         "--dtype",
         choices=DTYPES,
@@ -47,7 +44,7 @@ def parse_args(argv=None):
         value = getattr(args, name)
         if value is not None and value < 2:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 2, not {value}")
-    example.check_model_arguments(args)
+    cli.check_model_arguments(args)
     return args
 
 
@@ -83,50 +80,47 @@ def negative_log_likelihood(logits, tokens, vocab_size):
     return -log_probs.gather(1, targets[:, None]).sum().item(), len(targets)
 
 
-def perplexity(logits, chunks, vocab_size):
-    """exp(mean negative log-likelihood) over every window, and the number of scored tokens."""
+def perplexity(chunks, window_logits, vocab_size):
+    """exp(mean negative log-likelihood) over every window, and the number of scored tokens.
+    `window_logits` yields each window's logits, in order."""
     total, count = 0.0, 0
-    for chunk in chunks:
-        nll, n = negative_log_likelihood(logits(torch.tensor([chunk], dtype=torch.int32)), chunk, vocab_size)
+    for chunk, logits in zip(chunks, window_logits, strict=True):
+        nll, n = negative_log_likelihood(logits, chunk, vocab_size)
         total, count = total + nll, count + n
     return math.exp(total / count), count
 
 
 def main(argv=None):
     args = parse_args(argv)
-    with contextlib.redirect_stderr(io.StringIO()) as announcement:
-        backend_name = backend.select_backend(args.backend)
+    backend_name = cli.select_backend(args)
+    # These import nvtripy, which may load only once its backend is chosen (backend.py says why).
     import nvtripy as tp
+
+    import generate
     import weight_loader
+
+    checkpoint = open_checkpoint(args.checkpoint or args.model_type)
+    context = min(args.context or checkpoint.hf_config.n_positions, checkpoint.hf_config.n_positions)
+    chunks = windows(read_tokens(args.text_file, checkpoint.encoding, args.max_tokens), context)
+    quant = quantization.prepare(checkpoint, args.quant_mode, args.calib_file, args.calib_samples)
 
     auto = tp.float16 if backend_name == "tensorrt" else tp.float32
     dtype = {"auto": auto, "float32": tp.float32, "float16": tp.float16}[args.dtype]
-    try:
-        example.check_quant_mode_supported(args.quant_mode, backend_name)
-        source, hf_config, encoding = example.open_checkpoint(args)
-        context = min(args.context or hf_config.n_positions, hf_config.n_positions)
-        chunks = windows(read_tokens(args.text_file, encoding, args.max_tokens), context)
-        quant = example.prepare_quantization(args, source, encoding)
-        model = example.load_model(source, dtype, seq_len=context, quant=quant)
-    except weight_loader.HubUnavailable as exc:
-        raise UsageError(f"{exc}; pass --checkpoint DIR with a local copy of the model") from None
-    except weight_loader.CheckpointError as exc:
-        raise UsageError(str(exc)) from None
-    sys.stderr.write(announcement.getvalue())
-    sys.stderr.flush()
-
+    model, calibration_seconds = weight_loader.load_model(checkpoint, dtype, quant)
+    cli.announce_backend()
     start = time.perf_counter()
-    logits = generate.forward_logits(generate.compile_forward(model, len(chunks[0])))
-    ppl, scored = perplexity(logits, chunks, encoding.n_vocab)
+    compiled_forward = generate.compile_forward(model, context, len(chunks[0]))
+    window_logits = (generate.forward_logits(compiled_forward, torch.tensor([chunk], dtype=torch.int32)) for chunk in chunks)
+    ppl, scored = perplexity(chunks, window_logits, checkpoint.encoding.n_vocab)
     seconds = time.perf_counter() - start
 
     precision = f"{args.quant_mode}, {dtype}" if args.quant_mode else f"{dtype}"
-    print(f"Perplexity of '{args.text_file}' under {source} ({precision}): {ppl:.4f}")
+    print(f"Perplexity of '{args.text_file}' under {checkpoint.source} ({precision}): {ppl:.4f}")
     print(f"Scored {scored} tokens in {len(chunks)} windows of up to {context} tokens in {seconds:.2f} seconds.")
     if quant:
-        print(quant.report())
+        print(cli.calibration_report(quant, calibration_seconds))
     return 0
 
 
 if __name__ == "__main__":
-    example.run_command(main)
+    cli.run_command(main)

@@ -1,47 +1,85 @@
-"""Quantizes transformers' GPT-2 with NVIDIA ModelOpt and turns the result into Tripy's layouts.
+"""Quantization modes, and quantizing transformers' GPT-2 with NVIDIA ModelOpt into Tripy's layouts.
 
-Three steps, each a plain function:
-1. Calibration text without a network: a plain-text file, or English text that ships with
-   Python itself (the stdlib's `pydoc_data.topics`, the text behind `help("topic")`).
-2. `modelopt_quantize`: ModelOpt 0.47 configs (list-style `quant_cfg`) for int8-weight-only,
-   int4-weight-only (AWQ) and float8, calibrated with a forward loop that shows progress.
-3. `tripy_quantized_state_dict`: calibrated amax -> scales, in the layouts Tripy's quantized
-   linear layers consume, with AWQ's pre_quant_scale folded or kept explicit (never dropped).
+`QUANT_MODES` describes each mode once: model.py builds its layers from that description, the speed
+report counts its weight bytes, and the command line checks its input sizes and GPU. Then three steps,
+each a plain function:
+1. Calibration tokens without a network (`calibration_data`): a plain-text file, or English text that
+   ships with Python itself (the stdlib's `pydoc_data.topics`, the text behind `help("topic")`).
+2. `modelopt_quantize`: ModelOpt 0.47 configs (list-style `quant_cfg`) for each mode, calibrated with a
+   forward loop that shows progress.
+3. `tripy_quantized_state_dict`: calibrated amax -> scales, in the layouts Tripy's quantized linear
+   layers consume, with AWQ's pre_quant_scale folded or kept explicit (never dropped).
 
-`reference_quantized_linear` states the math a Tripy/TensorRT linear layer computes from those
-tensors; the tests use it to show that it reproduces ModelOpt's fake-quantized model.
+This module does not import nvtripy: the command line reads the modes before the backend is chosen.
 """
 
 import contextlib
 import copy
+import hashlib
 import os
 import sys
 import warnings
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
-QUANT_MODES = ("int8-weight-only", "int4-weight-only", "float8")
 
-# AWQ's block size along the input dimension (ModelOpt's INT4_AWQ_CFG uses block_sizes {-1: 128}).
+@dataclass(frozen=True)
+class QuantMode:
+    """One quantization mode: what it quantizes and what that costs and needs."""
+
+    name: str
+    weight_bits: int  # bits of one quantized weight: what a decode step reads of it
+    maxbound: float  # the largest magnitude of the quantized type; a scale is calibrated amax / maxbound
+    quantizes_lm_head: bool  # lm_head too, besides the four linear layers of every block
+    input_multiple: int = 1  # every quantized layer's input size must be a multiple of this
+    min_compute_capability: Optional[tuple] = None  # the oldest GPU that runs it on TensorRT
+
+    def __str__(self):
+        return self.name
+
+
+# int4 is AWQ's: blocks of 128 consecutive inputs share a scale (ModelOpt's INT4_AWQ_CFG, block_sizes
+# {-1: 128}), so each layer's inputs must tile into them. float8 needs Ada (8.9) or Hopper (9.0) GPUs.
 INT4_BLOCK_SIZE = 128
-
-# The largest representable magnitude of each quantized type: ModelOpt's `maxbound`, and the
-# divisor that turns a calibrated amax into the scale Tripy's quantize/dequantize use.
-MAXBOUND = {"int8-weight-only": 127.0, "int4-weight-only": 7.0, "float8": 448.0}
-
-# Saturation ranges of TensorRT's quantize (ModelOpt's integer quantizers use narrow_range=False,
-# so they saturate to the same [-128, 127] and [-8, 7]).
-QUANT_RANGE = {"int8-weight-only": (-128.0, 127.0), "int4-weight-only": (-8.0, 7.0), "float8": (-448.0, 448.0)}
+QUANT_MODES = {
+    mode.name: mode
+    for mode in (
+        QuantMode("int8-weight-only", weight_bits=8, maxbound=127.0, quantizes_lm_head=False),
+        QuantMode("int4-weight-only", weight_bits=4, maxbound=7.0, quantizes_lm_head=False, input_multiple=INT4_BLOCK_SIZE),
+        QuantMode("float8", weight_bits=8, maxbound=448.0, quantizes_lm_head=True, min_compute_capability=(8, 9)),
+    )
+}
 
 # AWQ scales that can be folded exactly into the LayerNorm that feeds only that linear layer:
 # LayerNorm(x) * s == LayerNorm with weight * s and bias * s.
 FOLDABLE_PRE_QUANT_SCALES = {"attn.c_attn": "ln_1", "mlp.c_fc": "ln_2"}
 
-DEFAULT_CALIB_MAX_LENGTH = 256
+# Calibration: 32 samples of at most 256 tokens, run through ModelOpt in batches of 16. AWQ (int4)
+# searches its scales once per batch, so few large batches calibrate much faster than many small ones.
+CALIB_SAMPLES = 32
+CALIB_MAX_LENGTH = 256
+CALIB_BATCH_SIZE = 16
 
 
-class CalibrationDataError(ValueError):
+def unquantizable_reason(mode, hf_config, name="this model"):
+    """Why `mode` cannot quantize the linear layers of a transformers GPT2Config, or None when it can."""
+    inputs = {"embedding size": hf_config.n_embd, "MLP's inner size": hf_config.n_inner or 4 * hf_config.n_embd}
+    for what, size in inputs.items():
+        if size % mode.input_multiple:
+            return (
+                f"{mode} quantizes blocks of {mode.input_multiple} inputs, and the {what} of {name} "
+                f"({size}) is not a multiple of {mode.input_multiple}"
+            )
+    return None
+
+
+class QuantizationError(ValueError):
+    """A quantization this model or its calibration text cannot have. The message is one line, for the user."""
+
+
+class CalibrationDataError(QuantizationError):
     """Calibration text is missing, unreadable or empty; the message says which and where."""
 
 
@@ -99,34 +137,33 @@ def load_calibration_texts(calib_file=None):
 
 @dataclass
 class CalibrationData:
-    """Token batches for calibration, and how much text they hold (for the report)."""
+    """Token batches for calibration, and what they hold (for the report and the engine cache's key)."""
 
-    batches: list  # of int64 tensors [B, T], 1 <= B <= batch_size, 1 <= T <= max_length
+    batches: list  # of int64 tensors [B, T]: equal-length samples share a batch, with no padding
     num_samples: int
     num_tokens: int
+    text_source: str = "the calibration text"  # where the text came from, for the report
 
     def summary(self):
         return f"{self.num_samples} samples, {self.num_tokens} tokens"
 
+    def tokens_sha256(self):
+        """A digest of every token and batch shape: the calibration's identity, for the engine cache's key."""
+        digest = hashlib.sha256()
+        for batch in self.batches:
+            digest.update(repr(tuple(batch.shape)).encode() + batch.numpy().tobytes())
+        return digest.hexdigest()
 
-def make_calibration_batches(texts, encode, max_length=DEFAULT_CALIB_MAX_LENGTH, num_samples=None, batch_size=8):
-    """Tokenizes samples, truncated to `max_length` tokens, into batches of equal-length sequences.
 
-    Only sequences of the same length share a batch (most samples are cut to exactly
-    `max_length`), so there is no padding: no pad token pollutes the calibrated ranges and no
-    attention mask is needed. Batching matters for AWQ, whose search re-quantizes every weight
-    for each of its 11 candidate scales once per batch. `num_samples` caps how many samples are
-    used (None: all). Samples that encode to no tokens are skipped.
+def make_calibration_batches(samples, batch_size=CALIB_BATCH_SIZE, text_source="the calibration text"):
+    """Token-id samples (lists of ints) as CalibrationData, in batches of equal-length sequences.
+
+    Only sequences of the same length share a batch, so there is no padding: no pad token pollutes
+    the calibrated ranges and no attention mask is needed. Batching matters for AWQ, whose search
+    re-quantizes every weight for each of its 11 candidate scales once per batch. Empty samples
+    are skipped.
     """
-    if max_length < 1 or batch_size < 1:
-        raise ValueError(f"max_length and batch_size must be at least 1, got {max_length} and {batch_size}")
-    sequences = []
-    for text in texts:
-        if num_samples is not None and len(sequences) >= num_samples:
-            break
-        ids = list(encode(text))[:max_length]
-        if ids:
-            sequences.append(ids)
+    sequences = [list(ids) for ids in samples if len(ids)]
     if not sequences:
         raise CalibrationDataError("the calibration text encodes to no tokens")
     by_length = {}
@@ -137,7 +174,53 @@ def make_calibration_batches(texts, encode, max_length=DEFAULT_CALIB_MAX_LENGTH,
         for group in by_length.values()
         for i in range(0, len(group), batch_size)
     ]
-    return CalibrationData(batches, len(sequences), sum(len(ids) for ids in sequences))
+    return CalibrationData(batches, len(sequences), sum(len(ids) for ids in sequences), text_source)
+
+
+def calibration_data(encoding, calib_file, num_samples, max_length=CALIB_MAX_LENGTH):
+    """`num_samples` samples of `max_length` tokens for calibration, cut from the tokens of the
+    calibration texts one after another (blank lines between them), so equal lengths share a batch
+    and short paragraphs do not each make a batch of their own; only a text shorter than one sample
+    gives less. A bad `calib_file` is a CalibrationDataError."""
+    separator = encoding.encode("\n\n")
+    stream = []
+    for text in load_calibration_texts(calib_file):
+        stream += encoding.encode(text, disallowed_special=()) + separator
+        if len(stream) >= num_samples * max_length:
+            break
+    samples = [stream[i : i + max_length] for i in range(0, min(len(stream), num_samples * max_length), max_length)]
+    if len(samples) > 1 and len(samples[-1]) < max_length:
+        samples.pop()
+    return make_calibration_batches(samples, text_source=calibration_source(calib_file))
+
+
+@dataclass
+class Quantization:
+    """What to quantize with: a mode, and the tokens ModelOpt calibrates it on."""
+
+    mode: QuantMode
+    calibration: CalibrationData
+
+    def cache_key(self):
+        """Everything that changes the quantized weights, for the engine cache's key."""
+        return {
+            "mode": self.mode.name,
+            "calibration_tokens_sha256": self.calibration.tokens_sha256(),
+            "calibration": self.calibration.summary(),
+        }
+
+
+def prepare(checkpoint, mode, calib_file=None, num_samples=CALIB_SAMPLES):
+    """The Quantization that `mode` asks for (None for none), its calibration text read and tokenized
+    with the checkpoint's tokenizer: a model the mode cannot quantize, or a bad calib_file, is a
+    QuantizationError before any weights are read."""
+    if mode is None:
+        return None
+    reason = unquantizable_reason(mode, checkpoint.hf_config, f"'{checkpoint.source}'")
+    if reason:
+        raise QuantizationError(f"--quant-mode {reason}")
+    max_length = min(CALIB_MAX_LENGTH, checkpoint.hf_config.n_positions)
+    return Quantization(mode, calibration_data(checkpoint.encoding, calib_file, num_samples, max_length))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,7 +235,7 @@ def _import_mtq():
     return mtq
 
 
-def modelopt_quant_config(quant_mode):
+def modelopt_quant_config(mode):
     """The ModelOpt 0.47 config for a mode: a predefined config plus appended list entries.
 
     In 0.47 `quant_cfg` is an ordered list of {quantizer_name, cfg | enable} entries (later ones
@@ -169,35 +252,21 @@ def modelopt_quant_config(quant_mode):
     residual stream), which Tripy's model, quantizing linear layers only, does not do.
     """
     mtq = _import_mtq()
-    if quant_mode == "int8-weight-only":
+    if mode.name == "int8-weight-only":
         config = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
         config["quant_cfg"].append({"quantizer_name": "*input_quantizer", "enable": False})
-    elif quant_mode == "int4-weight-only":
+    elif mode.name == "int4-weight-only":
         config = copy.deepcopy(mtq.INT4_AWQ_CFG)
-    elif quant_mode == "float8":
+    elif mode.name == "float8":
         config = copy.deepcopy(mtq.FP8_DEFAULT_CFG)
         fp8 = {"num_bits": (4, 3), "axis": None}
         config["quant_cfg"].append({"quantizer_name": "*lm_head.weight_quantizer", "cfg": dict(fp8)})
         config["quant_cfg"].append({"quantizer_name": "*lm_head.input_quantizer", "cfg": dict(fp8)})
-    else:
-        raise ValueError(f"unknown quantization mode '{quant_mode}': choose one of {', '.join(QUANT_MODES)}")
     config["quant_cfg"].append({"quantizer_name": "*", "parent_class": "nn.LayerNorm", "enable": False})
     return config
 
 
-def _check_int4_shapes(model_hf):
-    """Tripy's int4 blocks must tile the input dim exactly (ModelOpt would pad; Tripy cannot)."""
-    n_embd = model_hf.config.n_embd
-    inner = model_hf.config.n_inner or 4 * n_embd
-    for in_features in (n_embd, inner):
-        if in_features % INT4_BLOCK_SIZE:
-            raise ValueError(
-                f"int4-weight-only needs every linear layer's input size to be a multiple of "
-                f"{INT4_BLOCK_SIZE}; this model has one of {in_features}"
-            )
-
-
-def _progress_forward_loop(calib_batches, quant_mode, num_passes, progress):
+def _progress_forward_loop(calib_batches, mode, num_passes, progress):
     """A ModelOpt forward loop that runs every batch through the model, with a tqdm line on stderr."""
     from tqdm import tqdm
 
@@ -205,7 +274,7 @@ def _progress_forward_loop(calib_batches, quant_mode, num_passes, progress):
 
     def forward_loop(model):
         passes[0] += 1
-        label = f"calibrating {quant_mode}" + (f" (pass {passes[0]}/{num_passes})" if num_passes > 1 else "")
+        label = f"calibrating {mode}" + (f" (pass {passes[0]}/{num_passes})" if num_passes > 1 else "")
         total = sum(batch.shape[0] for batch in calib_batches)
         with torch.no_grad(), tqdm(total=total, desc=label, unit="sample", file=sys.stderr, disable=not progress) as bar:
             for batch in calib_batches:
@@ -215,30 +284,27 @@ def _progress_forward_loop(calib_batches, quant_mode, num_passes, progress):
     return forward_loop
 
 
-def modelopt_quantize(model_hf, quant_mode, calib_batches, progress=True):
+def modelopt_quantize(model_hf, mode, calib_batches, progress=True):
     """Quantizes and calibrates a transformers GPT-2 in place with ModelOpt; returns it.
 
-    `calib_batches` is a sequence of int64 token tensors [batch, T] (e.g. CalibrationData.batches).
-    The result is ModelOpt's fake-quantized model; `tripy_quantized_state_dict` reads it.
-    Progress goes to stderr (a tqdm line per pass; `progress=False` hides it). AWQ (int4) runs the calibration data through the model twice: once to collect activation
-    statistics, once to search its scales.
+    `calib_batches` is a sequence of int64 token tensors [batch, T] (CalibrationData.batches). The
+    result is ModelOpt's fake-quantized model; `tripy_quantized_state_dict` reads it. Progress goes to
+    stderr (a tqdm line per pass; `progress=False` hides it). AWQ (int4) runs the calibration data
+    through the model twice: once to collect activation statistics, once to search its scales.
     """
-    if quant_mode not in QUANT_MODES:
-        raise ValueError(f"unknown quantization mode '{quant_mode}': choose one of {', '.join(QUANT_MODES)}")
-    if isinstance(calib_batches, CalibrationData):
-        calib_batches = calib_batches.batches
     if len(calib_batches) == 0:
         raise CalibrationDataError("no calibration batches to calibrate with")
-    if quant_mode == "int4-weight-only":
-        _check_int4_shapes(model_hf)
+    reason = unquantizable_reason(mode, model_hf.config)
+    if reason:  # ModelOpt would pad a partial block; Tripy's block-wise quantization cannot
+        raise ValueError(reason)
 
     mtq = _import_mtq()
-    config = modelopt_quant_config(quant_mode)
+    config = modelopt_quant_config(mode)
     algorithm = config.get("algorithm")
     method = algorithm.get("method") if isinstance(algorithm, dict) else algorithm
     num_passes = 2 if method == "awq_lite" else 1
     model_hf.eval()
-    forward_loop = _progress_forward_loop(calib_batches, quant_mode, num_passes, progress)
+    forward_loop = _progress_forward_loop(calib_batches, mode, num_passes, progress)
     # ModelOpt prints its own progress notes ("Inserted 51 quantizers", "awq_lite: ...") to
     # stdout; send them to stderr with the progress bar, leaving stdout to the generated text.
     with contextlib.redirect_stdout(sys.stderr):
@@ -268,7 +334,7 @@ def _scale_from_amax(quantizer, maxbound):
 
 
 @torch.no_grad()
-def tripy_quantized_state_dict(model_hf, quant_mode, snap_weights=True):
+def tripy_quantized_state_dict(model_hf, mode):
     """The calibrated ModelOpt model as {name: float32 torch.Tensor}, in the layouts Tripy's layers consume.
 
     Keys are transformers' GPT-2 state-dict keys (= the Tripy GPT's parameter names); scales add a
@@ -299,14 +365,11 @@ def tripy_quantized_state_dict(model_hf, quant_mode, snap_weights=True):
       L.weight_scale, L.input_scale   []  amax / 448 (scalars); same keys for lm_head.
       lm_head.weight is snapped (below) while transformer.wte.weight is not: load both, untied.
 
-    With `snap_weights` (default), quantized weights are ModelOpt's fake-quantized values
+    Quantized weights are stored as ModelOpt's fake-quantized values
     (q * scale, already on the quantization grid): Tripy's quantize then recovers exactly
     ModelOpt's integer/fp8 codes instead of re-rounding the raw weight with a division that may
     round a tie differently from ModelOpt's multiplication. The dequantized weight is the same.
     """
-    if quant_mode not in QUANT_MODES:
-        raise ValueError(f"unknown quantization mode '{quant_mode}': choose one of {', '.join(QUANT_MODES)}")
-    maxbound = MAXBOUND[quant_mode]
     linears = _quantized_linears(model_hf)
     if not linears:
         raise ValueError("the model has no quantized linear layers; run modelopt_quantize first")
@@ -319,16 +382,14 @@ def tripy_quantized_state_dict(model_hf, quant_mode, snap_weights=True):
     for name, module in linears:
         weight = module.weight  # ModelOpt turned Conv1D into nn.Linear semantics: [out, in]
         wq, iq = module.weight_quantizer, module.input_quantizer
-        if snap_weights:
-            weight = wq(weight)
-        weight = weight.detach().float().cpu()
-        scale = _scale_from_amax(wq, maxbound)
+        weight = wq(weight).detach().float().cpu()
+        scale = _scale_from_amax(wq, mode.maxbound)
         out_features, in_features = weight.shape
 
-        if quant_mode == "int8-weight-only":
+        if mode.name == "int8-weight-only":
             state[f"{name}.weight"] = weight.clone()
             state[f"{name}.weight_scale"] = scale.reshape(out_features).clone()
-        elif quant_mode == "int4-weight-only":
+        elif mode.name == "int4-weight-only":
             # ModelOpt's blocks: [out, in/B] (B consecutive inputs of one output row); Tripy's
             # block-wise int4 blocks dim 0, so both the weight and the scales are transposed.
             state[f"{name}.weight"] = weight.t().contiguous()
@@ -337,7 +398,7 @@ def tripy_quantized_state_dict(model_hf, quant_mode, snap_weights=True):
             state[f"{name}.weight"] = weight.clone()
             state[f"{name}.weight_scale"] = scale.reshape(())
             if iq.is_enabled:
-                state[f"{name}.input_scale"] = _scale_from_amax(iq, maxbound).reshape(())
+                state[f"{name}.input_scale"] = _scale_from_amax(iq, mode.maxbound).reshape(())
 
         pre_quant_scale = iq.pre_quant_scale
         if pre_quant_scale is None:
@@ -353,59 +414,3 @@ def tripy_quantized_state_dict(model_hf, quant_mode, snap_weights=True):
         else:
             state[f"{name}.pre_quant_scale"] = pre_quant_scale.clone()
     return state
-
-
-# ----------------------------------------------------------------------------------------------
-# Reference math: what Tripy's quantize/dequantize compute on TensorRT
-
-
-def _broadcast_scale(scale, shape, dim):
-    """Scalar: per tensor; 1-D: per channel along `dim`; 2-D [D0/B, D1]: blocks of B along dim 0."""
-    if scale.dim() == 0:
-        return scale
-    if scale.dim() == 1:
-        view = [1] * len(shape)
-        view[dim] = scale.shape[0]
-        return scale.reshape(view)
-    return scale.repeat_interleave(shape[0] // scale.shape[0], dim=0)
-
-
-def reference_quantize(x, scale, quant_mode, dim=None):
-    """TensorRT quantize: x / scale, round half to even (integers), saturate; float8 casts to e4m3."""
-    low, high = QUANT_RANGE[quant_mode]
-    scaled = x.float() / _broadcast_scale(scale.float(), x.shape, dim)
-    if quant_mode == "float8":
-        return scaled.clamp(low, high).to(torch.float8_e4m3fn)
-    return torch.round(scaled).clamp(low, high)  # torch.round rounds half to even
-
-
-def reference_dequantize(q, scale, dim=None):
-    """TensorRT dequantize: q * scale in float32."""
-    return q.float() * _broadcast_scale(scale.float(), q.shape, dim)
-
-
-def reference_fake_quantize(x, scale, quant_mode, dim=None):
-    """dequantize(quantize(x))."""
-    return reference_dequantize(reference_quantize(x, scale, quant_mode, dim), scale, dim)
-
-
-def reference_quantized_linear(x, weight, bias, quant_mode, weight_scale, input_scale=None, pre_quant_scale=None):
-    """A Tripy quantized linear layer on the tensors of `tripy_quantized_state_dict`, in pure torch.
-
-    int8: x @ dq(q(W, dim 0)).T; int4: (x * pre_quant_scale) @ dq(q(W_[in,out], blocks)) (no
-    transpose); float8: dq(q(x)) @ dq(q(W)).T. Then + bias.
-    """
-    if pre_quant_scale is not None:
-        x = x * pre_quant_scale
-    if input_scale is not None:
-        x = reference_fake_quantize(x, input_scale, quant_mode)
-    if quant_mode == "int8-weight-only":
-        w = reference_fake_quantize(weight, weight_scale, quant_mode, dim=0).t()
-    elif quant_mode == "int4-weight-only":
-        w = reference_fake_quantize(weight, weight_scale, quant_mode)
-    elif quant_mode == "float8":
-        w = reference_fake_quantize(weight, weight_scale, quant_mode).t()
-    else:
-        raise ValueError(f"unknown quantization mode '{quant_mode}'")
-    out = x @ w
-    return out if bias is None else out + bias

@@ -5,6 +5,7 @@ the way transformers saves one, as vocab.json and merges.txt; from those we buil
 BPE as a tiktoken Encoding.
 """
 
+import codecs
 import json
 import os
 
@@ -77,3 +78,15 @@ def load_encoding(source, is_directory):
         if os.path.exists(vocab_path) or os.path.exists(merges_path):
             return encoding_from_files(vocab_path, merges_path, name=os.path.basename(os.path.normpath(source)))
     return gpt2_encoding()
+
+
+def text_stream(encoding):
+    """A function from token ids to the text they complete. A token can end in the middle of a UTF-8
+    character; its bytes wait for the rest, so every character prints whole. Call it with final=True
+    at the end to flush what is left (as U+FFFD, as encoding.decode would)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def text(tokens, final=False):
+        return decoder.decode(b"".join(encoding.decode_single_token_bytes(t) for t in tokens), final=final)
+
+    return text

@@ -41,8 +41,9 @@ def main():
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from model import GPT
-    from weight_loader import gpt_config_from_hf, load_weights_from_hf
+    import make_tiny_checkpoint
+    import weight_loader
+    from checkpoint import open_checkpoint
 
     torch.manual_seed(0)
     hf_model = GPT2LMHeadModel(GPT2Config()).eval()
@@ -50,9 +51,8 @@ def main():
 
     with tempfile.TemporaryDirectory() as checkpoint:
         hf_model.save_pretrained(checkpoint)
-        config = gpt_config_from_hf(hf_model.config, seq_len=args.seq_len, dtype=tp.float32)
-        model = GPT(config)
-        load_weights_from_hf(model, checkpoint, tp.float32)
+        make_tiny_checkpoint.write_tokenizer(checkpoint)
+        model, _ = weight_loader.load_model(open_checkpoint(checkpoint), tp.float32)
 
     start = time.perf_counter()
     compiled = tp.compile(model, args=[tp.InputInfo((1, (1, args.seq_len, args.seq_len)), dtype=tp.int32)])

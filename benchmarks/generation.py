@@ -64,8 +64,12 @@ def main():
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    import example
+    import engine_cache
     import generate
+    import make_tiny_checkpoint
+    import speed_report
+    from checkpoint import open_checkpoint
+    from sampling import Sampling
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -80,25 +84,27 @@ def main():
     hf_model = GPT2LMHeadModel(GPT2Config()).eval()
     hf_model.generation_config.eos_token_id = None  # all the tokens, as example.py makes them
     prompt = torch.randint(0, 50257, (args.prompt_tokens,)).tolist()
-    with tempfile.TemporaryDirectory() as checkpoint:
-        hf_model.save_pretrained(checkpoint)
+    with tempfile.TemporaryDirectory() as directory:
+        hf_model.save_pretrained(directory)
+        make_tiny_checkpoint.write_tokenizer(directory)  # the prompt is token ids already; this avoids a download
+        checkpoint = open_checkpoint(directory)
         start = time.perf_counter()
-        prefill, decode, weight_bytes, how = example.load_or_compile(checkpoint, dtype, backend_name)
+        kv = engine_cache.load_or_compile(checkpoint, dtype, None, backend_name, use_cache=False)
         kv_compile_s = time.perf_counter() - start  # includes reading the weights
-        model = example.load_model(checkpoint, dtype, seq_len=args.prompt_tokens + max(NEW_TOKENS))
-    start = time.perf_counter()
-    recompute = generate.forward_logits(generate.compile_forward(model, args.prompt_tokens))
-    recompute_compile_s = time.perf_counter() - start
-    del model
+        recompute = generate.compile_without_cache(checkpoint, dtype, None, args.prompt_tokens, args.prompt_tokens + max(NEW_TOKENS))
+    recompute_compile_s = recompute.seconds
+    weight_bytes = kv.weight_bytes
     hf_model = hf_model.to(device=device, dtype=torch_dtype)
     print(f"model: GPT2Config() shape, random weights, {weight_bytes / 1e9:.3f} GB; prompt of {len(prompt)} tokens; greedy")
     print(f"compile: prefill + decode {kv_compile_s:.2f} s (with loading the weights); recompute model {recompute_compile_s:.2f} s")
 
+    greedy = Sampling(temperature=0.0, top_k=1)
+
     def cached(n):
-        return generate.generate(prefill, decode, prompt, n, 0.0, 1, torch.Generator(device))
+        return generate.generate(kv.functions, prompt, n, greedy, torch.Generator(device))
 
     def recomputed(n):
-        return generate.generate_without_cache(recompute, prompt, n, 0.0, 1, torch.Generator(device))
+        return generate.generate_without_cache(recompute.functions, prompt, n, greedy, torch.Generator(device))
 
     def hf(n):
         with torch.no_grad():
@@ -146,7 +152,7 @@ def main():
     print(f"  time to first token: ours {1e3 * ours_ttft:.1f} ms, transformers {1e3 * hf_ttft:.1f} ms")
     print(f"  weight bandwidth (weights x decode tokens/s): ours {weight_bytes * ours_decode / 1e9:.2f} GB/s")
     if on_gpu:
-        peak, how_found = generate.peak_memory_bandwidth()
+        peak, how_found = speed_report.peak_memory_bandwidth()
         if peak:
             print(f"  = {100 * weight_bytes * ours_decode / peak:.1f}% of the GPU's peak {peak / 1e12:.2f} TB/s ({how_found})")
     print()

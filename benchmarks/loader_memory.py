@@ -1,4 +1,4 @@
-"""Measures peak host memory of load_weights_from_hf on GPT-2-XL-shaped random weights.
+"""Measures peak host memory of weight_loader.load_model on GPT-2-XL-shaped random weights.
 
     python benchmarks/loader_memory.py [--size xl|large|medium|small] [--workdir DIR] [--keep]
     python benchmarks/loader_memory.py --checkpoint DIR [--json]
@@ -28,12 +28,15 @@ SHAPES = {  # n_layer, n_head, n_embd of the Hub's GPT-2 models
 
 WRITE = """
 import sys, torch, transformers
+sys.path.insert(0, sys.argv[5])
 from transformers import GPT2Config, GPT2LMHeadModel
+import make_tiny_checkpoint
 transformers.utils.logging.disable_progress_bar()
 n_layer, n_head, n_embd = map(int, sys.argv[2:5])
 config = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd)
 torch.manual_seed(0)
 GPT2LMHeadModel(config).save_pretrained(sys.argv[1])
+make_tiny_checkpoint.write_tokenizer(sys.argv[1])  # a tokenizer of its own: no download
 """
 
 LOAD = """
@@ -43,7 +46,7 @@ import backend
 backend.select_backend("cpu", announce=False)
 import nvtripy as tp
 import weight_loader
-from model import GPT
+from checkpoint import open_checkpoint
 
 def status_mib(field):
     for line in open("/proc/self/status"):
@@ -63,8 +66,7 @@ threading.Thread(target=sample, daemon=True).start()
 dtype = {"float32": tp.float32, "float16": tp.float16}[sys.argv[3]]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 start = time.perf_counter()
-model = GPT(weight_loader.gpt_config_from_hf(weight_loader.load_hf_config(sys.argv[2]), dtype=dtype))
-weight_loader.load_weights_from_hf(model, sys.argv[2], dtype)
+model, _ = weight_loader.load_model(open_checkpoint(sys.argv[2]), dtype)
 seconds = time.perf_counter() - start
 done.set()
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -103,7 +105,7 @@ def main():
     try:
         if not os.path.exists(os.path.join(checkpoint, "config.json")):
             print(f"Writing a random gpt2-{args.size}-shaped checkpoint to {checkpoint} ...", file=sys.stderr, flush=True)
-            subprocess.run([sys.executable, "-c", WRITE, checkpoint, *map(str, SHAPES[args.size])], check=True)
+            subprocess.run([sys.executable, "-c", WRITE, checkpoint, *map(str, SHAPES[args.size]), REPO_ROOT], check=True)
         result = measure(checkpoint)
     finally:
         if workdir is not None and not args.keep:

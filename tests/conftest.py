@@ -53,6 +53,15 @@ def write_random_checkpoint(directory, seed=0, layer_norm_epsilon=1e-5, **shape)
     return model.eval()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and on a loaded machine a second one mostly waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """The checkpoint make_tiny_checkpoint.py writes by default: what the README runs."""

@@ -1,5 +1,6 @@
-"""Helpers for tests/test_quantization.py: tiny random GPT-2s, and a pure-torch GPT-2 forward that
-runs on `tripy_quantized_state_dict`'s tensors with Tripy/TensorRT's quantization math."""
+"""Helpers for the quantization tests: tiny random GPT-2s, calibration batches, the math of Tripy/TensorRT's
+quantize and dequantize in pure torch, and a GPT-2 forward that runs it on `tripy_quantized_state_dict`'s
+tensors, to show that they reproduce ModelOpt's fake-quantized model."""
 
 import math
 
@@ -40,8 +41,67 @@ def byte_encode(vocab_size):
 
 
 def calibration_batches(vocab_size, num_samples=4, max_length=48):
-    texts = q.load_calibration_texts()
-    return q.make_calibration_batches(texts, byte_encode(vocab_size), max_length=max_length, num_samples=num_samples)
+    """The first num_samples help topics, each cut to max_length byte tokens."""
+    encode = byte_encode(vocab_size)
+    samples = [encode(text)[:max_length] for text in q.load_calibration_texts()[:num_samples]]
+    return q.make_calibration_batches(samples, batch_size=8)
+
+
+# Saturation ranges of TensorRT's quantize (ModelOpt's integer quantizers use narrow_range=False,
+# so they saturate to the same [-128, 127] and [-8, 7]).
+QUANT_RANGE = {"int8-weight-only": (-128.0, 127.0), "int4-weight-only": (-8.0, 7.0), "float8": (-448.0, 448.0)}
+
+
+def _broadcast_scale(scale, shape, dim):
+    """Scalar: per tensor; 1-D: per channel along `dim`; 2-D [D0/B, D1]: blocks of B along dim 0."""
+    if scale.dim() == 0:
+        return scale
+    if scale.dim() == 1:
+        view = [1] * len(shape)
+        view[dim] = scale.shape[0]
+        return scale.reshape(view)
+    return scale.repeat_interleave(shape[0] // scale.shape[0], dim=0)
+
+
+def reference_quantize(x, scale, quant_mode, dim=None):
+    """TensorRT quantize: x / scale, round half to even (integers), saturate; float8 casts to e4m3."""
+    low, high = QUANT_RANGE[quant_mode]
+    scaled = x.float() / _broadcast_scale(scale.float(), x.shape, dim)
+    if quant_mode == "float8":
+        return scaled.clamp(low, high).to(torch.float8_e4m3fn)
+    return torch.round(scaled).clamp(low, high)  # torch.round rounds half to even
+
+
+def reference_dequantize(q, scale, dim=None):
+    """TensorRT dequantize: q * scale in float32."""
+    return q.float() * _broadcast_scale(scale.float(), q.shape, dim)
+
+
+def reference_fake_quantize(x, scale, quant_mode, dim=None):
+    """dequantize(quantize(x))."""
+    return reference_dequantize(reference_quantize(x, scale, quant_mode, dim), scale, dim)
+
+
+def reference_quantized_linear(x, weight, bias, quant_mode, weight_scale, input_scale=None, pre_quant_scale=None):
+    """A Tripy quantized linear layer on the tensors of `tripy_quantized_state_dict`, in pure torch.
+
+    int8: x @ dq(q(W, dim 0)).T; int4: (x * pre_quant_scale) @ dq(q(W_[in,out], blocks)) (no
+    transpose); float8: dq(q(x)) @ dq(q(W)).T. Then + bias.
+    """
+    if pre_quant_scale is not None:
+        x = x * pre_quant_scale
+    if input_scale is not None:
+        x = reference_fake_quantize(x, input_scale, quant_mode)
+    if quant_mode == "int8-weight-only":
+        w = reference_fake_quantize(weight, weight_scale, quant_mode, dim=0).t()
+    elif quant_mode == "int4-weight-only":
+        w = reference_fake_quantize(weight, weight_scale, quant_mode)
+    elif quant_mode == "float8":
+        w = reference_fake_quantize(weight, weight_scale, quant_mode).t()
+    else:
+        raise ValueError(f"unknown quantization mode '{quant_mode}'")
+    out = x @ w
+    return out if bias is None else out + bias
 
 
 def _linear(state, name, x, quant_mode, tie_probe=None):
@@ -52,7 +112,7 @@ def _linear(state, name, x, quant_mode, tie_probe=None):
         return out if bias is None else out + bias
     if tie_probe is not None and f"{name}.input_scale" in state:
         tie_probe(name, x, state[f"{name}.input_scale"])
-    return q.reference_quantized_linear(
+    return reference_quantized_linear(
         x,
         weight,
         bias,
@@ -127,7 +187,7 @@ class ActivationTieProbe:
 
     def __call__(self, name, x, input_scale):
         theirs = self.theirs[name]
-        ours = q.reference_fake_quantize(x, input_scale, "float8")
+        ours = reference_fake_quantize(x, input_scale, "float8")
         flipped = ((ours - theirs).abs() > 1e-3 * theirs.abs()).reshape(x.shape[0], x.shape[1], -1)
         self.elements += flipped.numel()
         for b, t in flipped.any(-1).nonzero().tolist():

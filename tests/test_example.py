@@ -19,8 +19,10 @@ from conftest import BACKEND, REPO_ROOT
 from safetensors.torch import load_file, save_file
 from transformers import GPT2LMHeadModel
 
-import example
 import generate
+import weight_loader
+from checkpoint import open_checkpoint
+from sampling import Sampling
 from tokenizer import load_encoding
 
 EXAMPLE = os.path.join(REPO_ROOT, "example.py")
@@ -74,9 +76,8 @@ def test_greedy_generation_is_token_identical_to_transformers(parity_checkpoints
     directory, _ = parity_checkpoints[name]
     prompt = load_encoding(directory, is_directory=True).encode(PROMPT)
     max_new_tokens = 12
-    model = example.load_model(directory, tp.float32, seq_len=len(prompt) + max_new_tokens)
-    logits = generate.forward_logits(generate.compile_forward(model, len(prompt)))
-    ours = list(generate.generate_without_cache(logits, prompt, max_new_tokens, 0.0, 5, torch.Generator()))
+    compiled = generate.compile_without_cache(open_checkpoint(directory), tp.float32, None, len(prompt), len(prompt) + max_new_tokens)
+    ours = list(generate.generate_without_cache(compiled.functions, prompt, max_new_tokens, Sampling(0.0, 5), torch.Generator()))
     assert ours == hf_greedy(directory, prompt, max_new_tokens)
 
 
@@ -101,23 +102,15 @@ def test_seeded_sampling_is_reproducible_run_to_run(tiny_checkpoint, offline_env
 
 def test_sampling_follows_the_seed(tiny_checkpoint):
     prompt = load_encoding(tiny_checkpoint, is_directory=True).encode(PROMPT)
-    model = example.load_model(tiny_checkpoint, tp.float32, seq_len=len(prompt) + 16)
-    logits = generate.forward_logits(generate.compile_forward(model, len(prompt)))
+    compiled = generate.compile_without_cache(open_checkpoint(tiny_checkpoint), tp.float32, None, len(prompt), len(prompt) + 16)
 
     def sample(seed):
         generator = torch.Generator().manual_seed(seed)
-        return list(generate.generate_without_cache(logits, prompt, 16, 0.8, 5, generator))
+        return list(generate.generate_without_cache(compiled.functions, prompt, 16, Sampling(0.8, 5), generator))
 
     first = sample(0)
     assert sample(0) == first
     assert sample(1) != first
-
-
-def test_top_k_1_is_greedy():
-    logits = torch.randn(1, 3, 50)
-    for seed in range(5):
-        token = generate.sample(logits.clone(), 1.3, 1, torch.Generator().manual_seed(seed))
-        assert token.item() == logits[0, -1].argmax().item()
 
 
 def test_endoftext_is_allowed_in_the_prompt(tiny_checkpoint, offline_env):
@@ -273,6 +266,7 @@ def test_tensorrt_requested_but_missing(tiny_checkpoint, offline_env):
 # --- --quant-mode ----------------------------------------------------------------------------------------
 
 import quantization  # noqa: E402
+from quantization import QUANT_MODES  # noqa: E402
 
 CALIBRATED = re.compile(r"^Calibrating (\S+) on (\d+) samples, (\d+) tokens of (.+) took \d+\.\d+ seconds\.\n", re.M)
 
@@ -292,7 +286,7 @@ def quantized_response(result, quant_mode, samples, tokens, text_source):
 def modelopt_greedy(directory, quant_mode, calibration, prompt, max_new_tokens):
     """Greedy tokens of ModelOpt's fake-quantized transformers model, calibrated on the same tokens."""
     hf_model = GPT2LMHeadModel.from_pretrained(directory, local_files_only=True).eval()
-    quantization.modelopt_quantize(hf_model, quant_mode, calibration.batches, progress=False)
+    quantization.modelopt_quantize(hf_model, QUANT_MODES[quant_mode], calibration.batches, progress=False)
     hf_model.generation_config.eos_token_id = None
     out = hf_model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=0)
     return out[0, len(prompt) :].tolist()
@@ -304,7 +298,7 @@ def test_weight_only_quantization_on_the_command_line_is_modelopts_greedy(quant_
     encoding = load_encoding(directory, is_directory=True)
     prompt = encoding.encode(PROMPT)
     # example.py's calibration: two samples of 64 tokens (the block size) from Python's help topics.
-    calibration = example.calibration_data(quantization.load_calibration_texts(), encoding, 2, 64)
+    calibration = quantization.calibration_data(encoding, None, 2, 64)
     expected = encoding.decode(prompt + modelopt_greedy(directory, quant_mode, calibration, prompt, 12))
     args = ("--checkpoint", directory, "--input-text", PROMPT, "--temperature", "0", "--max-new-tokens", "12")
     result = run_example(*args, "--quant-mode", quant_mode, "--calib-samples", "2", env=offline_env)
@@ -326,53 +320,3 @@ def test_bad_calibration_file(tiny_checkpoint, offline_env, tmp_path, content, e
     path.mkdir() if content is None else path.write_text(content)
     result = run_example("--checkpoint", tiny_checkpoint, "--input-text", PROMPT, "--quant-mode", "int8-weight-only", "--calib-file", str(path), env=offline_env)
     assert_one_error_line(result, f"calibration file '{path}' {expected}")
-
-
-def test_float8_needs_compute_capability_8_9_on_tensorrt():
-    with pytest.raises(example.UsageError, match="needs a GPU of compute capability 8.9 or newer with TensorRT; this one has 8.6"):
-        example.check_quant_mode_supported("float8", "tensorrt", capability=(8, 6))
-    example.check_quant_mode_supported("float8", "tensorrt", capability=(8, 9))
-    example.check_quant_mode_supported("float8", "cpu", capability=(7, 5))  # the CPU executor runs every mode
-    example.check_quant_mode_supported("int8-weight-only", "tensorrt", capability=(8, 6))
-
-
-def test_calibration_samples_are_equal_length_chunks_of_the_text(tiny_checkpoint):
-    encoding = load_encoding(tiny_checkpoint, is_directory=True)
-    texts = ["one two three four five", "six seven", "eight nine ten eleven twelve thirteen"]
-    data = example.calibration_data(texts, encoding, num_samples=3, max_length=6)
-    stream = encoding.encode("\n\n".join(texts) + "\n\n")
-    assert [row.tolist() for batch in data.batches for row in batch] == [stream[0:6], stream[6:12], stream[12:18]]
-    assert (data.num_samples, data.num_tokens, len(data.batches)) == (3, 18, 1)  # one batch: AWQ searches once
-    short = example.calibration_data(["tiny"], encoding, num_samples=4, max_length=64)
-    assert short.num_samples == 1 and short.num_tokens == len(encoding.encode("tiny\n\n"))
-
-
-def test_calibration_settings_are_in_the_engine_cache_key(tiny_checkpoint):
-    encoding = load_encoding(tiny_checkpoint, is_directory=True)
-
-    def settings(texts, samples):
-        data = example.calibration_data(texts, encoding, samples, 16)
-        return example.Quantization("float8", data, "test").settings()
-
-    texts = quantization.load_calibration_texts()
-    assert settings(texts, 2) == settings(texts, 2)
-    assert settings(texts, 2) != settings(texts, 3)
-    assert settings(texts, 2) != settings(texts[1:], 2)
-
-
-def test_a_failed_calibration_writes_nothing(quant_checkpoints, tmp_path, monkeypatch):
-    """Calibration happens before anything is compiled or saved: when it fails, the engine cache gets no
-    entry (the key's file digests aside) and the checkpoint is untouched."""
-    directory = quant_checkpoints["quant-256"]
-    before = {name: os.stat(os.path.join(directory, name)).st_mtime_ns for name in os.listdir(directory)}
-
-    def fail(*args, **kwargs):
-        raise RuntimeError("calibration failed")
-
-    monkeypatch.setattr(quantization, "modelopt_quantize", fail)
-    cache = tmp_path / "engine-cache"
-    args = ["--checkpoint", directory, "--input-text", PROMPT, "--quant-mode", "int8-weight-only", "--calib-samples", "2"]
-    with pytest.raises(RuntimeError, match="calibration failed"):
-        example.main(args + ["--engine-cache", "--engine-cache-dir", str(cache)])
-    assert not cache.exists() or set(os.listdir(cache)) <= {"file-digests.json"}
-    assert {name: os.stat(os.path.join(directory, name)).st_mtime_ns for name in os.listdir(directory)} == before

@@ -9,7 +9,9 @@ from conftest import PARITY_CONFIGS
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import weight_loader
+from checkpoint import Checkpoint, open_checkpoint
 from model import GPT, GPTConfig, gelu_new, linear_layer
+from quantization import QUANT_MODES, QuantMode
 
 TOLERANCE = {"float32": 1e-4, "float16": 2e-2}
 DTYPES = {"float32": tp.float32, "float16": tp.float16}
@@ -21,10 +23,8 @@ def device_tensor(t):
 
 def compiled_gpt(directory, dtype):
     """Loads a checkpoint the way example.py does and compiles it for every length up to its block size."""
-    hf_config = weight_loader.load_hf_config(directory)
-    model = GPT(weight_loader.gpt_config_from_hf(hf_config, dtype=dtype))
-    weight_loader.load_weights_from_hf(model, directory, dtype)
-    seq_len = tp.NamedDimension("seq_len", 1, 8, model.config.seq_len)
+    model, _ = weight_loader.load_model(open_checkpoint(directory), dtype)
+    seq_len = tp.NamedDimension("seq_len", 1, 8, model.config.block_size)
     return model, tp.compile(model, args=[tp.InputInfo((1, seq_len), dtype=tp.int32)])
 
 
@@ -51,7 +51,7 @@ def test_logits_match_transformers(parity_checkpoints, name, dtype):
 
 def test_parameter_names_are_transformers_state_dict_keys():
     hf_config = GPT2Config(n_layer=2, n_head=2, n_embd=16, vocab_size=50, n_positions=8)
-    config = weight_loader.gpt_config_from_hf(hf_config)
+    config = weight_loader.gpt_config(Checkpoint("tiny", True, hf_config, encoding=None))
     ours = GPT(config).state_dict()
     theirs = GPT2LMHeadModel(hf_config).state_dict()
     assert set(ours) == set(theirs)
@@ -98,7 +98,8 @@ QUANTIZED_SHAPES = {  # n = 256, so the MLP's inner size is 1024; quantization.t
 
 @pytest.mark.parametrize("quant_mode", list(QUANTIZED_SHAPES))
 def test_linear_layers_are_built_in_one_place_per_quant_mode(quant_mode):
-    config = GPTConfig(num_layers=1, embedding_size=256, num_heads=2, vocab_size=10, block_size=8, quant_mode=quant_mode)
+    mode = QUANT_MODES[quant_mode] if quant_mode else None
+    config = GPTConfig(num_layers=1, embedding_size=256, num_heads=2, vocab_size=10, block_size=8, quant_mode=mode)
     shapes = {key: tuple(map(int, param.shape)) for key, param in GPT(config).state_dict().items()}
     assert {key: shapes.get(key) for key in QUANTIZED_SHAPES[quant_mode]} == QUANTIZED_SHAPES[quant_mode]
     scales = {key.rpartition(".")[2] for key in shapes if key.endswith("_scale")}
@@ -107,8 +108,30 @@ def test_linear_layers_are_built_in_one_place_per_quant_mode(quant_mode):
     assert not any(key.endswith(("c_attn.pre_quant_scale", "c_fc.pre_quant_scale")) for key in shapes)
     assert ("lm_head.weight_scale" in shapes) == (quant_mode == "float8")
     assert isinstance(linear_layer(GPTConfig(), 4, 8, bias=True), tp.Linear)
-    with pytest.raises(ValueError, match="unknown quant_mode 'int2'"):
-        linear_layer(GPTConfig(quant_mode="int2"), 4, 8, bias=True)
+    int2 = QuantMode("int2", weight_bits=2, maxbound=1.0, quantizes_lm_head=False)
+    with pytest.raises(ValueError, match="model.py has no layer for quant mode 'int2'"):
+        linear_layer(GPTConfig(quant_mode=int2), 4, 8, bias=True)
+
+
+def test_weight_bytes_count_the_tied_embedding_once(parity_checkpoints):
+    directory, reference = parity_checkpoints["eps"]
+    model, _ = compiled_gpt(directory, tp.float32)
+    assert model.weight_bytes() == 4 * sum(p.numel() for p in reference.parameters())  # transformers ties them too
+
+
+@pytest.mark.parametrize("quant_mode", ["int8-weight-only", "int4-weight-only"])
+def test_weight_bytes_count_quantized_weights_at_their_quantized_size(quant_mode):
+    shape = dict(num_layers=2, num_heads=2, embedding_size=128, vocab_size=10, block_size=4)
+    full, quantized = GPT(GPTConfig(**shape)), GPT(GPTConfig(**shape, quant_mode=QUANT_MODES[quant_mode]))
+    per_layer = 128 * (3 * 128) + 128 * 128 + 128 * (4 * 128) + (4 * 128) * 128  # the four linear weights
+    if quant_mode == "int8-weight-only":
+        scales = 3 * 128 + 128 + 4 * 128 + 128  # one float32 scale per output channel
+        assert quantized.weight_bytes() == full.weight_bytes() - 2 * (3 * per_layer - 4 * scales)
+    else:
+        # half a byte a weight; a float32 scale per block of 128 inputs of each output, and AWQ's
+        # pre_quant_scale for the two layers no LayerNorm feeds
+        scales = (3 * 128 + 128 + 4 * 128 + 4 * 128) + (128 + 4 * 128)
+        assert quantized.weight_bytes() == full.weight_bytes() - 2 * (3.5 * per_layer - 4 * scales)
 
 
 

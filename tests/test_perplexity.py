@@ -12,9 +12,11 @@ import torch
 from conftest import REPO_ROOT
 from transformers import GPT2LMHeadModel
 
-import example
+import cli
 import generate
 import perplexity
+import weight_loader
+from checkpoint import open_checkpoint
 from tokenizer import load_encoding
 
 PERPLEXITY = os.path.join(REPO_ROOT, "perplexity.py")
@@ -50,8 +52,10 @@ def test_perplexity_is_transformers_on_the_same_windows(quant_checkpoints, text_
     tokens = perplexity.read_tokens(text_file, encoding)
     chunks = perplexity.windows(tokens, 64)
     assert [len(c) for c in chunks[:-1]] == [64] * (len(chunks) - 1) and sum(map(len, chunks)) == len(tokens)
-    model = example.load_model(directory, tp.float32, seq_len=64)
-    ours, scored = perplexity.perplexity(generate.forward_logits(generate.compile_forward(model, 64)), chunks, encoding.n_vocab)
+    model, _ = weight_loader.load_model(open_checkpoint(directory), tp.float32)
+    forward = generate.compile_forward(model, 64, 64)
+    window_logits = (generate.forward_logits(forward, torch.tensor([chunk], dtype=torch.int32)) for chunk in chunks)
+    ours, scored = perplexity.perplexity(chunks, window_logits, encoding.n_vocab)
 
     hf_model = GPT2LMHeadModel.from_pretrained(directory).eval()
     total = 0.0
@@ -91,7 +95,7 @@ def test_bad_input_is_a_usage_error(tiny_checkpoint, text_file, tmp_path, args, 
     one_token = tmp_path / "one.txt"
     one_token.write_text("a")
     args = [a.format(one_token=one_token, text=text_file) for a in args]
-    with pytest.raises(example.UsageError, match=re.escape(expected)):
+    with pytest.raises(cli.USER_ERRORS, match=re.escape(expected)):
         perplexity.main(["--checkpoint", tiny_checkpoint, *args])
 
 

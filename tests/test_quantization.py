@@ -1,5 +1,5 @@
 """quantization.py: offline calibration text, ModelOpt 0.47 configs, and Tripy-layout tensors whose
-quantized-linear math (quantization.reference_quantized_linear) reproduces ModelOpt's fake-quantized
+quantized-linear math (quantization_fixtures.reference_quantized_linear) reproduces ModelOpt's fake-quantized
 transformers model."""
 
 import functools
@@ -11,12 +11,14 @@ import torch
 import quantization as q
 from quantization_fixtures import (
     ActivationTieProbe,
-    byte_encode,
     calibration_batches,
+    reference_fake_quantize,
     reference_gpt2_logits,
+    reference_quantize,
     relative_max_error,
     tiny_gpt2,
 )
+from tokenizer import load_encoding
 
 SEEDS = (0, 1)
 # Logits of the reference vs ModelOpt, max |difference| / max |logit|. Weight-only modes compute
@@ -30,8 +32,9 @@ def quantized(quant_mode, seed):
     """(calibrated ModelOpt model, Tripy state dict, calibration data), once per mode and seed."""
     model = tiny_gpt2(seed)
     calib = calibration_batches(model.config.vocab_size)
-    q.modelopt_quantize(model, quant_mode, calib.batches, progress=False)
-    return model, q.tripy_quantized_state_dict(model, quant_mode), calib
+    mode = q.QUANT_MODES[quant_mode]
+    q.modelopt_quantize(model, mode, calib.batches, progress=False)
+    return model, q.tripy_quantized_state_dict(model, mode), calib
 
 
 def eval_ids(model, seed):
@@ -81,20 +84,58 @@ def test_calibration_directory_is_an_error(tmp_path):
 
 
 def test_calibration_batches_count_samples_and_tokens():
-    encode = byte_encode(100)
-    texts = ["abcdef", "", "xy", "z" * 50, "pqrs", "tuvw"]
-    data = q.make_calibration_batches(texts, encode, max_length=4, batch_size=2)
+    samples = [[1, 2, 3, 4], [], [5, 6], [7, 8, 9, 10], [11, 12, 13, 14], [15, 16, 17, 18]]
+    data = q.make_calibration_batches(samples, batch_size=2, text_source="test")
     # Equal lengths share a batch (no padding), in the text's order, at most batch_size rows.
-    assert [b.tolist() for b in data.batches] == [[encode("abcd"), encode("zzzz")], [encode("pqrs"), encode("tuvw")], [encode("xy")]]
+    assert [b.tolist() for b in data.batches] == [[samples[0], samples[3]], [samples[4], samples[5]], [samples[2]]]
     assert all(b.dtype == torch.long for b in data.batches)
     assert (data.num_samples, data.num_tokens) == (5, 18)
-    assert data.summary() == "5 samples, 18 tokens"
-    single = q.make_calibration_batches(texts, encode, max_length=4, batch_size=1)
+    assert data.summary() == "5 samples, 18 tokens" and data.text_source == "test"
+    single = q.make_calibration_batches(samples, batch_size=1)
     assert [tuple(b.shape) for b in single.batches] == [(1, 4)] * 4 + [(1, 2)]
-    capped = q.make_calibration_batches(["abcdef", "xy", "z"], encode, max_length=4, num_samples=2)
-    assert (capped.num_samples, capped.num_tokens) == (2, 6)
     with pytest.raises(q.CalibrationDataError, match="no tokens"):
-        q.make_calibration_batches(["", ""], encode)
+        q.make_calibration_batches([[], []])
+
+
+def paragraphs_file(tmp_path, texts):
+    path = tmp_path / "calib.txt"
+    path.write_text("\n\n".join(texts))
+    return path
+
+
+def test_calibration_samples_are_equal_length_chunks_of_the_text(tiny_checkpoint, tmp_path):
+    encoding = load_encoding(tiny_checkpoint, is_directory=True)
+    texts = ["one two three four five", "six seven", "eight nine ten eleven twelve thirteen"]
+    data = q.calibration_data(encoding, paragraphs_file(tmp_path, texts), num_samples=3, max_length=6)
+    stream = encoding.encode("\n\n".join(texts) + "\n\n")
+    assert [row.tolist() for batch in data.batches for row in batch] == [stream[0:6], stream[6:12], stream[12:18]]
+    assert (data.num_samples, data.num_tokens, len(data.batches)) == (3, 18, 1)  # one batch: AWQ searches once
+    short = q.calibration_data(encoding, paragraphs_file(tmp_path, ["tiny"]), num_samples=4, max_length=64)
+    assert short.num_samples == 1 and short.num_tokens == len(encoding.encode("tiny\n\n"))
+    assert short.text_source == f"'{tmp_path / 'calib.txt'}'"
+
+
+def test_calibration_tokens_are_in_the_engine_cache_key(tiny_checkpoint, tmp_path):
+    encoding = load_encoding(tiny_checkpoint, is_directory=True)
+
+    def key(calib_file, samples, mode="float8"):
+        return q.Quantization(q.QUANT_MODES[mode], q.calibration_data(encoding, calib_file, samples, 16)).cache_key()
+
+    other = paragraphs_file(tmp_path, q.load_calibration_texts()[1:])
+    assert key(None, 2) == key(None, 2)
+    assert key(None, 2) != key(None, 3)
+    assert key(None, 2) != key(other, 2)
+    assert key(None, 2) != key(None, 2, "int8-weight-only")
+
+
+def test_a_mode_that_cannot_quantize_the_model_is_refused_before_calibrating(tiny_checkpoint):
+    from checkpoint import open_checkpoint
+
+    checkpoint = open_checkpoint(tiny_checkpoint)  # n_embd 64: not a multiple of int4's 128-input blocks
+    with pytest.raises(q.QuantizationError, match=r"the embedding size of '.*' \(64\) is not a multiple of 128"):
+        q.prepare(checkpoint, q.QUANT_MODES["int4-weight-only"])
+    assert q.prepare(checkpoint, None) is None
+    assert q.prepare(checkpoint, q.QUANT_MODES["int8-weight-only"], num_samples=1).calibration.num_samples == 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,7 +146,7 @@ def enabled_quantizers(model):
     return {name for name, m in model.named_modules() if name.endswith("quantizer") and m.is_enabled}
 
 
-@pytest.mark.parametrize("quant_mode", q.QUANT_MODES)
+@pytest.mark.parametrize("quant_mode", list(q.QUANT_MODES))
 def test_quantizers_per_mode(quant_mode):
     model, _, _ = quantized(quant_mode, 0)
     layers = [f"transformer.h.{i}.{linear}" for i in range(model.config.n_layer) for linear in LINEARS]
@@ -130,7 +171,7 @@ def test_quantizers_per_mode(quant_mode):
 
 def test_calibration_shows_progress_on_stderr(capsys):
     model = tiny_gpt2(0, n_layer=1)
-    q.modelopt_quantize(model, "int4-weight-only", calibration_batches(model.config.vocab_size, 3).batches)
+    q.modelopt_quantize(model, q.QUANT_MODES["int4-weight-only"], calibration_batches(model.config.vocab_size, 3).batches)
     out, err = capsys.readouterr()
     assert "calibrating int4-weight-only (pass 1/2)" in err and "(pass 2/2)" in err and "3/3" in err
     assert "awq_lite" in err and out == ""  # ModelOpt's own notes go to stderr too
@@ -139,21 +180,19 @@ def test_calibration_shows_progress_on_stderr(capsys):
 def test_bad_arguments_are_value_errors():
     model = tiny_gpt2(0, n_embd=192, n_layer=1, n_head=3)
     batches = calibration_batches(model.config.vocab_size, 1).batches
-    with pytest.raises(ValueError, match="unknown quantization mode"):
-        q.modelopt_quantize(model, "int2", batches)
     with pytest.raises(ValueError, match="multiple of 128"):
-        q.modelopt_quantize(model, "int4-weight-only", batches)
+        q.modelopt_quantize(model, q.QUANT_MODES["int4-weight-only"], batches)
     with pytest.raises(ValueError, match="no calibration batches"):
-        q.modelopt_quantize(model, "float8", [])
+        q.modelopt_quantize(model, q.QUANT_MODES["float8"], [])
     with pytest.raises(ValueError, match="no quantized linear layers"):
-        q.tripy_quantized_state_dict(tiny_gpt2(0, n_layer=1), "float8")
+        q.tripy_quantized_state_dict(tiny_gpt2(0, n_layer=1), q.QUANT_MODES["float8"])
 
 
 # ----------------------------------------------------------------------------------------------
 # Tripy's tensors
 
 
-@pytest.mark.parametrize("quant_mode", q.QUANT_MODES)
+@pytest.mark.parametrize("quant_mode", list(q.QUANT_MODES))
 def test_state_dict_layouts(quant_mode):
     model, state, _ = quantized(quant_mode, 0)
     n, inner, vocab = model.config.n_embd, 4 * model.config.n_embd, model.config.vocab_size
@@ -203,7 +242,7 @@ def test_awq_pre_quant_scales_are_folded_or_explicit():
     assert not any(k.endswith(("c_attn.pre_quant_scale", "c_fc.pre_quant_scale")) for k in state)
 
 
-@pytest.mark.parametrize("quant_mode", q.QUANT_MODES)
+@pytest.mark.parametrize("quant_mode", list(q.QUANT_MODES))
 def test_weights_requantize_to_modelopt_codes(quant_mode):
     """Tripy's quantize of the stored weight with the stored scale gives ModelOpt's fake-quantized weight."""
     model, state, _ = quantized(quant_mode, 0)
@@ -212,7 +251,7 @@ def test_weights_requantize_to_modelopt_codes(quant_mode):
         with torch.no_grad():
             theirs = module.weight_quantizer(module.weight)
         dim = 0 if quant_mode == "int8-weight-only" else None
-        ours = q.reference_fake_quantize(state[f"{name}.weight"], state[f"{name}.weight_scale"], quant_mode, dim)
+        ours = reference_fake_quantize(state[f"{name}.weight"], state[f"{name}.weight_scale"], quant_mode, dim)
         if quant_mode == "int4-weight-only":
             ours = ours.t()
         torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0)
@@ -235,15 +274,15 @@ def test_int4_layout_is_tripys_blockwise_quantization():
 def test_reference_quantize_rounds_half_to_even_and_saturates():
     x = torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5, 300.0, -300.0])
     one = torch.tensor(1.0)
-    assert q.reference_quantize(x, one, "int8-weight-only").tolist() == [0, 2, 2, 0, -2, 127, -128]
-    assert q.reference_quantize(x, one, "int4-weight-only").tolist() == [0, 2, 2, 0, -2, 7, -8]
-    fp8 = q.reference_quantize(torch.tensor([1000.0, -1000.0, 17.0, 19.0]), one, "float8")
+    assert reference_quantize(x, one, "int8-weight-only").tolist() == [0, 2, 2, 0, -2, 127, -128]
+    assert reference_quantize(x, one, "int4-weight-only").tolist() == [0, 2, 2, 0, -2, 7, -8]
+    fp8 = reference_quantize(torch.tensor([1000.0, -1000.0, 17.0, 19.0]), one, "float8")
     assert fp8.dtype == torch.float8_e4m3fn and fp8.float().tolist() == [448.0, -448.0, 16.0, 20.0]
     w = torch.arange(8.0).reshape(4, 2)
-    assert q.reference_fake_quantize(w, torch.tensor([1.0, 2.0, 4.0, 8.0]), "int8-weight-only", dim=0).equal(
+    assert reference_fake_quantize(w, torch.tensor([1.0, 2.0, 4.0, 8.0]), "int8-weight-only", dim=0).equal(
         torch.tensor([[0.0, 1.0], [2.0, 4.0], [4.0, 4.0], [8.0, 8.0]])
     )
-    blocks = q.reference_fake_quantize(w, torch.tensor([[1.0, 1.0], [4.0, 4.0]]), "int4-weight-only")
+    blocks = reference_fake_quantize(w, torch.tensor([[1.0, 1.0], [4.0, 4.0]]), "int4-weight-only")
     assert blocks.equal(torch.tensor([[0.0, 1.0], [2.0, 3.0], [4.0, 4.0], [8.0, 8.0]]))
 
 

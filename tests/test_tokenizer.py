@@ -1,10 +1,12 @@
-"""tokenizer.py: a checkpoint's vocab.json and merges.txt tokenize with tiktoken exactly as with transformers."""
+"""tokenizer.py: a checkpoint's vocab.json and merges.txt tokenize with tiktoken exactly as with transformers,
+and streamed text prints whole characters."""
 
 import json
 import os
 import shutil
 
 import pytest
+import torch
 from transformers import GPT2TokenizerFast
 
 import tokenizer
@@ -61,3 +63,23 @@ def test_bytes_to_unicode_is_gpt2s_alphabet():
     alphabet = tokenizer.bytes_to_unicode()
     assert len(set(alphabet.values())) == 256
     assert alphabet[ord(" ")] == "Ġ" and alphabet[ord("\n")] == "Ċ" and alphabet[ord("A")] == "A"
+
+
+
+
+def test_streamed_text_is_the_decoded_text_with_characters_whole(tiny_checkpoint):
+    encoding = tokenizer.load_encoding(tiny_checkpoint, is_directory=True)
+    text = "Héllo, wörld ✓ 😀 ∑"
+    tokens = encoding.encode(text)
+    assert any(len(encoding.decode_single_token_bytes(t).decode("utf-8", errors="replace")) != 1 for t in tokens)
+    stream = tokenizer.text_stream(encoding)
+    pieces = [stream([t]) for t in tokens] + [stream([], final=True)]
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in piece for piece in pieces)  # no character was printed in halves
+
+    # Any token sequence, valid UTF-8 or not, streams to what encoding.decode gives for the whole.
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        tokens = torch.randint(0, encoding.n_vocab, (12,), generator=generator).tolist()
+        stream = tokenizer.text_stream(encoding)
+        assert "".join([stream([t]) for t in tokens] + [stream([], final=True)]) == encoding.decode(tokens)

@@ -1,4 +1,5 @@
-"""weight_loader.py: config from config.json, key-for-key copy, one clear error for a bad checkpoint."""
+"""weight_loader.py: the GPT's config from the checkpoint's, key-for-key copy, one clear error for bad weights,
+and quantized models that compute ModelOpt's."""
 
 import json
 import os
@@ -14,14 +15,15 @@ from conftest import REPO_ROOT
 from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
+import make_tiny_checkpoint
 import weight_loader
+from checkpoint import CheckpointError, open_checkpoint
 from model import GPT
-from weight_loader import CheckpointError
 
 
 def load(directory, dtype=tp.float32):
-    model = GPT(weight_loader.gpt_config_from_hf(weight_loader.load_hf_config(directory), dtype=dtype))
-    weight_loader.load_weights_from_hf(model, directory, dtype)
+    model, calibration_seconds = weight_loader.load_model(open_checkpoint(directory), dtype)
+    assert calibration_seconds is None
     return model
 
 
@@ -38,10 +40,10 @@ def copy_checkpoint(source, tmp_path, edit_weights=None):
 
 def test_config_comes_from_config_json(parity_checkpoints):
     directory, hf_model = parity_checkpoints["eps"]
-    config = weight_loader.gpt_config_from_hf(weight_loader.load_hf_config(directory), seq_len=20)
+    config = weight_loader.gpt_config(open_checkpoint(directory))
     hf = hf_model.config
     assert (config.num_layers, config.num_heads, config.embedding_size) == (hf.n_layer, hf.n_head, hf.n_embd)
-    assert (config.vocab_size, config.block_size, config.seq_len) == (hf.vocab_size, hf.n_positions, 20)
+    assert (config.vocab_size, config.block_size) == (hf.vocab_size, hf.n_positions)
     assert config.layer_norm_epsilon == hf.layer_norm_epsilon == 1e-3
 
 
@@ -124,29 +126,12 @@ def test_corrupt_weights(tiny_checkpoint, tmp_path, damage):
         load(directory)
 
 
-def test_checkpoints_that_are_not_gpt2(tmp_path):
-    with pytest.raises(CheckpointError, match="does not exist"):
-        weight_loader.load_hf_config(str(tmp_path / "nowhere"))
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(CheckpointError, match="no config.json"):
-        weight_loader.load_hf_config(str(empty))
-    (empty / "config.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="not a GPT-2 checkpoint"):
-        weight_loader.load_hf_config(str(empty))
-    (empty / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(CheckpointError, match="model_type 'bert'"):
-        weight_loader.load_hf_config(str(empty))
-    GPT2Config(n_layer=1, n_embd=8, n_head=2, activation_function="relu").save_pretrained(str(empty))
-    with pytest.raises(CheckpointError, match="activation_function=relu"):
-        weight_loader.load_hf_config(str(empty))
-
-
 def test_peak_memory_stays_under_twice_the_checkpoint(tmp_path):
     """The loader's peak host memory (ru_maxrss), for a 90 MB checkpoint, in fresh processes."""
     directory = str(tmp_path / "medium")
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(n_layer=6, n_head=8, n_embd=512, n_positions=256, vocab_size=8192)).save_pretrained(directory)
+    make_tiny_checkpoint.write_tokenizer(directory)
     out = subprocess.run(
         [sys.executable, os.path.join(REPO_ROOT, "benchmarks", "loader_memory.py"), "--checkpoint", directory, "--json"],
         check=True,
@@ -167,6 +152,7 @@ import functools  # noqa: E402
 
 import quantization  # noqa: E402
 from conftest import QUANT_CONFIGS  # noqa: E402
+from quantization import QUANT_MODES  # noqa: E402
 from quantization_fixtures import calibration_batches  # noqa: E402
 
 # max |Tripy logit - ModelOpt logit| / max |ModelOpt logit|, for the same calibration and input. In
@@ -192,14 +178,13 @@ def calibration(directory):
 def modelopt_model(directory, quant_mode):
     """ModelOpt's fake-quantized transformers model of the checkpoint, calibrated as the loader is."""
     model = GPT2LMHeadModel.from_pretrained(directory).eval()
-    return quantization.modelopt_quantize(model, quant_mode, calibration(directory).batches, progress=False)
+    return quantization.modelopt_quantize(model, QUANT_MODES[quant_mode], calibration(directory).batches, progress=False)
 
 
 @functools.lru_cache(maxsize=None)
 def quantized_gpt(directory, quant_mode, dtype=tp.float32):
-    config = weight_loader.gpt_config_from_hf(weight_loader.load_hf_config(directory), dtype=dtype, quant_mode=quant_mode)
-    model = GPT(config)
-    seconds = weight_loader.load_quant_weights_from_hf(model, directory, dtype, quant_mode, calibration(directory), progress=False)
+    quant = quantization.Quantization(QUANT_MODES[quant_mode], calibration(directory))
+    model, seconds = weight_loader.load_model(open_checkpoint(directory), dtype, quant, progress=False)
     assert seconds > 0
     return model
 
@@ -290,7 +275,7 @@ def test_dropping_awq_pre_quant_scales_visibly_changes_the_logits(quant_checkpoi
     assert lost > 1e-2 and lost > 1000 * kept
 
 
-@pytest.mark.parametrize("quant_mode", quantization.QUANT_MODES)
+@pytest.mark.parametrize("quant_mode", list(QUANT_MODES))
 def test_quantized_lm_head_is_untied_and_the_rest_shared(quant_checkpoints, quant_mode):
     state = quantized_gpt(quant_checkpoints["quant-256"], quant_mode).state_dict()
     if quant_mode == "float8":
@@ -305,11 +290,9 @@ def test_quantized_loading_checks_the_checkpoint_before_calibrating(quant_checkp
         quant_checkpoints["quant-256"], tmp_path, lambda w: w.update({"transformer.h.1.mlp.c_fc.weight": torch.zeros(256, 5)})
     )
     monkeypatch.setattr(quantization, "modelopt_quantize", lambda *args, **kwargs: pytest.fail("calibrated a bad checkpoint"))
-    config = weight_loader.gpt_config_from_hf(weight_loader.load_hf_config(directory), quant_mode="int8-weight-only")
+    quant = quantization.Quantization(QUANT_MODES["int8-weight-only"], calibration(directory))
     with pytest.raises(CheckpointError) as info:
-        weight_loader.load_quant_weights_from_hf(GPT(config), directory, tp.float32, "int8-weight-only", calibration(directory))
+        weight_loader.load_model(open_checkpoint(directory), tp.float32, quant)
     message = str(info.value)
     assert "mis-shaped transformer.h.1.mlp.c_fc.weight (checkpoint (256, 5), expected (256, 1024))" in message
     assert "\n" not in message
-    with pytest.raises(ValueError, match="built for quant_mode 'int8-weight-only', not 'float8'"):
-        weight_loader.load_quant_weights_from_hf(GPT(config), directory, tp.float32, "float8", calibration(directory))

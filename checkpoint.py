@@ -1,0 +1,182 @@
+"""What a GPT-2 checkpoint says, read once: its config, its tokenizer, and (on request) its weights.
+
+A checkpoint is a Hugging Face Hub id (gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, ...) or a
+local directory in transformers' format (config.json plus model.safetensors or pytorch_model.bin).
+transformers does the reading: safetensors, or torch.load with weights_only=True; nothing is unpickled.
+`open_checkpoint` reads config.json and the tokenizer and checks them against each other; everything
+after that takes the `Checkpoint` it returns instead of reading the files again.
+
+This module does not import nvtripy, so that the command line can report a bad checkpoint as one line
+whatever the backend.
+"""
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import tiktoken
+import transformers
+from transformers import AutoConfig, GPT2Config, GPT2LMHeadModel
+
+from tokenizer import load_encoding
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used. The message is one line, meant for the user."""
+
+
+class HubUnavailable(CheckpointError):
+    """A Hub id that is neither in the local cache nor downloadable (offline, or no such repository)."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint's source and what its files say."""
+
+    source: str  # a Hub id or a directory
+    is_local: bool  # a directory, not a Hub id
+    hf_config: GPT2Config
+    encoding: tiktoken.Encoding
+
+
+def is_local_path(source):
+    """A directory, or a name only a path can have, is a checkpoint directory; else it is a Hub id (name or org/name)."""
+    return os.path.isdir(source) or source.startswith((".", "/", "~")) or source.count("/") > 1
+
+
+def open_checkpoint(source):
+    """The checkpoint's config and tokenizer, checked against each other before any weights are read."""
+    is_local = is_local_path(source)
+    hf_config = _read_config(source, is_local)
+    encoding = load_encoding(source, is_directory=is_local)
+    if encoding.n_vocab > hf_config.vocab_size:
+        raise CheckpointError(
+            f"the tokenizer of '{source}' ({encoding.name}) has {encoding.n_vocab} tokens, "
+            f"more than the model's vocabulary of {hf_config.vocab_size}"
+        )
+    return Checkpoint(source, is_local, hf_config, encoding)
+
+
+def _read_config(source, is_local):
+    """The checkpoint's transformers GPT2Config, read from its config.json, if this model implements it."""
+    try:
+        config = _from_pretrained(AutoConfig, source, is_local)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"'{source}' is not a GPT-2 checkpoint: {_one_line(exc)}") from None
+    if config.model_type != "gpt2":
+        raise CheckpointError(f"'{source}' is not a GPT-2 checkpoint: its config.json says model_type '{config.model_type}'")
+    unsupported = []
+    if config.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+        unsupported.append(f"activation_function={config.activation_function}")
+    if config.n_inner not in (None, 4 * config.n_embd):
+        unsupported.append(f"n_inner={config.n_inner}")
+    if not config.scale_attn_weights or config.scale_attn_by_inverse_layer_idx:
+        unsupported.append("attention scaling other than 1/sqrt(head size)")
+    if config.add_cross_attention:
+        unsupported.append("add_cross_attention")
+    if config.n_embd % config.n_head:
+        unsupported.append(f"n_embd={config.n_embd} not divisible by n_head={config.n_head}")
+    if unsupported:
+        raise CheckpointError(f"'{source}' is a GPT-2 variant this model does not implement: {', '.join(unsupported)}")
+    return config
+
+
+def read_hf_model(checkpoint, torch_dtype):
+    """transformers' GPT2LMHeadModel for the checkpoint, built from its config as already read, and its
+    loading info (missing, extra and mis-shaped keys, which `check_weights` reports). An unreadable
+    checkpoint is a CheckpointError."""
+    # transformers maps the file into memory and converts each tensor to `torch_dtype` as it reads it.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's notes on pickle protocols: the error says enough
+            return _from_pretrained(
+                GPT2LMHeadModel,
+                checkpoint.source,
+                checkpoint.is_local,
+                config=checkpoint.hf_config,
+                dtype=torch_dtype,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,  # reported by check_weights, together with missing and extra keys
+            )
+    except HubUnavailable:
+        raise
+    except Exception as exc:  # unreadable files: truncated or garbled safetensors, a broken .bin, ...
+        if "Weights only load failed" in str(exc):
+            raise CheckpointError(
+                f"cannot read the weights of '{checkpoint.source}': its .bin file holds more than tensors, "
+                "and it is loaded with weights_only=True, never unpickled"
+            ) from None
+        raise CheckpointError(f"cannot read the weights of '{checkpoint.source}': {_one_line(exc)}") from None
+
+
+def check_weights(source, expected, state, info=None, transposed=()):
+    """Raises one CheckpointError naming every missing, extra and mis-shaped key, if there are any.
+
+    `expected` is {key: shape} of the model to load, `state` the tensors to load into it, `info`
+    transformers' loading info, and keys ending in `transposed` are stored (in, out) in `state`.
+    """
+    info = info or {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": []}
+    missing = set(info["missing_keys"]) | (set(expected) - set(state))
+    extra = set(info["unexpected_keys"]) | (set(state) - set(expected))
+    # Older GPT-2 checkpoints also store each layer's causal mask; the model computes its own.
+    extra = {key for key in extra if not key.endswith((".attn.bias", ".attn.masked_bias"))}
+    misshaped = {key: (tuple(ckpt), tuple(want)) for key, ckpt, want in info["mismatched_keys"]}
+    for key, weight in state.items():  # shapes as `state` stores them: Conv1D weights are (in, out)
+        if key not in expected or key in misshaped:
+            continue
+        want = expected[key][::-1] if key.endswith(transposed) else expected[key]
+        if tuple(weight.shape) != want:
+            misshaped[key] = (tuple(weight.shape), want)
+    if missing or extra or misshaped:
+        problems = []
+        if missing:
+            problems.append(f"missing {', '.join(sorted(missing))}")
+        if extra:
+            problems.append(f"extra {', '.join(sorted(extra))}")
+        if misshaped:
+            problems.append(
+                "mis-shaped " + ", ".join(f"{key} (checkpoint {have}, expected {want})" for key, (have, want) in sorted(misshaped.items()))
+            )
+        raise CheckpointError(f"the weights of '{source}' do not match its GPT-2 config: {'; '.join(problems)}")
+
+
+def _quiet_transformers():
+    # Missing, extra and mis-shaped weights are reported by this module, in one message;
+    # transformers' own warnings, hub retries and progress bars would only repeat them.
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        import huggingface_hub
+
+        huggingface_hub.utils.logging.set_verbosity_error()
+        huggingface_hub.utils.disable_progress_bars()
+    except ImportError:
+        pass
+
+
+def _from_pretrained(cls, source, is_local, **kwargs):
+    """cls.from_pretrained, trying the local Hub cache before the network (offline runs fail fast)."""
+    _quiet_transformers()
+    if is_local:
+        if not os.path.isdir(source):
+            raise CheckpointError(f"checkpoint directory '{source}' does not exist")
+        if not os.path.isfile(os.path.join(source, "config.json")):
+            raise CheckpointError(f"'{source}' is not a checkpoint directory: it has no config.json")
+        return cls.from_pretrained(source, **kwargs)
+    try:
+        return cls.from_pretrained(source, local_files_only=True, **kwargs)
+    except OSError:
+        pass
+    try:
+        return cls.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HubUnavailable(
+            f"cannot fetch '{source}' from the Hugging Face Hub and it is not in the local cache ({first_line}); "
+            "pass --checkpoint DIR with a local copy of the model"
+        ) from None
+
+
+def _one_line(exc):
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."

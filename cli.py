@@ -1,0 +1,128 @@
+"""The command-line pieces example.py, perplexity.py and the benchmarks share: the options that choose
+the model, the bad-input error, and `run_command`, which turns bad input into one `error:` line.
+
+Nothing here imports nvtripy: the arguments are read before the backend is chosen.
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+
+import backend
+import quantization
+from checkpoint import CheckpointError
+from quantization import QUANT_MODES, QuantizationError
+from tokenizer import TokenizerError
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line on stderr, with exit status 2."""
+
+
+# What a user can get wrong: each message is one line that says what and where.
+USER_ERRORS = (UsageError, backend.BackendError, CheckpointError, QuantizationError, TokenizerError)
+
+
+def run_command(main):
+    """Runs `main` as a command: bad input is one `error:` line on stderr and exit status 2, Ctrl-C 130."""
+    try:
+        sys.exit(main())
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def quant_mode(name):
+    """--quant-mode's type: the mode's description, read once here and passed on."""
+    try:
+        return QUANT_MODES[name]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"invalid choice: '{name}' (choose from {', '.join(QUANT_MODES)})") from None
+
+
+def add_model_arguments(parser):
+    """The options that choose the model, its quantization and the backend."""
+    parser.add_argument(
+        "--model-type",
+        default="gpt2",
+        help="a Hugging Face Hub id of a GPT-2 model: gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, ... "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="DIR",
+        help="a local checkpoint directory in transformers' format, used instead of --model-type; works offline",
+    )
+    parser.add_argument(
+        "--quant-mode",
+        type=quant_mode,
+        metavar="{" + ",".join(QUANT_MODES) + "}",
+        help="ModelOpt quantization of the linear layers",
+    )
+    parser.add_argument(
+        "--calib-file",
+        metavar="PATH",
+        help="plain UTF-8 text to calibrate --quant-mode on, paragraphs separated by blank lines "
+        "(default: Python's own help topics, which need no download)",
+    )
+    parser.add_argument(
+        "--calib-samples",
+        type=int,
+        default=quantization.CALIB_SAMPLES,
+        help=f"calibrate on this many samples of up to {quantization.CALIB_MAX_LENGTH} tokens, cut from the "
+        "calibration text (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=backend.CHOICES,
+        default="auto",
+        help="auto: TensorRT when it and a GPU are present, else the PyTorch executor on the CPU (default: %(default)s)",
+    )
+
+
+def check_model_arguments(args):
+    if args.quant_mode is None and (args.calib_file is not None or args.calib_samples != quantization.CALIB_SAMPLES):
+        raise UsageError("--calib-file and --calib-samples calibrate a quantized model: give --quant-mode too")
+    if args.calib_samples < 1:
+        raise UsageError(f"--calib-samples must be at least 1, not {args.calib_samples}")
+    if args.checkpoint is not None and not os.path.isdir(args.checkpoint):
+        raise UsageError(f"--checkpoint {args.checkpoint}: no such directory")
+
+
+def select_backend(args, capability=None):
+    """Prepares nvtripy's backend as --backend says, and refuses a --quant-mode that its GPU cannot run
+    (`capability`, the GPU's (major, minor) compute capability; None asks CUDA). The backend's
+    announcement is held back (backend.announcement) until the checkpoint and its weights have
+    checked out, so that bad input is one line."""
+    backend_name = backend.select_backend(args.backend, announce=False)
+    check_quant_mode_runs(args.quant_mode, backend_name, capability)
+    return backend_name
+
+
+def check_quant_mode_runs(mode, backend_name, capability=None):
+    need = mode.min_compute_capability if mode else None
+    if backend_name != "tensorrt" or need is None:
+        return  # the CPU executor runs every mode
+    capability = tuple(capability or torch.cuda.get_device_capability())
+    if capability < need:
+        runs = [name for name, m in QUANT_MODES.items() if m.min_compute_capability is None or capability >= m.min_compute_capability]
+        raise UsageError(
+            f"--quant-mode {mode} needs a GPU of compute capability {need[0]}.{need[1]} or newer with TensorRT; "
+            f"this one has {capability[0]}.{capability[1]} ({' and '.join(runs)} run on it, and "
+            "every mode runs with --backend cpu)"
+        )
+
+
+def announce_backend():
+    """Says on stderr which backend runs, once the input and the weights have checked out."""
+    print(backend.announcement, file=sys.stderr, flush=True)
+
+
+def calibration_report(quant, seconds):
+    """The report line of a calibration that took `seconds`."""
+    calibration = quant.calibration
+    return f"Calibrating {quant.mode} on {calibration.summary()} of {calibration.text_source} took {seconds:.2f} seconds."

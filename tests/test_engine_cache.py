@@ -1,0 +1,285 @@
+"""engine_cache.py: the engine cache hits, misses on any key change, rebuilds corrupt entries and survives
+concurrent writers. It goes through Executable.save and Executable.load on whichever backend the session
+uses, as it does for TensorRT, on random tiny checkpoints."""
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+
+import nvtripy as tp
+import pytest
+import torch
+from conftest import BACKEND, REPO_ROOT
+from safetensors.torch import load_file, save_file
+
+import engine_cache
+import generate
+import quantization
+import weight_loader
+from checkpoint import Checkpoint, open_checkpoint
+from quantization import QUANT_MODES
+from sampling import Sampling
+from tokenizer import load_encoding
+
+PROMPT = "Hello, my name is"
+DTYPES = {"float32": tp.float32, "float16": tp.float16}
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def cached_greedy(prefill, decode, prompt, max_new_tokens):
+    return list(generate.generate((prefill, decode), prompt, max_new_tokens, Sampling(0.0, 1), torch.Generator()))
+
+
+
+
+def load_or_compile(directory, cache_dir, dtype="float32"):
+    return engine_cache.load_or_compile(open_checkpoint(directory), DTYPES[dtype], None, BACKEND, True, str(cache_dir))
+
+
+def compiled_anew(compiled):
+    return not compiled.from_engine_cache
+
+
+def loaded(compiled):
+    return compiled.from_engine_cache and compiled.save_seconds is None and compiled.calibration_seconds is None
+
+
+@pytest.fixture(scope="module")
+def cached_entry(tiny_checkpoint, tmp_path_factory):
+    """An engine cache holding the tiny checkpoint's compiled functions: (cache dir, its first run's results)."""
+    cache_dir = tmp_path_factory.mktemp("engine-cache")
+    return cache_dir, load_or_compile(tiny_checkpoint, cache_dir)
+
+
+def entries(cache_dir):
+    return sorted(n for n in os.listdir(cache_dir) if not n.endswith(".json"))
+
+
+def test_a_second_run_loads_what_the_first_saved(tiny_checkpoint, cached_entry):
+    cache_dir, first = cached_entry
+    assert compiled_anew(first) and first.save_seconds is not None and first.seconds > 0
+    assert len(entries(cache_dir)) == 1
+    second = load_or_compile(tiny_checkpoint, cache_dir)
+    assert loaded(second) and second.seconds > 0
+    assert second.weight_bytes == first.weight_bytes
+    prompt = load_encoding(tiny_checkpoint, is_directory=True).encode(PROMPT)
+    assert cached_greedy(*second.functions, prompt, 20) == cached_greedy(*first.functions, prompt, 20)
+
+
+def test_the_command_line_reuses_the_engine_on_its_second_run(tiny_checkpoint, offline_env, tmp_path):
+    command = [sys.executable, os.path.join(REPO_ROOT, "example.py"), "--backend", BACKEND, "--checkpoint", tiny_checkpoint]
+    command += ["--input-text", PROMPT, "--seed", "0", "--engine-cache", "--engine-cache-dir", str(tmp_path / "engines")]
+    env = dict(offline_env, OMP_NUM_THREADS="1")
+    first, second = [subprocess.run(command, env=env, capture_output=True, text=True, timeout=300) for _ in range(2)]
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert "Saving it to the engine cache took" in first.stdout
+    assert "Loaded the compiled model from the engine cache in" in second.stdout
+    response = lambda result: result.stdout.split("\n")[0]
+    assert response(first) == response(second) and response(first).startswith(f"Response: {PROMPT}")
+
+
+def test_checkpoint_files_are_identified_by_content(tiny_checkpoint, tmp_path, monkeypatch):
+    """A directory's files are hashed once (then remembered by size, time and inode); a Hub cache's are
+    named by their hashes already; tokenizer files are left out; with no weights yet there is no identity."""
+    import huggingface_hub
+
+    hashed = []
+    monkeypatch.setattr(engine_cache, "sha256_of_file", lambda path: hashed.append(path) or f"sha256 of {os.path.basename(path)}")
+    cache_dir = str(tmp_path / "engines")
+    local = Checkpoint(tiny_checkpoint, True, hf_config=None, encoding=None)
+    identity = engine_cache.checkpoint_identity(local, cache_dir)
+    assert identity == {"config.json": "sha256 of config.json", "model.safetensors": "sha256 of model.safetensors"}
+    assert engine_cache.checkpoint_identity(local, cache_dir) == identity and len(hashed) == 2
+
+    hub = tmp_path / "hub"
+    repo = hub / "models--org--tiny"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    snapshot = repo / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    blob_names = {"config.json": "c" * 40, "model.safetensors": "5" * 64, "vocab.json": "d" * 40}
+    for name, blob in blob_names.items():
+        (repo / "blobs" / blob).write_bytes(open(os.path.join(tiny_checkpoint, name), "rb").read())
+        (snapshot / name).symlink_to(f"../../blobs/{blob}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    hub = lambda repo: Checkpoint(repo, False, hf_config=None, encoding=None)
+    assert engine_cache.checkpoint_identity(hub("org/tiny"), cache_dir) == {
+        "config.json": "c" * 40,
+        "model.safetensors": "5" * 64,
+    }
+    assert len(hashed) == 2  # nothing more was hashed
+    (snapshot / "model.safetensors").unlink()
+    assert engine_cache.checkpoint_identity(hub("org/tiny"), cache_dir) is None  # weights not downloaded yet
+    assert engine_cache.checkpoint_identity(hub("org/absent"), cache_dir) is None
+
+
+def base_parts(directory, cache_dir):
+    checkpoint = open_checkpoint(directory)
+    return engine_cache.key_parts(
+        engine_cache.checkpoint_identity(checkpoint, str(cache_dir)),
+        tp.float32,
+        None,
+        generate.shape_bounds(weight_loader.gpt_config(checkpoint)),
+        1,
+        engine_cache.environment(BACKEND),
+        engine_cache.source_digest(BACKEND),
+    )
+
+
+KEY_CHANGES = {
+    "dtype": lambda p: p.update(dtype=str(tp.float16)),
+    "quant mode": lambda p: p.update(quantization={"mode": "int8-weight-only"}),
+    "calibration": lambda p: p.update(quantization={"mode": "int8-weight-only", "calibration_tokens_sha256": "0" * 64}),
+    "shape bounds": lambda p: p["shape_bounds"].update(prefill_tokens=[1, 64, 512]),
+    "batch size": lambda p: p.update(batch_size=2),
+    "nvtripy version": lambda p: p["environment"].update(nvtripy="0.1.8"),
+    "TensorRT version": lambda p: p["environment"].update(tensorrt="10.99.0"),
+    "GPU": lambda p: p["environment"].update(gpu="NVIDIA H200, compute capability 9.0"),
+    "backend": lambda p: p["environment"].update(backend="tensorrt" if BACKEND == "cpu" else "cpu"),
+    "program source": lambda p: p.update(source="0" * 64),
+    "a checkpoint file": lambda p: p["checkpoint"].update({"model.safetensors": "0" * 64}),
+}
+
+
+@pytest.mark.parametrize("change", list(KEY_CHANGES))
+def test_any_change_to_the_key_parts_misses(tiny_checkpoint, cached_entry, change):
+    cache_dir, _ = cached_entry
+    parts = base_parts(tiny_checkpoint, cache_dir)
+    assert engine_cache.load(str(cache_dir), parts, ("prefill", "decode")) is not None  # the unchanged parts hit
+    changed = copy.deepcopy(parts)
+    KEY_CHANGES[change](changed)
+    assert engine_cache.entry_key(changed) != engine_cache.entry_key(parts)
+    assert engine_cache.load(str(cache_dir), changed, ("prefill", "decode")) is None
+
+
+def test_changed_weights_and_another_dtype_compile_anew(tiny_checkpoint, cached_entry, tmp_path):
+    cache_dir, _ = cached_entry
+    checkpoint = str(tmp_path / "changed")
+    os.makedirs(checkpoint)
+    for name in os.listdir(tiny_checkpoint):
+        with open(os.path.join(tiny_checkpoint, name), "rb") as src, open(os.path.join(checkpoint, name), "wb") as dst:
+            dst.write(src.read())
+    weights = load_file(os.path.join(checkpoint, "model.safetensors"))
+    weights["transformer.ln_f.bias"] += 0.5
+    save_file(weights, os.path.join(checkpoint, "model.safetensors"), metadata={"format": "pt"})
+    assert compiled_anew(load_or_compile(checkpoint, cache_dir))
+    assert compiled_anew(load_or_compile(tiny_checkpoint, cache_dir, "float16"))
+    assert loaded(load_or_compile(tiny_checkpoint, cache_dir))
+
+
+def _truncate(entry):
+    path = os.path.join(entry, "decode.json")
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+
+
+def _flip_a_byte(entry):
+    """A change that still parses: only the recorded digest can tell."""
+    path = os.path.join(entry, "prefill.json")
+    data = bytearray(open(path, "rb").read())
+    middle = len(data) // 2
+    data[middle] = ord("A") if data[middle] != ord("A") else ord("B")
+    open(path, "wb").write(bytes(data))
+
+
+def _garble_the_record(entry):
+    open(os.path.join(entry, "entry.json"), "w").write("{not json")
+
+
+def _stale_record(entry):
+    path = os.path.join(entry, "entry.json")
+    record = json.load(open(path))
+    record["parts"]["environment"]["nvtripy"] = "0.0.1"
+    json.dump(record, open(path, "w"))
+
+
+def _missing_file(entry):
+    os.remove(os.path.join(entry, "decode.json"))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_a_byte, _garble_the_record, _stale_record, _missing_file])
+def test_a_corrupt_or_stale_entry_is_rebuilt_with_a_warning(tiny_checkpoint, tmp_path, capfd, damage):
+    # capfd, not capsys: nvtripy's compiler leaves sys.stderr replaced by a stream of its own on file descriptor 2.
+    cache_dir = tmp_path / "engines"
+    first = load_or_compile(tiny_checkpoint, cache_dir)
+    [entry] = entries(cache_dir)
+    damage(os.path.join(cache_dir, entry))
+    capfd.readouterr()
+
+    rebuilt = load_or_compile(tiny_checkpoint, cache_dir)
+    warning = capfd.readouterr().err
+    assert compiled_anew(rebuilt) and rebuilt.save_seconds is not None
+    assert re.fullmatch(r"warning: the engine cache entry .* is unusable \(.*\); rebuilding it\n", warning), warning
+    prompt = [5, 6, 7]
+    assert cached_greedy(*rebuilt.functions, prompt, 8) == cached_greedy(*first.functions, prompt, 8)
+    assert entries(cache_dir) == [entry]
+    assert loaded(load_or_compile(tiny_checkpoint, cache_dir))
+
+
+WRITER = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+import backend
+backend.select_backend({backend!r}, announce=False)
+import nvtripy as tp
+import engine_cache
+from checkpoint import open_checkpoint
+# Start together once all have imported, so that all of them miss, compile and write.
+open(os.path.join({barrier!r}, str(os.getpid())), "w").close()
+while len(os.listdir({barrier!r})) < {writers} and time.time() < {deadline}:
+    time.sleep(0.01)
+compiled = engine_cache.load_or_compile(open_checkpoint({checkpoint!r}), tp.float32, None, {backend!r}, True, {cache_dir!r})
+print("saved" if compiled.save_seconds is not None else "not saved")
+"""
+
+
+def test_concurrent_writers_leave_one_whole_entry(tiny_checkpoint, tmp_path):
+    import time
+
+    cache_dir, barrier = str(tmp_path / "engines"), tmp_path / "barrier"
+    barrier.mkdir()
+    script = WRITER.format(
+        root=REPO_ROOT, backend=BACKEND, barrier=str(barrier), writers=3, deadline=time.time() + 120,
+        checkpoint=tiny_checkpoint, cache_dir=cache_dir,
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    writers = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [writer.communicate(timeout=300) for writer in writers]
+    assert all(writer.returncode == 0 for writer in writers), results
+    assert all("warning" not in stderr for _, stderr in results), results
+    assert all(stdout == "saved\n" for stdout, _ in results), results  # all missed and wrote
+    assert [n for n in os.listdir(cache_dir) if n.startswith(".") or "removing" in n] == []
+    assert len(entries(cache_dir)) == 1
+    assert loaded(load_or_compile(tiny_checkpoint, cache_dir))
+
+
+def test_a_failed_calibration_writes_nothing(quant_checkpoints, tmp_path, monkeypatch):
+    """Calibration happens before anything is compiled or saved: when it fails, the engine cache gets no
+    entry (the key's file digests aside) and the checkpoint is untouched."""
+    directory = quant_checkpoints["quant-256"]
+    before = {name: os.stat(os.path.join(directory, name)).st_mtime_ns for name in os.listdir(directory)}
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("calibration failed")
+
+    monkeypatch.setattr(quantization, "modelopt_quantize", fail)
+    cache = tmp_path / "engine-cache"
+    checkpoint = open_checkpoint(directory)
+    quant = quantization.prepare(checkpoint, QUANT_MODES["int8-weight-only"], num_samples=2)
+    with pytest.raises(RuntimeError, match="calibration failed"):
+        engine_cache.load_or_compile(checkpoint, tp.float32, quant, BACKEND, True, str(cache))
+    assert not cache.exists() or set(os.listdir(cache)) <= {"file-digests.json"}
+    assert {name: os.stat(os.path.join(directory, name)).st_mtime_ns for name in os.listdir(directory)} == before
+
+
+def test_the_cache_is_off_by_default_on_the_cpu(tiny_checkpoint, tmp_path):
+    cache_dir = tmp_path / "engines"
+    compiled = engine_cache.load_or_compile(open_checkpoint(tiny_checkpoint), tp.float32, None, BACKEND, None, str(cache_dir))
+    assert compiled.save_seconds is None if BACKEND == "cpu" else compiled.save_seconds is not None
+    assert cache_dir.exists() == (BACKEND == "tensorrt")
