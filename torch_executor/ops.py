@@ -10,7 +10,9 @@ are described in their own sections below):
   [-8, 7], float8 e4m3 to [-448, 448]. A scalar scale is per tensor, a 1-D scale is per channel
   along the op's `dim`, a 2-D scale is per block: scale [D0 / B, D1] covers blocks of B rows;
 - `Dequantize` multiplies by the same scales in float32 and casts to the output type;
-- `Gather` accepts negative indices, counted from the end of the axis.
+- `Gather` accepts negative indices, counted from the end of the axis;
+- float16 and bfloat16 normalizations, reductions, softmax, convolutions and pools compute in
+  float32 and round each result once, as TensorRT accumulates them in float32.
 int4 values are kept in int8 storage.
 """
 
@@ -38,6 +40,11 @@ def torch_dtype(tripy_dtype):
 
 def _ints(shape_tensor):
     return [int(v) for v in shape_tensor.tolist()]
+
+
+def _compute_dtype(x):
+    """float32 for half-precision inputs, which TensorRT accumulates in float32; else the input's own."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,33 +213,41 @@ def matrix_multiply(a, b):
 
 
 def softmax(x, *, dim):
-    return torch.softmax(x, dim=dim)
+    return torch.softmax(x, dim=dim, dtype=_compute_dtype(x)).to(x.dtype)
+
+
+def _normalize(x, weight, bias, reduce_dims, eps):
+    mean = x.mean(reduce_dims, keepdim=True)
+    var = x.var(reduce_dims, keepdim=True, unbiased=False)
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
 
 
 def layer_norm(x, weight, bias, *, normalized_shape, eps):
     dims = len(normalized_shape)
     normalized = x.shape[-dims:]
+    dtype = _compute_dtype(x)
+    values, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
     # nvtripy hands over weight and bias broadcast to the input's rank, e.g. (1, 1, C).
     if weight.numel() == bias.numel() == normalized.numel() and weight.shape[-dims:] == normalized:
-        return F.layer_norm(x, normalized, weight.reshape(normalized), bias.reshape(normalized), eps)
-    reduce_dims = tuple(range(x.dim() - dims, x.dim()))
-    mean = x.mean(reduce_dims, keepdim=True)
-    var = x.var(reduce_dims, keepdim=True, unbiased=False)
-    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+        out = F.layer_norm(values, normalized, weight.reshape(normalized), bias.reshape(normalized), eps)
+    else:
+        out = _normalize(values, weight, bias, tuple(range(x.dim() - dims, x.dim())), eps)
+    return out.to(x.dtype)
 
 
 def instance_norm(x, weight, bias, *, num_channels, eps):
-    reduce_dims = tuple(range(2, x.dim()))
-    mean = x.mean(reduce_dims, keepdim=True)
-    var = x.var(reduce_dims, keepdim=True, unbiased=False)
-    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+    dtype = _compute_dtype(x)
+    out = _normalize(x.to(dtype), weight.to(dtype), bias.to(dtype), tuple(range(2, x.dim())), eps)
+    return out.to(x.dtype)
 
 
 def _reduce(fn):
+    """The result keeps the input's type: PyTorch would widen integer sums and products to int64."""
+
     def reduce(x, *, dim, keepdim):
         if not dim:
             return x.clone()
-        return fn(x, dim=tuple(dim), keepdim=keepdim)
+        return fn(x.to(_compute_dtype(x)), dim=tuple(dim), keepdim=keepdim).to(x.dtype)
 
     return reduce
 
@@ -244,7 +259,7 @@ def _prod(x, dim, keepdim):
 
 
 def _avg(x, dim, keepdim):
-    return torch.mean(x if x.dtype.is_floating_point else x.double(), dim=dim, keepdim=keepdim).to(x.dtype)
+    return torch.mean(x if x.dtype.is_floating_point else x.double(), dim=dim, keepdim=keepdim)
 
 
 REDUCE = {
@@ -267,12 +282,6 @@ def _topk(largest):
 # ----------------------------------------------------------------------------------------------
 # Convolution and pooling. TensorRT pads each spatial dimension by `pre_padding` before and
 # `post_padding` after, and either may differ from the other; negative padding crops.
-
-
-def _compute_dtype(x):
-    """Half-precision convolutions and pools run in float32 and round once at the end, as
-    TensorRT accumulates them in float32 too."""
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
 def _pad_spatial(x, pre, post, value=0.0):

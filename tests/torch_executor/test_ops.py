@@ -364,3 +364,77 @@ def test_float_to_int_cast_truncates_toward_zero():
 def test_cast_to_bool_tests_for_non_zero():
     x = torch.tensor([0.0, -0.0, 0.1, -3.0])
     assert run(lambda t: tp.cast(t, tp.bool), x).tolist() == [False, False, True, True]
+
+
+# ----------------------------------------------------------------------------------------------
+# Half precision: TensorRT accumulates float16 and bfloat16 in float32 and rounds each result
+# once, so a result lies within one unit in the last place (ulp) of the exact value.
+
+
+def assert_rounded_once(out, exact, dtype):
+    """`out` is `exact` (computed in float64 from the same half-precision inputs), rounded once."""
+    assert out.dtype == dtype
+    info = torch.finfo(dtype)
+    _, exponent = torch.frexp(exact.abs().clamp(min=info.smallest_normal))
+    ulp = info.eps * torch.pow(2.0, exponent.double() - 1)
+    off = (out.double() - exact).abs() > ulp
+    assert not off.any(), f"{off.sum().item()} of {exact.numel()} results are more than one ulp off"
+
+
+def norm_module(kind, dtype, channels):
+    torch.manual_seed(0)
+    if kind == "GroupNorm":
+        # GroupNorm scales and shifts after normalizing, in separate ops of its own type, so unit
+        # weights isolate the normalization.
+        module = tp.GroupNorm(2, channels, dtype=dtype)
+        weight, bias = torch.ones(channels), torch.zeros(channels)
+    else:
+        module = getattr(tp, kind)(channels, dtype=dtype)
+        weight, bias = 1 + 0.5 * torch.randn(channels), torch.randn(channels)
+    torch_dtype = getattr(torch, dtype.name)
+    weight, bias = weight.to(torch_dtype), bias.to(torch_dtype)
+    module.load_state_dict({"weight": tp.Tensor(weight), "bias": tp.Tensor(bias)})
+    return module, weight.double(), bias.double()
+
+
+@pytest.mark.parametrize("dtype", [tp.float16, tp.bfloat16], ids=str)
+@pytest.mark.parametrize("kind", ["InstanceNorm", "GroupNorm", "LayerNorm"])
+def test_half_precision_norms_compute_statistics_in_float32(kind, dtype):
+    torch_dtype = getattr(torch, dtype.name)
+    torch.manual_seed(1)
+    x = (torch.randn(2, 4, 16, 16) * 3 + 5).to(torch_dtype)  # an offset mean is what fp16 statistics get wrong
+    channels = x.shape[-1] if kind == "LayerNorm" else x.shape[1]
+    module, weight, bias = norm_module(kind, dtype, channels)
+    F = torch.nn.functional
+    exact = {
+        "InstanceNorm": lambda: F.instance_norm(x.double(), weight=weight, bias=bias, eps=1e-5),
+        "GroupNorm": lambda: F.group_norm(x.double(), 2, weight, bias, eps=1e-5),
+        "LayerNorm": lambda: F.layer_norm(x.double(), (channels,), weight, bias, eps=1e-5),
+    }[kind]()
+    assert_rounded_once(run(module, x), exact, torch_dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "reduce, exact",
+    [
+        pytest.param(lambda t: tp.sum(t, dim=1), lambda x: x.sum(1), id="sum"),
+        pytest.param(lambda t: tp.sum(t), lambda x: x.sum(), id="sum-all"),
+        pytest.param(lambda t: tp.mean(t, dim=(0, 1)), lambda x: x.mean((0, 1)), id="mean"),
+        pytest.param(lambda t: tp.prod(t, dim=1), lambda x: x.prod(1), id="prod"),
+        pytest.param(lambda t: tp.prod(t[:, :8], dim=(0, 1)), lambda x: x[:, :8].prod(), id="prod-2-dims"),
+        pytest.param(lambda t: tp.softmax(t * 8.0, dim=1), lambda x: torch.softmax(x * 8, 1), id="softmax"),
+    ],
+)
+def test_half_precision_reductions_accumulate_in_float32(reduce, exact, dtype):
+    torch.manual_seed(0)
+    x = (1 + 0.02 * torch.randn(8, 256)).to(dtype)  # near 1, so a long product stays in range
+    assert_rounded_once(run(reduce, x), exact(x.double()), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64], ids=str)
+def test_integer_sums_and_products_keep_their_dtype(dtype):
+    x = torch.tensor([[1, 2, 3], [-4, 5, 6]], dtype=dtype)
+    for reduce, expected in ((tp.sum, x.sum(1)), (tp.prod, x.prod(1))):
+        out = run(lambda t: reduce(t, dim=1), x)
+        assert out.dtype == dtype and out.tolist() == expected.tolist()
