@@ -97,10 +97,13 @@ def _slice(x, start, size, stride, fill=None, mode="default"):
     fill_mask = None
     for dim, (b, n, s) in enumerate(zip(start, size, stride)):
         extent = x.shape[dim]
+        if n == 0:  # selects nothing, wherever it starts
+            x = x.narrow(dim, 0, 0)
+            continue
         if mode == "default" and s > 0 and b >= 0 and b + (n - 1) * s < extent:
             x = x.narrow(dim, b, n) if s == 1 else x.narrow(dim, b, (n - 1) * s + 1)[(slice(None),) * dim + (slice(None, None, s),)]
             continue
-        if mode == "default" and n > 0 and not (0 <= b < extent and 0 <= b + (n - 1) * s < extent):
+        if mode == "default" and not (0 <= b < extent and 0 <= b + (n - 1) * s < extent):
             raise IndexError(f"Slice out of bounds: start {b}, size {n}, stride {s} on a dimension of size {extent}")
         index, valid = _slice_indices(b, n, s, extent, mode)
         x = x.index_select(dim, index) if extent > 0 else x.new_zeros(x.shape[:dim] + (n,) + x.shape[dim + 1 :])

@@ -367,6 +367,25 @@ def test_cast_to_bool_tests_for_non_zero():
 
 
 # ----------------------------------------------------------------------------------------------
+# Slices follow Python's slicing rules, as nvtripy documents: a slice that selects nothing gives an
+# empty tensor, whatever its start and step.
+
+
+@pytest.mark.parametrize("rows", [slice(4, 1, 2), slice(10, 20, 3), slice(-1, 0, 2), slice(3, 3)], ids=str)
+def test_an_empty_slice_gives_an_empty_tensor(rows):
+    x = torch.arange(12.0).reshape(6, 2)
+    out = as_torch(tp.Tensor(x)[rows, :])
+    assert out.shape == x[rows, :].shape == (0, 2)
+
+
+def test_a_slice_that_is_empty_only_at_run_time_gives_an_empty_tensor():
+    compiled = tp.compile(lambda t: t[4::2, :], args=[tp.InputInfo(((2, 3, 6), 2), dtype=tp.float32)])
+    for rows in (3, 6):
+        x = torch.arange(rows * 2.0).reshape(rows, 2)
+        assert torch.equal(as_torch(compiled(on_device(x))), x[4::2, :])
+
+
+# ----------------------------------------------------------------------------------------------
 # Half precision: TensorRT accumulates float16 and bfloat16 in float32 and rounds each result
 # once, so a result lies within one unit in the last place (ulp) of the exact value.
 
