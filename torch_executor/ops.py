@@ -507,3 +507,14 @@ OPS.update({f"reduce.{name}": fn for name, fn in REDUCE.items()})
 UNSUPPORTED = {
     "Plugin": "TensorRT plugins are kernels that TensorRT loads and runs; without TensorRT there is nothing to call",
 }
+
+# nvtripy lets int8 through to these, but TensorRT's activation layer takes no integer types:
+# nvtripy's own `tp.relu` routes integers around it for that reason (frontend/ops/unary/relu.py).
+ACTIVATIONS = ("unary.Tanh", "unary.Relu", "unary.Sigmoid", "unary.GeluErf")
+
+
+def refusal(kind, input_dtypes):
+    """Why TensorRT refuses trace op `kind` on inputs of these nvtripy types, or None if it takes them."""
+    if kind in ACTIVATIONS and not all(torch_dtype(dtype).is_floating_point for dtype in input_dtypes):
+        return "TensorRT's activation layer does not support integer inputs"
+    return None

@@ -140,6 +140,10 @@ class Program:
                 raise op_error(op, f"The CPU executor cannot run trace op '{kind}': {ops.UNSUPPORTED[kind]}")
             if kind not in ops.OPS:
                 raise op_error(op, f"The CPU executor does not implement trace op '{kind}'")
+            input_dtypes = [t.dtype.name for t in op.inputs]
+            reason = ops.refusal(kind, input_dtypes)
+            if reason:
+                raise op_error(op, f"{reason}: trace op '{kind}' was given {', '.join(input_dtypes)}")
             step = Step(kind, op_attributes(op), [slot(t) for t in op.inputs], [slot(t) for t in op.outputs])
             if all(i in constants for i in step.inputs):
                 try:

@@ -457,3 +457,27 @@ def test_integer_sums_and_products_keep_their_dtype(dtype):
     for reduce, expected in ((tp.sum, x.sum(1)), (tp.prod, x.prod(1))):
         out = run(lambda t: reduce(t, dim=1), x)
         assert out.dtype == dtype and out.tolist() == expected.tolist()
+
+
+# ----------------------------------------------------------------------------------------------
+# Activations. nvtripy's frontend accepts int8 for GELU, sigmoid, tanh and SiLU and lowers them to
+# TensorRT's activation layer, which takes no integer types (nvtripy's own `tp.relu` avoids it for
+# integers for that reason), so TensorRT refuses them when it builds the engine.
+
+
+@pytest.mark.parametrize("activation", [tp.gelu, tp.sigmoid, tp.tanh, tp.silu], ids=lambda f: f.__name__)
+def test_int8_activations_are_refused_at_compile_time(activation):
+    with pytest.raises(tp.TripyException, match="TensorRT's activation layer does not support integer inputs") as info:
+        tp.compile(activation, args=[tp.InputInfo((4,), dtype=tp.int8)])
+    assert "This originated from the following operation" in str(info.value)
+
+
+def test_int8_gelu_is_refused_where_it_is_evaluated():
+    with pytest.raises(tp.TripyException, match="TensorRT's activation layer does not support integer inputs"):
+        tp.gelu(tp.Tensor(torch.tensor([-3, 0, 2], dtype=torch.int8))).eval()
+
+
+def test_int8_relu_still_runs_as_nvtripy_lowers_it_to_max():
+    x = torch.tensor([-3, 0, 2, 127, -128], dtype=torch.int8)
+    out = run(tp.relu, x)
+    assert out.dtype == torch.int8 and out.tolist() == torch.relu(x).tolist()
