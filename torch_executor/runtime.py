@@ -86,6 +86,13 @@ class MemRefValue:
         return self.tensor.data_ptr()
 
     def __dlpack__(self, stream=None):
+        if self.dtype == ScalarTypeCode.f8e4m3fn:
+            # TensorRT's runtime exports float8 as DLPack's plain 8-bit float, which PyTorch refuses
+            # with this message: so it fails here as it would there.
+            raise BufferError(
+                "Unsupported kFloat bits 8: float8 tensors cannot be exported through DLPack; "
+                "cast them to another type first, e.g. tp.cast(tensor, tp.float32)"
+            )
         return self.tensor.__dlpack__()
 
     def __dlpack_device__(self):
