@@ -12,7 +12,28 @@ class TraceModule:
     """Stands where nvtripy expects an MLIR module; `operation` is what the compiler consumes."""
 
     def __init__(self, trace):
-        self.operation = trace
+        self.operation = TraceOperation(trace)
+
+
+class TraceOperation:
+    """A trace, and the Program it compiles to, built once."""
+
+    def __init__(self, trace):
+        self.trace = trace
+        self._program = None
+
+    def program(self):
+        if self._program is None:
+            self._program = Program.from_trace(self.trace)
+        return self._program
+
+    def get_asm(self, large_elements_limit=None):
+        """What nvtripy logs as MLIR at verbosity "mlir": here, the program the executor runs."""
+        try:
+            return self.program().text(large_elements_limit)
+        except Exception as exc:
+            # nvtripy logs before it compiles; compiling raises this again, traced to the user's code.
+            return f"(the trace does not compile: {type(exc).__name__})"
 
 
 class _CompilationTask:
@@ -28,5 +49,5 @@ class CompilerClient:
         return _CompilationTask()
 
 
-def translate_mlir_to_executable(trace):
-    return Executable(Program.from_trace(trace))
+def translate_mlir_to_executable(operation):
+    return Executable(operation.program())

@@ -10,7 +10,9 @@ are described in their own sections below):
   [-8, 7], float8 e4m3 to [-448, 448]. A scalar scale is per tensor, a 1-D scale is per channel
   along the op's `dim`, a 2-D scale is per block: scale [D0 / B, D1] covers blocks of B rows;
 - `Dequantize` multiplies by the same scales in float32 and casts to the output type;
-- `Gather` accepts negative indices, counted from the end of the axis.
+- `Gather` accepts negative indices, counted from the end of the axis;
+- float16 and bfloat16 normalizations, reductions, softmax, convolutions and pools compute in
+  float32 and round each result once, as TensorRT accumulates them in float32.
 int4 values are kept in int8 storage.
 """
 
@@ -38,6 +40,11 @@ def torch_dtype(tripy_dtype):
 
 def _ints(shape_tensor):
     return [int(v) for v in shape_tensor.tolist()]
+
+
+def _compute_dtype(x):
+    """float32 for half-precision inputs, which TensorRT accumulates in float32; else the input's own."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,10 +97,13 @@ def _slice(x, start, size, stride, fill=None, mode="default"):
     fill_mask = None
     for dim, (b, n, s) in enumerate(zip(start, size, stride)):
         extent = x.shape[dim]
+        if n == 0:  # selects nothing, wherever it starts
+            x = x.narrow(dim, 0, 0)
+            continue
         if mode == "default" and s > 0 and b >= 0 and b + (n - 1) * s < extent:
             x = x.narrow(dim, b, n) if s == 1 else x.narrow(dim, b, (n - 1) * s + 1)[(slice(None),) * dim + (slice(None, None, s),)]
             continue
-        if mode == "default" and n > 0 and not (0 <= b < extent and 0 <= b + (n - 1) * s < extent):
+        if mode == "default" and not (0 <= b < extent and 0 <= b + (n - 1) * s < extent):
             raise IndexError(f"Slice out of bounds: start {b}, size {n}, stride {s} on a dimension of size {extent}")
         index, valid = _slice_indices(b, n, s, extent, mode)
         x = x.index_select(dim, index) if extent > 0 else x.new_zeros(x.shape[:dim] + (n,) + x.shape[dim + 1 :])
@@ -206,33 +216,41 @@ def matrix_multiply(a, b):
 
 
 def softmax(x, *, dim):
-    return torch.softmax(x, dim=dim)
+    return torch.softmax(x, dim=dim, dtype=_compute_dtype(x)).to(x.dtype)
+
+
+def _normalize(x, weight, bias, reduce_dims, eps):
+    mean = x.mean(reduce_dims, keepdim=True)
+    var = x.var(reduce_dims, keepdim=True, unbiased=False)
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
 
 
 def layer_norm(x, weight, bias, *, normalized_shape, eps):
     dims = len(normalized_shape)
     normalized = x.shape[-dims:]
+    dtype = _compute_dtype(x)
+    values, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
     # nvtripy hands over weight and bias broadcast to the input's rank, e.g. (1, 1, C).
     if weight.numel() == bias.numel() == normalized.numel() and weight.shape[-dims:] == normalized:
-        return F.layer_norm(x, normalized, weight.reshape(normalized), bias.reshape(normalized), eps)
-    reduce_dims = tuple(range(x.dim() - dims, x.dim()))
-    mean = x.mean(reduce_dims, keepdim=True)
-    var = x.var(reduce_dims, keepdim=True, unbiased=False)
-    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+        out = F.layer_norm(values, normalized, weight.reshape(normalized), bias.reshape(normalized), eps)
+    else:
+        out = _normalize(values, weight, bias, tuple(range(x.dim() - dims, x.dim())), eps)
+    return out.to(x.dtype)
 
 
 def instance_norm(x, weight, bias, *, num_channels, eps):
-    reduce_dims = tuple(range(2, x.dim()))
-    mean = x.mean(reduce_dims, keepdim=True)
-    var = x.var(reduce_dims, keepdim=True, unbiased=False)
-    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+    dtype = _compute_dtype(x)
+    out = _normalize(x.to(dtype), weight.to(dtype), bias.to(dtype), tuple(range(2, x.dim())), eps)
+    return out.to(x.dtype)
 
 
 def _reduce(fn):
+    """The result keeps the input's type: PyTorch would widen integer sums and products to int64."""
+
     def reduce(x, *, dim, keepdim):
         if not dim:
             return x.clone()
-        return fn(x, dim=tuple(dim), keepdim=keepdim)
+        return fn(x.to(_compute_dtype(x)), dim=tuple(dim), keepdim=keepdim).to(x.dtype)
 
     return reduce
 
@@ -244,7 +262,7 @@ def _prod(x, dim, keepdim):
 
 
 def _avg(x, dim, keepdim):
-    return torch.mean(x if x.dtype.is_floating_point else x.double(), dim=dim, keepdim=keepdim).to(x.dtype)
+    return torch.mean(x if x.dtype.is_floating_point else x.double(), dim=dim, keepdim=keepdim)
 
 
 REDUCE = {
@@ -267,12 +285,6 @@ def _topk(largest):
 # ----------------------------------------------------------------------------------------------
 # Convolution and pooling. TensorRT pads each spatial dimension by `pre_padding` before and
 # `post_padding` after, and either may differ from the other; negative padding crops.
-
-
-def _compute_dtype(x):
-    """Half-precision convolutions and pools run in float32 and round once at the end, as
-    TensorRT accumulates them in float32 too."""
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
 
 def _pad_spatial(x, pre, post, value=0.0):
@@ -495,3 +507,14 @@ OPS.update({f"reduce.{name}": fn for name, fn in REDUCE.items()})
 UNSUPPORTED = {
     "Plugin": "TensorRT plugins are kernels that TensorRT loads and runs; without TensorRT there is nothing to call",
 }
+
+# nvtripy lets int8 through to these, but TensorRT's activation layer takes no integer types:
+# nvtripy's own `tp.relu` routes integers around it for that reason (frontend/ops/unary/relu.py).
+ACTIVATIONS = ("unary.Tanh", "unary.Relu", "unary.Sigmoid", "unary.GeluErf")
+
+
+def refusal(kind, input_dtypes):
+    """Why TensorRT refuses trace op `kind` on inputs of these nvtripy types, or None if it takes them."""
+    if kind in ACTIVATIONS and not all(torch_dtype(dtype).is_floating_point for dtype in input_dtypes):
+        return "TensorRT's activation layer does not support integer inputs"
+    return None

@@ -15,7 +15,7 @@ import safetensors.torch
 import torch
 
 from torch_executor import ops
-from torch_executor.runtime import MTRTException, PointerType, ScalarTypeCode, MemRefValue
+from torch_executor.runtime import SCALAR_TYPE_CODES, MTRTException, PointerType, ScalarTypeCode, MemRefValue
 
 FORMAT_MAGIC = b"TRIPY-TORCH-EXECUTABLE-1\n"
 _KEYED_BY_MODULE = ("binary", "unary", "reduce")
@@ -85,6 +85,24 @@ class InputSpec:
     max_value: int = None
 
 
+def _input_text(spec):
+    """e.g. `f32[1..4, 3]` for shape bounds, `i32 in [1, 8]` for a dimension size's value bounds."""
+    if spec.min_shape is not None:
+        dims = [str(lo) if lo == hi else f"{lo}..{hi}" for lo, hi in zip(spec.min_shape, spec.max_shape)]
+        return f"{spec.dtype}[{', '.join(dims)}]"
+    if spec.min_value is not None:
+        return f"{spec.dtype} in [{spec.min_value}, {spec.max_value}]"
+    return spec.dtype
+
+
+def _constant_text(tensor, large_elements_limit):
+    code = SCALAR_TYPE_CODES[tensor.dtype].name
+    typed = f"{code}[{', '.join(map(str, tensor.shape))}]"
+    if large_elements_limit is not None and tensor.numel() > large_elements_limit:
+        return typed
+    return f"{typed} {tensor.tolist()}"
+
+
 class Program:
     def __init__(self, steps, constants, input_slots, input_specs, output_slots, output_dtypes):
         self.steps = steps
@@ -140,6 +158,10 @@ class Program:
                 raise op_error(op, f"The CPU executor cannot run trace op '{kind}': {ops.UNSUPPORTED[kind]}")
             if kind not in ops.OPS:
                 raise op_error(op, f"The CPU executor does not implement trace op '{kind}'")
+            input_dtypes = [t.dtype.name for t in op.inputs]
+            reason = ops.refusal(kind, input_dtypes)
+            if reason:
+                raise op_error(op, f"{reason}: trace op '{kind}' was given {', '.join(input_dtypes)}")
             step = Step(kind, op_attributes(op), [slot(t) for t in op.inputs], [slot(t) for t in op.outputs])
             if all(i in constants for i in step.inputs):
                 try:
@@ -221,6 +243,23 @@ class Program:
                 tensor = tensor.clone()
             results.append(MemRefValue(tensor, ScalarTypeCode[dtype], PointerType.device))
         return results
+
+    # ------------------------------------------------------------------------------------------
+    def text(self, large_elements_limit=None):
+        """The program as readable text, in the order it runs; constants with more elements than
+        `large_elements_limit` show only their type."""
+        inputs = ", ".join(f"%{slot}: {_input_text(spec)}" for slot, spec in zip(self.input_slots, self.input_specs))
+        outputs = ", ".join(self.output_dtypes)
+        lines = [f"program({inputs}) -> ({outputs}) {{"]
+        for slot, tensor in sorted(self.constants.items()):
+            lines.append(f"  %{slot} = constant {_constant_text(tensor, large_elements_limit)}")
+        for step in self.steps:
+            arguments = [f"%{slot}" for slot in step.inputs] + [f"{name}={value!r}" for name, value in step.attrs.items()]
+            results = ", ".join(f"%{slot}" for slot in step.outputs)
+            lines.append(f"  {results} = {step.kind}({', '.join(arguments)})")
+        lines.append("  return " + ", ".join(f"%{slot}" for slot in self.output_slots))
+        lines.append("}")
+        return "\n".join(lines)
 
     # ------------------------------------------------------------------------------------------
     def serialize(self):

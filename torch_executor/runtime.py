@@ -24,6 +24,10 @@ class ScalarTypeCode(enum.Enum):
     bf16 = "bf16"
     f32 = "f32"
     f8e4m3fn = "f8e4m3fn"
+    # Taken in through DLPack, as by TensorRT's runtime; nvtripy has no such types and refuses them itself.
+    f64 = "f64"
+    i16 = "i16"
+    ui8 = "ui8"
 
 
 class PointerType(enum.Enum):
@@ -42,6 +46,9 @@ TORCH_DTYPES = {
     ScalarTypeCode.bf16: torch.bfloat16,
     ScalarTypeCode.f32: torch.float32,
     ScalarTypeCode.f8e4m3fn: torch.float8_e4m3fn,
+    ScalarTypeCode.f64: torch.float64,
+    ScalarTypeCode.i16: torch.int16,
+    ScalarTypeCode.ui8: torch.uint8,
 }
 SCALAR_TYPE_CODES = {torch_dtype: code for code, torch_dtype in TORCH_DTYPES.items() if code != ScalarTypeCode.i4}
 
@@ -86,6 +93,13 @@ class MemRefValue:
         return self.tensor.data_ptr()
 
     def __dlpack__(self, stream=None):
+        if self.dtype == ScalarTypeCode.f8e4m3fn:
+            # TensorRT's runtime exports float8 as DLPack's plain 8-bit float, which PyTorch refuses
+            # with this message: so it fails here as it would there.
+            raise BufferError(
+                "Unsupported kFloat bits 8: float8 tensors cannot be exported through DLPack; "
+                "cast them to another type first, e.g. tp.cast(tensor, tp.float32)"
+            )
         return self.tensor.__dlpack__()
 
     def __dlpack_device__(self):
@@ -96,6 +110,8 @@ class MemRefValue:
 
 
 def memref_from_tensor(tensor, address_space=PointerType.device, dtype=None):
+    if dtype is None and tensor.dtype not in SCALAR_TYPE_CODES:
+        raise MTRTException(f"Unsupported DLPack data type: {tensor.dtype}")
     return MemRefValue(tensor, dtype or SCALAR_TYPE_CODES[tensor.dtype], address_space)
 
 

@@ -3,7 +3,8 @@
 nvtripy imports both at load time, but touches MLIR only inside `to_mlir` methods and the
 compiler, which the executor never calls. Every such import gets an inert module whose
 attributes are inert callables. Two modules are real: the runtime API and the compiler API,
-which map to this package's `runtime` and `compiler` modules.
+which map to this package's `runtime` and `compiler` modules. And one refuses to be used:
+`tensorrt.plugin`, through which `tp.plugin` calls TensorRT itself.
 """
 
 import importlib.abc
@@ -16,11 +17,17 @@ REAL_MODULES = {
     "mlir_tensorrt.runtime.api": "torch_executor.runtime",
     "mlir_tensorrt.compiler.api": "torch_executor.compiler",
 }
+# Modules that only TensorRT itself can serve; reading any attribute of one fails with this message.
+NEEDS_TENSORRT = {
+    "tensorrt.plugin": "`tp.plugin` needs TensorRT: plugins are kernels that TensorRT loads and runs, "
+    "and the CPU executor has no TensorRT to call",
+}
 
 
 class Inert:
-    """Stands for any MLIR/TensorRT object: calling it, indexing it or reading an attribute
-    gives another Inert. Dunder lookups fail, so `inspect` and friends see a plain object."""
+    """Stands for any MLIR/TensorRT object: calling it or reading an attribute gives another
+    Inert. Dunder lookups fail, so `inspect` and friends see a plain object. It cannot be
+    indexed: with `__getitem__`, `in` and iteration would read items 0, 1, 2, ... forever."""
 
     def __init__(self, name):
         object.__setattr__(self, "_name", name)
@@ -33,9 +40,6 @@ class Inert:
     def __call__(self, *args, **kwargs):
         return Inert(f"{self._name}()")
 
-    def __getitem__(self, key):
-        return Inert(f"{self._name}[]")
-
     def __repr__(self):
         return f"<inert {self._name}>"
 
@@ -47,11 +51,20 @@ class InertModule(types.ModuleType):
         return Inert(f"{self.__name__}.{attr}")
 
 
+class NeedsTensorRTModule(types.ModuleType):
+    def __getattr__(self, attr):
+        if attr.startswith("__") and attr.endswith("__"):
+            raise AttributeError(attr)
+        from nvtripy.common.exception import TripyException
+
+        raise TripyException(NEEDS_TENSORRT[self.__name__])
+
+
 class _Loader(importlib.abc.Loader):
     def create_module(self, spec):
         if spec.name in REAL_MODULES:
             return importlib.import_module(REAL_MODULES[spec.name])
-        module = InertModule(spec.name)
+        module = NeedsTensorRTModule(spec.name) if spec.name in NEEDS_TENSORRT else InertModule(spec.name)
         module.__path__ = []  # a package, so that any submodule can be imported below it
         return module
 

@@ -15,11 +15,11 @@ from torch_executor import stubs
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run_python(code):
+def run_python(code, timeout=120):
     """Runs `code` in a fresh interpreter (nothing imported yet) from the repo root."""
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -73,7 +73,7 @@ def test_install_is_idempotent_but_refuses_an_nvtripy_imported_without_it(monkey
 
 def test_inert_objects_answer_ordinary_attributes_but_no_dunders():
     inert = stubs.Inert("tensorrt.ILayer")
-    assert isinstance(inert.anything().more[3], stubs.Inert)
+    assert isinstance(inert.anything().more, stubs.Inert)
     for dunder in ("__len__", "__iter__", "__version__", "__wrapped__", "__signature__"):
         assert not hasattr(inert, dunder)
 
@@ -83,6 +83,37 @@ def test_inert_objects_answer_ordinary_attributes_but_no_dunders():
     assert isinstance(tensorrt.DataType, stubs.Inert)
     assert not hasattr(tensorrt, "__version__")
     assert not hasattr(tensorrt, "__all__")
+
+
+def test_inert_objects_are_not_sequences():
+    # Were they indexable, `in` and iteration would read items 0, 1, 2, ... forever.
+    inert = stubs.Inert("tensorrt.plugin.op.ns.name.input_attrs")
+    with pytest.raises(TypeError):
+        iter(inert)
+    with pytest.raises(TypeError):
+        "alpha" in inert
+    with pytest.raises(TypeError):
+        inert[0]
+
+
+def test_a_tensorrt_plugin_call_fails_at_once_saying_it_needs_tensorrt():
+    result = run_python(
+        """
+        import backend
+        backend.select_backend("cpu", announce=False)
+        import nvtripy as tp
+
+        x = tp.ones((2,))
+        for attributes in ({"alpha": 1.0}, {}):
+            try:
+                tp.plugin("ns::name", [x], **attributes)
+            except tp.TripyException as exc:
+                print("refused, needing TensorRT:", "needs TensorRT" in str(exc))
+        """,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["refused, needing TensorRT: True"] * 2
 
 
 def test_only_tensorrt_and_mlir_tensorrt_are_stubbed():

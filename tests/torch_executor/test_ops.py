@@ -364,3 +364,120 @@ def test_float_to_int_cast_truncates_toward_zero():
 def test_cast_to_bool_tests_for_non_zero():
     x = torch.tensor([0.0, -0.0, 0.1, -3.0])
     assert run(lambda t: tp.cast(t, tp.bool), x).tolist() == [False, False, True, True]
+
+
+# ----------------------------------------------------------------------------------------------
+# Slices follow Python's slicing rules, as nvtripy documents: a slice that selects nothing gives an
+# empty tensor, whatever its start and step.
+
+
+@pytest.mark.parametrize("rows", [slice(4, 1, 2), slice(10, 20, 3), slice(-1, 0, 2), slice(3, 3)], ids=str)
+def test_an_empty_slice_gives_an_empty_tensor(rows):
+    x = torch.arange(12.0).reshape(6, 2)
+    out = as_torch(tp.Tensor(x)[rows, :])
+    assert out.shape == x[rows, :].shape == (0, 2)
+
+
+def test_a_slice_that_is_empty_only_at_run_time_gives_an_empty_tensor():
+    compiled = tp.compile(lambda t: t[4::2, :], args=[tp.InputInfo(((2, 3, 6), 2), dtype=tp.float32)])
+    for rows in (3, 6):
+        x = torch.arange(rows * 2.0).reshape(rows, 2)
+        assert torch.equal(as_torch(compiled(on_device(x))), x[4::2, :])
+
+
+# ----------------------------------------------------------------------------------------------
+# Half precision: TensorRT accumulates float16 and bfloat16 in float32 and rounds each result
+# once, so a result lies within one unit in the last place (ulp) of the exact value.
+
+
+def assert_rounded_once(out, exact, dtype):
+    """`out` is `exact` (computed in float64 from the same half-precision inputs), rounded once."""
+    assert out.dtype == dtype
+    info = torch.finfo(dtype)
+    _, exponent = torch.frexp(exact.abs().clamp(min=info.smallest_normal))
+    ulp = info.eps * torch.pow(2.0, exponent.double() - 1)
+    off = (out.double() - exact).abs() > ulp
+    assert not off.any(), f"{off.sum().item()} of {exact.numel()} results are more than one ulp off"
+
+
+def norm_module(kind, dtype, channels):
+    torch.manual_seed(0)
+    if kind == "GroupNorm":
+        # GroupNorm scales and shifts after normalizing, in separate ops of its own type, so unit
+        # weights isolate the normalization.
+        module = tp.GroupNorm(2, channels, dtype=dtype)
+        weight, bias = torch.ones(channels), torch.zeros(channels)
+    else:
+        module = getattr(tp, kind)(channels, dtype=dtype)
+        weight, bias = 1 + 0.5 * torch.randn(channels), torch.randn(channels)
+    torch_dtype = getattr(torch, dtype.name)
+    weight, bias = weight.to(torch_dtype), bias.to(torch_dtype)
+    module.load_state_dict({"weight": tp.Tensor(weight), "bias": tp.Tensor(bias)})
+    return module, weight.double(), bias.double()
+
+
+@pytest.mark.parametrize("dtype", [tp.float16, tp.bfloat16], ids=str)
+@pytest.mark.parametrize("kind", ["InstanceNorm", "GroupNorm", "LayerNorm"])
+def test_half_precision_norms_compute_statistics_in_float32(kind, dtype):
+    torch_dtype = getattr(torch, dtype.name)
+    torch.manual_seed(1)
+    x = (torch.randn(2, 4, 16, 16) * 3 + 5).to(torch_dtype)  # an offset mean is what fp16 statistics get wrong
+    channels = x.shape[-1] if kind == "LayerNorm" else x.shape[1]
+    module, weight, bias = norm_module(kind, dtype, channels)
+    F = torch.nn.functional
+    exact = {
+        "InstanceNorm": lambda: F.instance_norm(x.double(), weight=weight, bias=bias, eps=1e-5),
+        "GroupNorm": lambda: F.group_norm(x.double(), 2, weight, bias, eps=1e-5),
+        "LayerNorm": lambda: F.layer_norm(x.double(), (channels,), weight, bias, eps=1e-5),
+    }[kind]()
+    assert_rounded_once(run(module, x), exact, torch_dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "reduce, exact",
+    [
+        pytest.param(lambda t: tp.sum(t, dim=1), lambda x: x.sum(1), id="sum"),
+        pytest.param(lambda t: tp.sum(t), lambda x: x.sum(), id="sum-all"),
+        pytest.param(lambda t: tp.mean(t, dim=(0, 1)), lambda x: x.mean((0, 1)), id="mean"),
+        pytest.param(lambda t: tp.prod(t, dim=1), lambda x: x.prod(1), id="prod"),
+        pytest.param(lambda t: tp.prod(t[:, :8], dim=(0, 1)), lambda x: x[:, :8].prod(), id="prod-2-dims"),
+        pytest.param(lambda t: tp.softmax(t * 8.0, dim=1), lambda x: torch.softmax(x * 8, 1), id="softmax"),
+    ],
+)
+def test_half_precision_reductions_accumulate_in_float32(reduce, exact, dtype):
+    torch.manual_seed(0)
+    x = (1 + 0.02 * torch.randn(8, 256)).to(dtype)  # near 1, so a long product stays in range
+    assert_rounded_once(run(reduce, x), exact(x.double()), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64], ids=str)
+def test_integer_sums_and_products_keep_their_dtype(dtype):
+    x = torch.tensor([[1, 2, 3], [-4, 5, 6]], dtype=dtype)
+    for reduce, expected in ((tp.sum, x.sum(1)), (tp.prod, x.prod(1))):
+        out = run(lambda t: reduce(t, dim=1), x)
+        assert out.dtype == dtype and out.tolist() == expected.tolist()
+
+
+# ----------------------------------------------------------------------------------------------
+# Activations. nvtripy's frontend accepts int8 for GELU, sigmoid, tanh and SiLU and lowers them to
+# TensorRT's activation layer, which takes no integer types (nvtripy's own `tp.relu` avoids it for
+# integers for that reason), so TensorRT refuses them when it builds the engine.
+
+
+@pytest.mark.parametrize("activation", [tp.gelu, tp.sigmoid, tp.tanh, tp.silu], ids=lambda f: f.__name__)
+def test_int8_activations_are_refused_at_compile_time(activation):
+    with pytest.raises(tp.TripyException, match="TensorRT's activation layer does not support integer inputs") as info:
+        tp.compile(activation, args=[tp.InputInfo((4,), dtype=tp.int8)])
+    assert "This originated from the following operation" in str(info.value)
+
+
+def test_int8_gelu_is_refused_where_it_is_evaluated():
+    with pytest.raises(tp.TripyException, match="TensorRT's activation layer does not support integer inputs"):
+        tp.gelu(tp.Tensor(torch.tensor([-3, 0, 2], dtype=torch.int8))).eval()
+
+
+def test_int8_relu_still_runs_as_nvtripy_lowers_it_to_max():
+    x = torch.tensor([-3, 0, 2, 127, -128], dtype=torch.int8)
+    out = run(tp.relu, x)
+    assert out.dtype == torch.int8 and out.tolist() == torch.relu(x).tolist()

@@ -136,6 +136,36 @@ def test_constants_only_folding_read_are_dropped(tmp_path):
     torch.testing.assert_close(torch.from_dlpack(tp.Executable.load(path)(on_device(x))), x @ weight.T)
 
 
+@pytest.mark.parametrize("verbosity", ["mlir", "ir"])
+def test_ir_logging_prints_the_program_the_executor_runs(verbosity, capsys):
+    weight = torch.arange(40.0).reshape(10, 4)  # more than the 32 elements nvtripy asks to see
+
+    def model(x):
+        return tp.softmax(x @ tp.Tensor(weight) + tp.Tensor([0.5, 1.5, 2.5, 3.5]), dim=1)
+
+    with tp.logger.use_verbosity(verbosity):
+        compiled = tp.compile(model, args=[tp.InputInfo(((1, 2, 4), 10), dtype=tp.float32)])
+    logged = capsys.readouterr().out
+
+    assert "==== MLIR ====" in logged
+    mlir = logged[logged.index("==== MLIR ====") :]
+    kinds = [step.kind for step in program_of(compiled).steps]
+    assert kinds == ["MatrixMultiply", "binary.Add", "Softmax"]
+    positions = [mlir.index(f"= {kind}(") for kind in kinds]
+    assert positions == sorted(positions), mlir  # in the order they run
+    assert "f32[1..4, 10]" in mlir  # the input and its shape bounds
+    assert "f32[10, 4]" in mlir and "39.0" not in mlir  # the weight, elided
+    assert "[0.5, 1.5, 2.5, 3.5]" in mlir  # a small constant, shown
+    assert "dim=1" in mlir and "return" in mlir
+
+
+def test_ir_logging_leaves_compile_errors_to_the_compiler(capsys):
+    with tp.logger.use_verbosity("mlir"), pytest.raises(tp.TripyException, match="The CPU executor cannot run trace op 'Plugin'") as info:
+        x = tp.ones((2, 2))
+        tp.plugin(name="CustomGeluPluginDynamic", inputs=[x], output_info=[(x.rank, x.dtype)], type_id=0).eval()
+    assert "This originated from the following operation" in str(info.value)
+
+
 def test_an_op_the_executor_lacks_fails_loudly_naming_it(monkeypatch):
     monkeypatch.delitem(ops.OPS, "unary.Exp")
     exponent = tp.exp(tp.ones((2,)))

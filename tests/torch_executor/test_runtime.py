@@ -1,5 +1,6 @@
 """The runtime stand-in: host memory plays device memory, but nvtripy's placement rules still hold."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,3 +80,37 @@ def test_streams_synchronize_trivially():
     stream.synchronize()
     assert isinstance(stream.ptr, int)
     assert tp.default_stream() == tp.default_stream()
+
+
+def test_float8_results_cannot_leave_through_dlpack_as_on_tensorrt():
+    """TensorRT's runtime exports float8 as DLPack's plain 8-bit float, which PyTorch refuses
+    with "Unsupported kFloat bits 8"."""
+    fp8 = tp.cast(tp.Tensor([1.0, -2.0]), tp.float8)
+    with pytest.raises(BufferError, match="Unsupported kFloat bits 8"):
+        torch.from_dlpack(fp8)
+    with pytest.raises(BufferError, match="Unsupported kFloat bits 8"):
+        np.from_dlpack(fp8)
+    # nvtripy itself reads float8 through a cast, and a cast result leaves as usual.
+    assert fp8.tolist() == [1.0, -2.0]
+    assert torch.from_dlpack(tp.cast(fp8, tp.float32)).tolist() == [1.0, -2.0]
+
+
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (np.ones((2,), dtype=np.float64), "f64"),
+        (torch.ones(2, dtype=torch.float64), "f64"),
+        (np.ones((2,), dtype=np.int16), "i16"),
+        (np.ones((2,), dtype=np.uint8), "ui8"),
+    ],
+    ids=["numpy-float64", "torch-float64", "int16", "uint8"],
+)
+def test_data_of_a_type_nvtripy_lacks_gets_nvtripys_own_error(data, code):
+    # The runtime takes such memory in; nvtripy, which has no type for it, then refuses it.
+    with pytest.raises(tp.TripyException, match=f"Data type: 'ScalarTypeCode.{code}' does not have a corresponding nvtripy data type"):
+        tp.Tensor(data)
+
+
+def test_data_the_runtime_cannot_take_is_refused_by_it():
+    with pytest.raises(runtime.MTRTException, match="Unsupported DLPack data type: torch.complex64"):
+        tp.Tensor(torch.ones(2, dtype=torch.complex64))
