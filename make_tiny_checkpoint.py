@@ -1,12 +1,16 @@
-"""Writes a tiny GPT-2 checkpoint with random weights and its own tokenizer, with no network.
+r"""Writes a GPT-2 checkpoint with random weights and its own tokenizer, with no network: tiny by default.
 
     python make_tiny_checkpoint.py checkpoints/tiny-gpt2
     python example.py --checkpoint checkpoints/tiny-gpt2 --input-text "Hello, my name is" --seed 0
 
 The directory is what transformers' save_pretrained writes (config.json, model.safetensors) plus a
 byte-level BPE tokenizer (vocab.json, merges.txt): GPT-2's 256 byte tokens, merges learned from a
-paragraph of English, and <|endoftext|>. Its text is gibberish, since nothing is trained; it exists to run the
-whole program, and the tests, offline and in seconds.
+paragraph of English, and <|endoftext|>. Its text is gibberish, since nothing is trained; the tiny default
+exists to run the whole program, and the tests, offline and in seconds. The flags give other shapes, GPT-2's
+own (124M parameters) included, to time the program offline:
+
+    python make_tiny_checkpoint.py checkpoints/random-gpt2 \
+        --vocab-size 50257 --num-layers 12 --num-heads 12 --embedding-size 768 --block-size 1024
 """
 
 import argparse
@@ -28,6 +32,8 @@ the most common pieces of the text below become tokens of their own, and the res
 There is nothing learned in the weights of this model, so what it writes is noise, and that is fine.
 It is here so that the whole program runs, from the tokenizer to the engine, without a network."""
 NUM_MERGES = 64
+# Up to this many parameters a checkpoint is "tiny": the default has 0.13M, GPT-2's smallest 124M.
+TINY_PARAMETERS = 10_000_000
 
 
 def words(text):
@@ -104,6 +110,14 @@ def make_checkpoint(
     return model
 
 
+def describe(num_parameters):
+    """What the checkpoint is, for the last line: tiny, or its size the way GPT-2's sizes are told (124M, 1.56B)."""
+    if num_parameters <= TINY_PARAMETERS:
+        return "a tiny random GPT-2 checkpoint"
+    size = f"{num_parameters / 1e9:.3g}B" if num_parameters >= 1e9 else f"{num_parameters / 1e6:.3g}M"
+    return f"a random GPT-2 checkpoint ({size} parameters)"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("directory", nargs="?", default="checkpoints/tiny-gpt2", help="where to write it (default: %(default)s)")
@@ -111,10 +125,17 @@ def main():
     parser.add_argument("--num-heads", type=int, default=2, help="default: %(default)s")
     parser.add_argument("--embedding-size", type=int, default=64, help="default: %(default)s")
     parser.add_argument("--block-size", type=int, default=128, help="default: %(default)s")
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        help="at least the tokenizer's size, the default; GPT-2's is 50257",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the random weights (default: %(default)s)")
     args = parser.parse_args()
-    make_checkpoint(args.directory, args.num_layers, args.num_heads, args.embedding_size, args.block_size, seed=args.seed)
-    print(f"Wrote a tiny random GPT-2 checkpoint to {args.directory}")
+    model = make_checkpoint(
+        args.directory, args.num_layers, args.num_heads, args.embedding_size, args.block_size, args.vocab_size, seed=args.seed
+    )
+    print(f"Wrote {describe(model.num_parameters())} to {args.directory}")
 
 
 if __name__ == "__main__":
