@@ -13,6 +13,7 @@ BACKEND = backend.select_backend_from_env()
 
 # --- GPT-2 checkpoints for test_model.py, test_weight_loader.py and test_example.py ------------------
 
+import hashlib  # noqa: E402
 import shutil  # noqa: E402
 
 import pytest  # noqa: E402
@@ -21,6 +22,11 @@ import torch  # noqa: E402
 import make_tiny_checkpoint  # noqa: E402
 
 SHARED_TIKTOKEN_CACHE = os.path.join(REPO_ROOT, "..", "shared", "tiktoken-cache")
+# tiktoken's gpt2 encoding in a tiktoken cache: file name (the sha1 of its download URL) -> sha256 of its content.
+GPT2_TIKTOKEN_FILES = {
+    "6d1cbeee0f20b3d9449abfede4726ed8212e3aee": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",  # vocab.bpe
+    "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",  # encoder.json
+}
 
 # Random GPT-2s for parity with transformers: layer and head counts vary, "odd" has a head size of 7,
 # "gpt2-vocab" has GPT-2's vocabulary of 50257, and "eps" a layer_norm_epsilon other than 1e-5.
@@ -91,14 +97,38 @@ def offline_env(tmp_path):
     return env
 
 
+def holds_gpt2_encoding(cache):
+    """Whether a tiktoken cache directory holds the gpt2 encoding intact: tiktoken downloads whatever it lacks."""
+    for name, sha256 in GPT2_TIKTOKEN_FILES.items():
+        try:
+            with open(os.path.join(cache, name), "rb") as f:
+                if hashlib.sha256(f.read()).hexdigest() != sha256:
+                    return False
+        except OSError:
+            return False
+    return True
+
+
+def find_gpt2_tiktoken_cache():
+    """The user's TIKTOKEN_CACHE_DIR if it holds the gpt2 encoding, else the shared cache beside the repository
+    if that does, else None."""
+    candidates = [os.environ.get("TIKTOKEN_CACHE_DIR"), SHARED_TIKTOKEN_CACHE]
+    return next((cache for cache in candidates if cache and holds_gpt2_encoding(cache)), None)
+
+
 @pytest.fixture(scope="session")
 def gpt2_tiktoken_cache(tmp_path_factory):
-    """A writable copy of the shared tiktoken cache (../shared/tiktoken-cache), or skip without one."""
-    if not os.path.isdir(SHARED_TIKTOKEN_CACHE):
-        pytest.skip("tiktoken's gpt2 encoding is not in ../shared/tiktoken-cache (the tests never download it)")
-    copy = str(tmp_path_factory.mktemp("tiktoken-cache") / "cache")
-    shutil.copytree(SHARED_TIKTOKEN_CACHE, copy)
-    return copy
+    """A writable tiktoken cache holding the gpt2 encoding, copied from find_gpt2_tiktoken_cache's, or skip."""
+    cache = find_gpt2_tiktoken_cache()
+    if cache is None:
+        pytest.skip(
+            "tiktoken's gpt2 encoding is not cached here: set TIKTOKEN_CACHE_DIR to a tiktoken cache that holds it "
+            "(the tests never download it)"
+        )
+    copy = tmp_path_factory.mktemp("tiktoken-cache")
+    for name in GPT2_TIKTOKEN_FILES:
+        shutil.copyfile(os.path.join(cache, name), copy / name)
+    return str(copy)
 
 
 @pytest.fixture(scope="session")
