@@ -94,6 +94,16 @@ def tokenizer_files():
     return files, len(vocab)
 
 
+def write_tokenizer(directory):
+    """Writes the tiny tokenizer's files into an existing checkpoint directory; returns its vocabulary size.
+    A checkpoint saved without a tokenizer then needs no download to run."""
+    files, size = tokenizer_files()
+    for name, text in files.items():
+        with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+            f.write(text)
+    return size
+
+
 def check_arguments(num_layers, num_heads, embedding_size, block_size, vocab_size, tokenizer_size, seed):
     """The conditions transformers' GPT2LMHeadModel needs, checked up front so that the message names the flag."""
     for flag, value in [
@@ -215,9 +225,7 @@ def make_checkpoint(
     )
 
     def write(path):
-        for name, text in files.items():
-            with open(os.path.join(path, name), "w", encoding="utf-8") as f:
-                f.write(text)
+        write_tokenizer(path)
         model.save_pretrained(path)
 
     write_into_place(target, write)
