@@ -14,6 +14,7 @@ import backend
 import quantization
 from checkpoint import CheckpointError
 from quantization import QUANT_MODES, QuantizationError
+from sampling import NonFiniteLogits
 from tokenizer import TokenizerError
 
 
@@ -21,8 +22,13 @@ class UsageError(Exception):
     """Bad input from the user: reported as one line on stderr, with exit status 2."""
 
 
-# What a user can get wrong: each message is one line that says what and where.
-USER_ERRORS = (UsageError, backend.BackendError, CheckpointError, QuantizationError, TokenizerError)
+# What a user can get wrong, or a broken checkpoint: each message is one line that says what and where.
+USER_ERRORS = (UsageError, backend.BackendError, CheckpointError, QuantizationError, TokenizerError, NonFiniteLogits)
+
+DTYPES = ("float32", "float16", "bfloat16")
+# bfloat16 needs Ampere (compute capability 8.0) or newer with TensorRT; the CPU executor runs every dtype.
+MIN_COMPUTE_CAPABILITY = {"bfloat16": (8, 0)}
+DEFAULT_THREADS = 1  # measured: see README, "Threads"
 
 
 def run_command(main):
@@ -82,6 +88,18 @@ def add_model_arguments(parser):
         default="auto",
         help="auto: TensorRT when it and a GPU are present, else the PyTorch executor on the CPU (default: %(default)s)",
     )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        help="the model's precision (default: float16 with TensorRT, as Tripy's example; float32 on the CPU)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help="CPU threads for PyTorch: the CPU executor's arithmetic and sampling (default: %(default)s; "
+        "a second thread helps little on a 2-core machine and costs much when the other core is busy)",
+    )
 
 
 def check_model_arguments(args):
@@ -89,31 +107,46 @@ def check_model_arguments(args):
         raise UsageError("--calib-file and --calib-samples calibrate a quantized model: give --quant-mode too")
     if args.calib_samples < 1:
         raise UsageError(f"--calib-samples must be at least 1, not {args.calib_samples}")
-    if args.checkpoint is not None and not os.path.isdir(args.checkpoint):
-        raise UsageError(f"--checkpoint {args.checkpoint}: no such directory")
+    if args.checkpoint is not None:
+        if os.path.isfile(args.checkpoint):
+            raise UsageError(f"--checkpoint {args.checkpoint} is a file, not a checkpoint directory")
+        if not os.path.isdir(args.checkpoint):
+            raise UsageError(f"--checkpoint {args.checkpoint}: no such directory")
+    if args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, not {args.threads}")
 
 
 def select_backend(args, capability=None):
-    """Prepares nvtripy's backend as --backend says, and refuses a --quant-mode that its GPU cannot run
-    (`capability`, the GPU's (major, minor) compute capability; None asks CUDA). The backend's
-    announcement is held back (backend.announcement) until the checkpoint and its weights have
-    checked out, so that bad input is one line."""
+    """Prepares nvtripy's backend as --backend says, with --threads; resolves --dtype for it (args.dtype
+    becomes a dtype name); and refuses a --quant-mode or --dtype its GPU cannot run (`capability`, the
+    GPU's (major, minor) compute capability; None asks CUDA). The backend's announcement is held back
+    (backend.announcement) until the checkpoint and its weights have checked out, so that bad input is
+    one line."""
     backend_name = backend.select_backend(args.backend, announce=False)
-    check_quant_mode_runs(args.quant_mode, backend_name, capability)
+    torch.set_num_threads(args.threads)
+    args.dtype = args.dtype or ("float16" if backend_name == "tensorrt" else "float32")
+    if backend_name == "tensorrt":
+        capability = tuple(capability or torch.cuda.get_device_capability())
+        check_runs_on(capability, quant_mode=args.quant_mode, dtype=args.dtype)
     return backend_name
 
 
-def check_quant_mode_runs(mode, backend_name, capability=None):
-    need = mode.min_compute_capability if mode else None
-    if backend_name != "tensorrt" or need is None:
-        return  # the CPU executor runs every mode
-    capability = tuple(capability or torch.cuda.get_device_capability())
-    if capability < need:
+def check_runs_on(capability, quant_mode=None, dtype=None):
+    """Refuses a quant mode or dtype that TensorRT cannot run on a GPU of this compute capability."""
+    need = quant_mode.min_compute_capability if quant_mode else None
+    if need and capability < need:
         runs = [name for name, m in QUANT_MODES.items() if m.min_compute_capability is None or capability >= m.min_compute_capability]
         raise UsageError(
-            f"--quant-mode {mode} needs a GPU of compute capability {need[0]}.{need[1]} or newer with TensorRT; "
+            f"--quant-mode {quant_mode} needs a GPU of compute capability {need[0]}.{need[1]} or newer with TensorRT; "
             f"this one has {capability[0]}.{capability[1]} ({' and '.join(runs)} run on it, and "
             "every mode runs with --backend cpu)"
+        )
+    need = MIN_COMPUTE_CAPABILITY.get(dtype)
+    if need and capability < need:
+        raise UsageError(
+            f"--dtype {dtype} needs a GPU of compute capability {need[0]}.{need[1]} or newer with TensorRT; "
+            f"this one has {capability[0]}.{capability[1]} (float16 and float32 run on it, and every dtype runs "
+            "with --backend cpu)"
         )
 
 

@@ -31,6 +31,7 @@ import nvtripy as tp
 import torch
 
 import generate
+import progress
 import weight_loader
 
 ENTRY_FORMAT = 2  # bump when the layout of an entry changes
@@ -41,8 +42,9 @@ REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 FUNCTIONS = ("prefill", "decode")
 
 
-def load_or_compile(checkpoint, dtype, quant, backend_name, use_cache=None, cache_dir=None):
-    """The compiled prefill and decode functions of the checkpoint's model, as a generate.Compiled that
+def load_or_compile(checkpoint, dtype, quant, backend_name, use_cache=None, cache_dir=None, num_samples=1):
+    """The compiled prefill and decode functions of the checkpoint's model for a batch of num_samples
+    sequences, as a generate.Compiled that
     says how they were got: from the engine cache when it has them (the weights are then not even
     read), else loaded (quantized if `quant` says so) and compiled, and saved to the cache.
 
@@ -59,8 +61,8 @@ def load_or_compile(checkpoint, dtype, quant, backend_name, use_cache=None, cach
         identity = checkpoint_identity(checkpoint, cache_dir)
         if identity is None:  # not downloaded yet
             return None
-        bounds, batch_size = generate.shape_bounds(config), 1
-        return key_parts(identity, dtype, quant, bounds, batch_size, environment(backend_name), source_digest(backend_name))
+        bounds = generate.shape_bounds(config)
+        return key_parts(identity, dtype, quant, bounds, num_samples, environment(backend_name), source_digest(backend_name))
 
     parts = key() if use_cache else None
     if parts:
@@ -73,7 +75,8 @@ def load_or_compile(checkpoint, dtype, quant, backend_name, use_cache=None, cach
 
     model, calibration_seconds = weight_loader.load_model(checkpoint, dtype, quant)
     start = time.perf_counter()
-    functions = (generate.compile_prefill(model), generate.compile_decode(model))
+    with progress.step("Compiling prefill and decode"):
+        functions = (generate.compile_prefill(model, num_samples), generate.compile_decode(model, num_samples))
     compiled = generate.Compiled(functions, model.weight_bytes(), time.perf_counter() - start, calibration_seconds=calibration_seconds)
     parts = (parts or key()) if use_cache else None  # a Hub model is downloaded by now
     if parts:

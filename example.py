@@ -20,11 +20,12 @@ import sys
 import time
 
 import cli
+import progress
 import quantization
 from checkpoint import open_checkpoint
 from sampling import Sampling, seeded_generator
 from speed_report import peak_memory_bandwidth, speed_report
-from tokenizer import text_stream
+from tokenizer import escape_controls, text_stream
 
 
 def parse_args(argv=None):
@@ -37,6 +38,25 @@ def parse_args(argv=None):
         "--temperature", type=float, default=0.8, help="sampling temperature; 0 means greedy (default: %(default)s)"
     )
     parser.add_argument("--top-k", type=int, default=5, help="sample among the k likeliest tokens (default: %(default)s)")
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=1.0,
+        help="then among the likeliest tokens that hold this much of the probability (nucleus sampling); "
+        "1 means off (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        default=1,
+        help="complete the prompt this many times, generated together as one batch (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="generate exactly --max-new-tokens, also past the checkpoint's end-of-text token (by default a "
+        "sample ends when it draws that token, which is not printed)",
+    )
     parser.add_argument(
         "--no-kv-cache",
         action="store_true",
@@ -59,14 +79,24 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.input_text == "":
         raise cli.UsageError("--input-text is empty: give a prompt to complete")
+    try:
+        args.input_text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # bytes that are not UTF-8 reach Python as lone surrogates
+        raise cli.UsageError(f"--input-text is not valid UTF-8 text (at character {exc.start + 1})") from None
     if args.max_new_tokens < 1:
         raise cli.UsageError(f"--max-new-tokens must be at least 1, not {args.max_new_tokens}")
     if args.top_k < 1:
         raise cli.UsageError(f"--top-k must be at least 1, not {args.top_k}")
     if not args.temperature >= 0:  # also rejects nan
         raise cli.UsageError(f"--temperature must be 0 (greedy) or positive, not {args.temperature}")
+    if not 0 < args.top_p <= 1:  # also rejects nan
+        raise cli.UsageError(f"--top-p must be more than 0 and at most 1, not {args.top_p}")
+    if args.num_samples < 1:
+        raise cli.UsageError(f"--num-samples must be at least 1, not {args.num_samples}")
+    if args.engine_cache_dir == "":
+        raise cli.UsageError("--engine-cache-dir is empty: name a directory, or pass --no-engine-cache")
     cli.check_model_arguments(args)
-    args.sampling = Sampling(temperature=args.temperature, top_k=args.top_k)
+    args.sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     return args
 
 
@@ -95,50 +125,72 @@ def main(argv=None):
     prompt = encode_prompt(args, checkpoint)
     quant = quantization.prepare(checkpoint, args.quant_mode, args.calib_file, args.calib_samples)
 
-    # Half precision where TensorRT runs, as Tripy's example does; full precision on the CPU.
-    dtype = tp.float16 if backend_name == "tensorrt" else tp.float32
+    dtype, num_samples = getattr(tp, args.dtype), args.num_samples
     if args.no_kv_cache:
         max_tokens = len(prompt) + args.max_new_tokens
-        compiled = generate.compile_without_cache(checkpoint, dtype, quant, len(prompt), max_tokens)
+        compiled = generate.compile_without_cache(checkpoint, dtype, quant, len(prompt), max_tokens, num_samples)
         generate_tokens = generate.generate_without_cache
     else:
-        compiled = engine_cache.load_or_compile(checkpoint, dtype, quant, backend_name, args.engine_cache, args.engine_cache_dir)
+        cache = (args.engine_cache, args.engine_cache_dir)
+        compiled = engine_cache.load_or_compile(checkpoint, dtype, quant, backend_name, *cache, num_samples)
         generate_tokens = generate.generate
     cli.announce_backend()
 
     # Sampling runs where the logits are: on the GPU with TensorRT, as in Tripy's example, so its
     # published outputs reproduce; on the CPU otherwise.
     generator = seeded_generator(args.seed, "cuda" if backend_name == "tensorrt" else "cpu")
-    new_tokens = generate_tokens(compiled.functions, prompt, args.max_new_tokens, args.sampling, generator, checkpoint.encoding.n_vocab)
-    start, token_times = stream_response(checkpoint.encoding, prompt, new_tokens, args.max_new_tokens)
+    eos = None if args.ignore_eos else checkpoint.hf_config.eos_token_id
+    steps = generate_tokens(compiled.functions, prompt, args.max_new_tokens, args.sampling, generator, checkpoint.encoding.n_vocab, num_samples, eos)
+    start, step_times = print_responses(checkpoint.encoding, prompt, steps, num_samples, args.max_new_tokens)
 
-    for line in report(compiled, quant, token_times[0] - start, token_times, backend_name):
+    for line in report(compiled, quant, start, step_times, num_samples, backend_name):
         print(line)
     return 0
 
 
-def stream_response(encoding, prompt, new_tokens, max_new_tokens):
-    """Prints the prompt and each new token's text as soon as it is made (whole characters only).
-    Returns when generation started and the time each token was ready. On Ctrl-C, what was made
-    stays printed."""
-    text = text_stream(encoding)
-    print(f"Response: {text(prompt)}", end="", flush=True)
-    token_times = []
+def print_responses(encoding, prompt, steps, num_samples, max_new_tokens):
+    """Prints the prompt's completions: one is streamed as its tokens are made (whole characters only);
+    several are printed as blocks `Response i: ...` once the batch is done. Returns when generation
+    started, and for each step the time its tokens were ready and how many there were. On Ctrl-C, what
+    was made is printed."""
+    show = escape_controls if sys.stdout.isatty() else str  # a pipe or a file gets the text as it is
+    streaming = num_samples == 1
+    texts = [text_stream(encoding) for _ in range(num_samples)]
+    responses = [text(prompt) for text in texts]  # each sample's text so far
+    if streaming:
+        print(f"Response: {show(responses[0])}", end="", flush=True)
+    else:
+        steps = progress.bar(steps, "generating", total=max_new_tokens, unit="step")
+    step_times = []
     start = time.perf_counter()
     try:
-        for token in new_tokens:
-            token_times.append(time.perf_counter())
-            print(text([token]), end="", flush=True)
+        for tokens in steps:
+            step_times.append((time.perf_counter(), sum(token is not None for token in tokens)))
+            for i, token in enumerate(tokens):
+                piece = texts[i]([] if token is None else [token])
+                responses[i] += piece
+                if streaming:
+                    print(show(piece), end="", flush=True)
     except KeyboardInterrupt:
-        print(text([], final=True), flush=True)
-        print(f"Interrupted after {len(token_times)} of {max_new_tokens} new tokens.", file=sys.stderr)
+        print_ends(texts, responses, streaming, show)
+        print(f"Interrupted after {len(step_times)} of {max_new_tokens} new tokens.", file=sys.stderr)
         raise
-    print(text([], final=True))
-    return start, token_times
+    print_ends(texts, responses, streaming, show)
+    return start, step_times
 
 
-def report(compiled, quant, first_token_s, token_times, backend_name):
-    """The lines after the response: calibration, how the compiled functions were got, speed."""
+def print_ends(texts, responses, streaming, show):
+    """The end of the streamed response, or every sample's block."""
+    ends = [text([], final=True) for text in texts]
+    if streaming:
+        print(show(ends[0]), flush=True)
+        return
+    for i, (response, end) in enumerate(zip(responses, ends), start=1):
+        print(f"Response {i}: {show(response + end)}", flush=True)
+
+
+def report(compiled, quant, start, step_times, num_samples, backend_name):
+    """The lines after the responses: calibration, how the compiled functions were got, speed."""
     lines = []
     if compiled.calibration_seconds is not None:  # none when the engine cache had the model
         lines.append(cli.calibration_report(quant, compiled.calibration_seconds))
@@ -148,7 +200,7 @@ def report(compiled, quant, first_token_s, token_times, backend_name):
         saved = f" Saving it to the engine cache took {compiled.save_seconds:.2f} seconds." if compiled.save_seconds else ""
         lines.append(f"Compilation took {compiled.seconds:.2f} seconds.{saved}")
     peak = peak_memory_bandwidth() if backend_name == "tensorrt" else None
-    return lines + speed_report(first_token_s, token_times, compiled.weight_bytes, peak)
+    return lines + speed_report(start, step_times, compiled.weight_bytes, num_samples, peak)
 
 
 if __name__ == "__main__":

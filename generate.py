@@ -13,7 +13,7 @@ The cache never leaves the device: a call's output tensors go straight back in a
 inputs. Only the logits are read, through DLPack, to sample the next token.
 
 `generate` and `generate_without_cache` are the two paths: both take the compiled functions as a
-tuple, the prompt and the sampling options, and yield new token ids one at a time.
+tuple, the prompt and the sampling options, and yield the new tokens of a batch of samples step by step.
 """
 
 import time
@@ -23,8 +23,9 @@ from typing import Optional
 import nvtripy as tp
 import torch
 
+import progress
 import weight_loader
-from sampling import sample
+from sampling import check_finite, sample
 
 # The lengths TensorRT tunes its kernels for, within the bounds below: short prompts, a mid-length cache.
 PREFILL_OPT = 64
@@ -69,18 +70,19 @@ def compile_decode(model, batch_size=1):
     return tp.compile(model.decode, args=[token, [layer_cache] * c.num_layers])
 
 
-def compile_forward(model, max_tokens, opt_tokens):
+def compile_forward(model, max_tokens, opt_tokens, batch_size=1):
     """The whole-sequence forward, compiled once for every length from 1 to max_tokens, tuned for opt_tokens."""
     tokens = tp.NamedDimension("tokens", 1, opt_tokens, max_tokens)
-    return tp.compile(model, args=[tp.InputInfo((1, tokens), dtype=tp.int32)])
+    return tp.compile(model, args=[tp.InputInfo((batch_size, tokens), dtype=tp.int32)])
 
 
-def compile_without_cache(checkpoint, dtype, quant, prompt_tokens, max_tokens):
+def compile_without_cache(checkpoint, dtype, quant, prompt_tokens, max_tokens, num_samples=1):
     """The checkpoint's model, loaded (quantized if `quant` says so), compiled as one whole-sequence
-    forward for up to max_tokens tokens, tuned for the prompt's length."""
+    forward of num_samples sequences of up to max_tokens tokens, tuned for the prompt's length."""
     model, calibration_seconds = weight_loader.load_model(checkpoint, dtype, quant)
     start = time.perf_counter()
-    forward = compile_forward(model, max_tokens, prompt_tokens)
+    with progress.step("Compiling the model"):
+        forward = compile_forward(model, max_tokens, prompt_tokens, num_samples)
     return Compiled((forward,), model.weight_bytes(), time.perf_counter() - start, calibration_seconds=calibration_seconds)
 
 
@@ -97,41 +99,61 @@ def forward_logits(compiled_forward, tokens):
     return torch.from_dlpack(compiled_forward(device_tokens(tokens)))
 
 
-def prefill(compiled_prefill, prompt):
-    """The logits after the prompt (torch, (1, 1, vocab)) and the KV cache (nvtripy tensors, on the device)."""
-    logits, *cache = compiled_prefill(tp.Tensor([list(prompt)], device=tp.device("gpu")))
+def prefill(compiled_prefill, prompt, num_samples=1):
+    """The logits after the prompt (torch, (num_samples, 1, vocab)) and the KV cache (nvtripy tensors, on
+    the device), for a batch of num_samples copies of the prompt."""
+    logits, *cache = compiled_prefill(tp.Tensor([list(prompt)] * num_samples, device=tp.device("gpu")))
     return torch.from_dlpack(logits), cache
 
 
-def decode_one_token(compiled_decode, token, cache):
-    """The logits after `token` and the cache grown by it. The cache goes in as it came out: no copies."""
-    logits, *cache = compiled_decode(tp.Tensor([[token]], device=tp.device("gpu")), cache)
+def decode_one_token(compiled_decode, tokens, cache):
+    """The logits after `tokens` (one per sample: torch, (num_samples,)) and the cache grown by them. The
+    cache goes in as it came out: no copies."""
+    logits, *cache = compiled_decode(device_tokens(tokens.to(torch.int32)[:, None]), cache)
     return torch.from_dlpack(logits), cache
 
 
-def generate(functions, prompt, max_new_tokens, sampling, generator, vocab_size=None):
-    """Yields new token ids one at a time: the first from prefill's logits, each next from one decode
-    step. `functions` is (compiled prefill, compiled decode).
+def generate(functions, prompt, max_new_tokens, sampling, generator, vocab_size=None, num_samples=1, eos_token_id=None):
+    """Yields, step by step, the new token of each of num_samples samples of the prompt, generated as one
+    batch: the first from prefill's logits, each next from one decode step. `functions` is (compiled
+    prefill, compiled decode), compiled for that batch size.
 
-    A model's vocabulary may be padded beyond its tokenizer's; ids from vocab_size on are never chosen.
-    The next step runs only when the next token is asked for, so a consumer can show each token at once.
+    A sample ends when it draws eos_token_id (None: never), which is not yielded: from then on its
+    place holds None, and generation stops when every sample has ended. A model's vocabulary may be
+    padded beyond its tokenizer's; ids from vocab_size on are never chosen. The next step runs only
+    when the next tokens are asked for, so a consumer can show each token at once.
     """
     compiled_prefill, compiled_decode = functions
-    logits, cache = prefill(compiled_prefill, prompt)
+    logits, cache = prefill(compiled_prefill, prompt, num_samples)
+    ended = torch.zeros(num_samples, dtype=torch.bool)
     for i in range(max_new_tokens):
-        token = int(sample(logits[..., :vocab_size], sampling, generator)[0, 0])
-        yield token
-        if i + 1 < max_new_tokens:
-            logits, cache = decode_one_token(compiled_decode, token, cache)
+        tokens, ended = next_tokens(logits, sampling, generator, vocab_size, eos_token_id, ended, len(prompt) + i)
+        yield [None if end else token for token, end in zip(tokens.tolist(), ended.tolist())]
+        if ended.all() or i + 1 == max_new_tokens:
+            return
+        logits, cache = decode_one_token(compiled_decode, tokens, cache)
 
 
-def generate_without_cache(functions, prompt, max_new_tokens, sampling, generator, vocab_size=None):
-    """Yields new token ids one at a time, each from the logits of the whole sequence so far, computed
-    anew (Tripy's example does this; the cost of a token grows with the sequence). `functions` is
-    (compiled forward,)."""
+def generate_without_cache(functions, prompt, max_new_tokens, sampling, generator, vocab_size=None, num_samples=1, eos_token_id=None):
+    """As generate, but each step computes the logits of the whole sequence so far anew (Tripy's example
+    does this; the cost of a token grows with the sequence). `functions` is (compiled forward,)."""
     (compiled_forward,) = functions
-    idx = torch.tensor([prompt], dtype=torch.int32, device=generator.device)
-    for _ in range(max_new_tokens):
-        idx_next = sample(forward_logits(compiled_forward, idx)[..., :vocab_size], sampling, generator)
-        idx = torch.cat((idx, idx_next.to(torch.int32)), dim=1)
-        yield int(idx_next[0, 0])
+    idx = torch.tensor([prompt] * num_samples, dtype=torch.int32, device=generator.device)
+    ended = torch.zeros(num_samples, dtype=torch.bool)
+    for i in range(max_new_tokens):
+        logits = forward_logits(compiled_forward, idx)[:, -1:, :]
+        tokens, ended = next_tokens(logits, sampling, generator, vocab_size, eos_token_id, ended, len(prompt) + i)
+        yield [None if end else token for token, end in zip(tokens.tolist(), ended.tolist())]
+        if ended.all():
+            return
+        idx = torch.cat((idx, tokens.to(torch.int32)[:, None]), dim=1)
+
+
+def next_tokens(logits, sampling, generator, vocab_size, eos_token_id, ended, position):
+    """Each sample's next token from its logits, and which samples have ended, with this token or before."""
+    logits = logits[..., :vocab_size]
+    check_finite(logits, position)
+    tokens = sample(logits, sampling, generator)[:, 0]
+    if eos_token_id is not None:
+        ended = ended | (tokens.cpu() == eos_token_id)
+    return tokens, ended

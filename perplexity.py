@@ -5,7 +5,7 @@
     python perplexity.py --text-file notes.txt --checkpoint checkpoints/tiny-gpt2 --dtype float16
 
 It loads and quantizes the model as example.py does (the same options, cli.py: --model-type/--checkpoint,
---quant-mode, --calib-file, --calib-samples, --backend). The text is tokenized whole and cut into
+--quant-mode, --calib-file, --calib-samples, --backend, --dtype, --threads). The text is tokenized whole and cut into
 windows of --context tokens (default: the model's block size); each window is one call of the compiled
 model, and each of its tokens after the first is scored given the ones before it in the window.
 Perplexity is exp(mean negative log-likelihood) over the scored tokens: lower is better, and comparing
@@ -24,19 +24,12 @@ import quantization
 from checkpoint import open_checkpoint
 from cli import UsageError
 
-DTYPES = ("auto", "float32", "float16")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Perplexity of a text file under GPT-2 on nvtripy, full precision or quantized.")
     parser.add_argument("--text-file", required=True, metavar="PATH", help="the UTF-8 text to score")
     cli.add_model_arguments(parser)
-    parser.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default="auto",
-        help="the model's precision; auto: float16 on TensorRT, float32 on the CPU, as example.py (default: %(default)s)",
-    )
     parser.add_argument("--context", type=int, help="tokens per window (default: the model's block size)")
     parser.add_argument("--max-tokens", type=int, help="score only the text's first this many tokens (default: all)")
     args = parser.parse_args(argv)
@@ -92,7 +85,7 @@ def perplexity(chunks, window_logits, vocab_size):
 
 def main(argv=None):
     args = parse_args(argv)
-    backend_name = cli.select_backend(args)
+    cli.select_backend(args)
     # These import nvtripy, which may load only once its backend is chosen (backend.py says why).
     import nvtripy as tp
 
@@ -104,8 +97,7 @@ def main(argv=None):
     chunks = windows(read_tokens(args.text_file, checkpoint.encoding, args.max_tokens), context)
     quant = quantization.prepare(checkpoint, args.quant_mode, args.calib_file, args.calib_samples)
 
-    auto = tp.float16 if backend_name == "tensorrt" else tp.float32
-    dtype = {"auto": auto, "float32": tp.float32, "float16": tp.float16}[args.dtype]
+    dtype = getattr(tp, args.dtype)
     model, calibration_seconds = weight_loader.load_model(checkpoint, dtype, quant)
     cli.announce_backend()
     start = time.perf_counter()

@@ -33,17 +33,39 @@ def peak_memory_bandwidth(device=0):
     return None, None
 
 
-def speed_report(first_token_s, token_times, weight_bytes, peak_bandwidth=None):
-    """Report lines after generation, as gpt-fast prints them. token_times are the perf_counter times at
-    which each new token was ready; decode speed counts the tokens after the first, which prefill made."""
-    lines = [f"Time to first token: {first_token_s:.3f} seconds."]
-    decoded = len(token_times) - 1
-    if decoded < 1:
+def speed_report(start, steps, weight_bytes, num_samples=1, peak_bandwidth=None):
+    """Report lines after generation, as gpt-fast prints them. `steps` holds, for each generation step,
+    the perf_counter time its tokens were ready and how many samples made a token in it; `start` is when
+    generation began. Decode speed counts the steps after the first, which prefill made: tokens/s counts
+    the tokens of all samples, the bandwidth the weights read once a step."""
+    if not steps or steps[0][1] == 0:
+        return ["No tokens were generated: every sample ended at once."]
+    lines = [f"Time to first token: {steps[0][0] - start:.3f} seconds."]
+    decode_steps = steps[1:]
+    if not decode_steps:
         return lines + ["Decode: no tokens after the first, so no decode speed to report."]
-    tokens_per_s = decoded / (token_times[-1] - token_times[0])
-    bandwidth = weight_bytes * tokens_per_s
-    lines.append(f"Decode: {tokens_per_s:.2f} tokens/s ({decoded} tokens after the first).")
-    line = f"Weight bandwidth: {bandwidth / 1e9:.2f} GB/s ({weight_bytes / 1e9:.3f} GB of weights x {tokens_per_s:.2f} tokens/s)"
+    seconds = steps[-1][0] - steps[0][0]
+    tokens = sum(count for _, count in decode_steps)
+    tokens_per_s, steps_per_s = tokens / seconds, len(decode_steps) / seconds
+    bandwidth = weight_bytes * steps_per_s
+    if num_samples == 1:
+        lines.append(f"Decode: {tokens_per_s:.2f} tokens/s ({tokens} tokens after the first).")
+        per = f"{steps_per_s:.2f} tokens/s"
+    else:
+        lines.append(
+            f"Decode: {tokens_per_s:.2f} tokens/s ({tokens} tokens of {num_samples} samples, "
+            f"in {len(decode_steps)} steps after the first)."
+        )
+        per = f"{steps_per_s:.2f} steps/s"
+    line = f"Weight bandwidth: {bytes_text(bandwidth)}/s ({bytes_text(weight_bytes)} of weights x {per})"
     if peak_bandwidth:
         line += f", {100 * bandwidth / peak_bandwidth[0]:.1f}% of the GPU's peak {peak_bandwidth[0] / 1e12:.2f} TB/s ({peak_bandwidth[1]})"
     return lines + [line + "."]
+
+
+def bytes_text(n):
+    """A byte count in the unit that shows it, to three figures: 9.74 GB, 498 MB, 1.31 MB, 515 kB."""
+    unit, size = next(((unit, size) for unit, size in (("GB", 1e9), ("MB", 1e6)) if n >= size), ("kB", 1e3))
+    value = n / size
+    decimals = 0 if value >= 100 else 1 if value >= 10 else 2
+    return f"{value:.{decimals}f} {unit}"

@@ -8,6 +8,7 @@ BPE as a tiktoken Encoding.
 import codecs
 import json
 import os
+import unicodedata
 
 import tiktoken
 from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str as GPT2_PATTERN
@@ -90,3 +91,9 @@ def text_stream(encoding):
         return decoder.decode(b"".join(encoding.decode_single_token_bytes(t) for t in tokens), final=final)
 
     return text
+
+
+def escape_controls(text):
+    """The text with control characters other than newline and tab shown as escapes (\\x1b, \\r), so
+    that generated tokens cannot move the cursor or recolour a terminal."""
+    return "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc" else repr(c)[1:-1] for c in text)

@@ -9,16 +9,17 @@ import cli
 from quantization import QUANT_MODES
 
 
-def test_float8_needs_compute_capability_8_9_on_tensorrt():
+def test_float8_needs_compute_capability_8_9_and_bfloat16_8_0_on_tensorrt():
     float8, int8 = QUANT_MODES["float8"], QUANT_MODES["int8-weight-only"]
     with pytest.raises(cli.UsageError, match="needs a GPU of compute capability 8.9 or newer with TensorRT; this one has 8.6"):
-        cli.check_quant_mode_runs(float8, "tensorrt", capability=(8, 6))
+        cli.check_runs_on((8, 6), quant_mode=float8)
     with pytest.raises(cli.UsageError, match=r"\(int8-weight-only and int4-weight-only run on it"):
-        cli.check_quant_mode_runs(float8, "tensorrt", capability=(8, 6))
-    cli.check_quant_mode_runs(float8, "tensorrt", capability=(8, 9))
-    cli.check_quant_mode_runs(float8, "cpu", capability=(7, 5))  # the CPU executor runs every mode
-    cli.check_quant_mode_runs(int8, "tensorrt", capability=(8, 6))
-    cli.check_quant_mode_runs(None, "tensorrt", capability=(7, 5))
+        cli.check_runs_on((8, 6), quant_mode=float8, dtype="float16")
+    with pytest.raises(cli.UsageError, match="--dtype bfloat16 needs a GPU of compute capability 8.0 or newer"):
+        cli.check_runs_on((7, 5), quant_mode=int8, dtype="bfloat16")
+    cli.check_runs_on((8, 9), quant_mode=float8, dtype="bfloat16")
+    cli.check_runs_on((8, 6), quant_mode=int8, dtype="float32")
+    cli.check_runs_on((7, 5), quant_mode=None, dtype="float16")
 
 
 def test_quant_mode_is_read_once_into_its_description():

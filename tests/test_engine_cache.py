@@ -32,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cached_greedy(prefill, decode, prompt, max_new_tokens):
-    return list(generate.generate((prefill, decode), prompt, max_new_tokens, Sampling(0.0, 1), torch.Generator()))
+    return [tokens[0] for tokens in generate.generate((prefill, decode), prompt, max_new_tokens, Sampling(0.0, 1), torch.Generator())]
 
 
 

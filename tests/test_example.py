@@ -34,7 +34,7 @@ OUTPUT = re.compile(
     r"|Loaded the compiled model from the engine cache in \d+\.\d+ seconds\.)\n"
     r"Time to first token: \d+\.\d+ seconds\.\n"
     r"(?:Decode: \d+\.\d+ tokens/s \((?P<decoded>\d+) tokens after the first\)\.\n"
-    r"Weight bandwidth: \d+\.\d+ GB/s \([^\n]*\)(?:, [^\n]*)?\.\n"
+    r"Weight bandwidth: \d+(?:\.\d+)? [kMG]B/s \([^\n]*\)(?:, [^\n]*)?\.\n"
     r"|Decode: no tokens after the first, so no decode speed to report\.\n)\Z",
     re.S,
 )
@@ -77,7 +77,7 @@ def test_greedy_generation_is_token_identical_to_transformers(parity_checkpoints
     prompt = load_encoding(directory, is_directory=True).encode(PROMPT)
     max_new_tokens = 12
     compiled = generate.compile_without_cache(open_checkpoint(directory), tp.float32, None, len(prompt), len(prompt) + max_new_tokens)
-    ours = list(generate.generate_without_cache(compiled.functions, prompt, max_new_tokens, Sampling(0.0, 5), torch.Generator()))
+    ours = [tokens[0] for tokens in generate.generate_without_cache(compiled.functions, prompt, max_new_tokens, Sampling(0.0, 5), torch.Generator())]
     assert ours == hf_greedy(directory, prompt, max_new_tokens)
 
 
@@ -106,7 +106,7 @@ def test_sampling_follows_the_seed(tiny_checkpoint):
 
     def sample(seed):
         generator = torch.Generator().manual_seed(seed)
-        return list(generate.generate_without_cache(compiled.functions, prompt, 16, Sampling(0.8, 5), generator))
+        return [tokens[0] for tokens in generate.generate_without_cache(compiled.functions, prompt, 16, Sampling(0.8, 5), generator)]
 
     first = sample(0)
     assert sample(0) == first
@@ -320,3 +320,161 @@ def test_bad_calibration_file(tiny_checkpoint, offline_env, tmp_path, content, e
     path.mkdir() if content is None else path.write_text(content)
     result = run_example("--checkpoint", tiny_checkpoint, "--input-text", PROMPT, "--quant-mode", "int8-weight-only", "--calib-file", str(path), env=offline_env)
     assert_one_error_line(result, f"calibration file '{path}' {expected}")
+
+
+# --- several samples, top-p, end of text -----------------------------------------------------------------
+
+SAMPLES = re.compile(r"\A((?:Response \d+: [^\n]*\n)+)(.*)\Z", re.S)
+
+
+def responses(result, num_samples):
+    """The blocks of a run with several samples, in order, after checking the report follows them."""
+    assert result.returncode == 0, result.stderr
+    match = SAMPLES.match(result.stdout)
+    assert match, result.stdout
+    blocks = match.group(1).splitlines()
+    assert [block.split(":")[0] for block in blocks] == [f"Response {i}" for i in range(1, num_samples + 1)]
+    assert re.search(rf"\(\d+ tokens of {num_samples} samples, in \d+ steps after the first\)", match.group(2)), result.stdout
+    return [block.split(": ", 1)[1] for block in blocks]
+
+
+@pytest.mark.parametrize("kv_cache", [[], ["--no-kv-cache"]])
+def test_several_greedy_samples_are_each_transformers_greedy(parity_checkpoints, offline_env, kv_cache):
+    directory, _ = parity_checkpoints["eps"]
+    encoding = load_encoding(directory, is_directory=True)
+    prompt = encoding.encode(PROMPT)
+    expected = encoding.decode(prompt + hf_greedy(directory, prompt, 12))
+    args = ("--checkpoint", directory, "--input-text", PROMPT, "--temperature", "0", "--max-new-tokens", "12")
+    result = run_example(*args, "--num-samples", "3", *kv_cache, env=offline_env)
+    assert responses(result, 3) == [expected] * 3
+
+
+def test_seeded_samples_are_reproducible_and_differ_from_each_other(tiny_checkpoint, offline_env):
+    args = ("--checkpoint", tiny_checkpoint, "--input-text", PROMPT, "--seed", "0", "--max-new-tokens", "20", "--num-samples", "4")
+    first, second = run_example(*args, env=offline_env), run_example(*args, env=offline_env)
+    assert responses(first, 4) == responses(second, 4)
+    assert len(set(responses(first, 4))) > 1  # each sample draws its own tokens
+    assert all(text.startswith(PROMPT) for text in responses(first, 4))
+
+
+@pytest.fixture(scope="module")
+def endoftext_checkpoint(tmp_path_factory, tiny_checkpoint):
+    """The tiny checkpoint made to predict <|endoftext|> after any token: ln_f gives every position the
+    same hidden state, which the end-of-text embedding (tied to lm_head) matches far better than any other."""
+    directory = str(tmp_path_factory.mktemp("endoftext"))
+    shutil.copytree(tiny_checkpoint, directory, dirs_exist_ok=True)
+    path = os.path.join(directory, "model.safetensors")
+    weights = load_file(path)
+    eos = load_encoding(directory, is_directory=True).eot_token
+    weights["transformer.ln_f.weight"] = torch.zeros_like(weights["transformer.ln_f.weight"])
+    weights["transformer.ln_f.bias"] = torch.full_like(weights["transformer.ln_f.bias"], 0.1)
+    weights["transformer.wte.weight"][eos] = 10.0
+    save_file(weights, path, metadata={"format": "pt"})
+    return directory
+
+
+def test_generation_stops_at_the_end_of_text_token(endoftext_checkpoint, offline_env):
+    result = run_example("--checkpoint", endoftext_checkpoint, "--input-text", PROMPT, "--seed", "0", env=offline_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"Response: {PROMPT}\n")  # <|endoftext|> is not printed
+    assert "No tokens were generated: every sample ended at once." in result.stdout
+    several = run_example("--checkpoint", endoftext_checkpoint, "--input-text", PROMPT, "--num-samples", "2", env=offline_env)
+    assert several.stdout.startswith(f"Response 1: {PROMPT}\nResponse 2: {PROMPT}\n"), several.stdout
+
+
+def test_ignore_eos_generates_exactly_max_new_tokens(endoftext_checkpoint, offline_env):
+    args = ("--checkpoint", endoftext_checkpoint, "--input-text", PROMPT, "--max-new-tokens", "6", "--ignore-eos")
+    assert response(run_example(*args, env=offline_env)) == PROMPT + "<|endoftext|>" * 6
+    result = run_example(*args, env=offline_env)
+    assert OUTPUT.match(result.stdout).group("decoded") == "5"
+
+
+def test_top_p_on_the_command_line(tiny_checkpoint, parity_checkpoints, offline_env):
+    """A tiny P keeps only the likeliest token (greedy); P = 1 is top-k alone, token for token."""
+    directory, _ = parity_checkpoints["eps"]
+    base = ("--checkpoint", directory, "--input-text", PROMPT, "--max-new-tokens", "12", "--seed", "3")
+    greedy = response(run_example(*base, "--temperature", "0", env=offline_env))
+    assert response(run_example(*base, "--top-p", "1e-6", "--temperature", "1.5", "--top-k", "50", env=offline_env)) == greedy
+    assert response(run_example(*base, "--top-p", "1", env=offline_env)) == response(run_example(*base, env=offline_env))
+
+
+def test_non_finite_logits_are_one_error(tiny_checkpoint, offline_env, tmp_path):
+    directory = str(tmp_path / "nan")
+    shutil.copytree(tiny_checkpoint, directory)
+    path = os.path.join(directory, "model.safetensors")
+    weights = load_file(path)
+    weights["transformer.h.1.ln_2.weight"][3] = float("nan")
+    save_file(weights, path, metadata={"format": "pt"})
+    for extra in ([], ["--temperature", "0"], ["--no-kv-cache"]):
+        result = run_example("--checkpoint", directory, "--input-text", PROMPT, *extra, env=offline_env)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert re.fullmatch(
+            r"error: the model's logits are not finite \(nan\) at position \d+ \(sample 1, token id \d+\): the checkpoint's weights are broken",
+            result.stderr.strip().splitlines()[-1],
+        ), result.stderr
+        assert "!!!" not in result.stdout
+
+
+MORE_BAD_INPUTS = {
+    "no samples": (["--num-samples", "0"], "--num-samples must be at least 1, not 0"),
+    "negative samples": (["--num-samples", "-2"], "--num-samples must be at least 1, not -2"),
+    "top-p 0": (["--top-p", "0"], "--top-p must be more than 0 and at most 1, not 0.0"),
+    "top-p 1.5": (["--top-p", "1.5"], "--top-p must be more than 0 and at most 1, not 1.5"),
+    "top-p nan": (["--top-p", "nan"], "--top-p must be more than 0 and at most 1, not nan"),
+    "no threads": (["--threads", "0"], "--threads must be at least 1, not 0"),
+    "empty engine cache dir": (["--engine-cache-dir", ""], "--engine-cache-dir is empty"),
+    "a file as checkpoint": (["--checkpoint", "README.md"], "--checkpoint README.md is a file, not a checkpoint directory"),
+}
+
+
+@pytest.mark.parametrize("case", list(MORE_BAD_INPUTS))
+def test_more_bad_arguments(tiny_checkpoint, offline_env, case):
+    args, expected = MORE_BAD_INPUTS[case]
+    assert_one_error_line(run_example("--checkpoint", tiny_checkpoint, "--input-text", PROMPT, *args, env=offline_env), expected)
+
+
+def test_a_dtype_the_backend_cannot_run_is_refused(tiny_checkpoint, offline_env):
+    result = run_example("--checkpoint", tiny_checkpoint, "--input-text", PROMPT, "--dtype", "float64", env=offline_env)
+    assert result.returncode == 2 and "invalid choice: 'float64'" in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_dtypes_run_and_say_so(parity_checkpoints, offline_env, dtype):
+    directory, _ = parity_checkpoints["eps"]
+    encoding = load_encoding(directory, is_directory=True)
+    prompt = encoding.encode(PROMPT)
+    result = run_example("--checkpoint", directory, "--input-text", PROMPT, "--dtype", dtype, "--temperature", "0", env=offline_env)
+    # Greedy in half precision: close to float32's tokens, at least at first (rounding may flip a late tie).
+    assert response(result).startswith(encoding.decode(prompt + hf_greedy(directory, prompt, 10)[:3]))
+
+
+def test_invalid_utf8_in_the_prompt_is_refused(tiny_checkpoint, offline_env):
+    command = [sys.executable, EXAMPLE, "--backend", BACKEND, "--checkpoint", tiny_checkpoint, "--input-text"]
+    result = subprocess.run([*map(os.fsencode, command), b"caf\xe9 au lait"], env=offline_env, capture_output=True, timeout=300)
+    assert result.returncode == 2 and result.stdout == b""
+    assert result.stderr.decode().strip() == "error: --input-text is not valid UTF-8 text (at character 4)"
+
+
+def test_control_characters_are_escaped_on_a_terminal(tiny_checkpoint, offline_env):
+    """A prompt holding ESC and a carriage return prints them as escapes when stdout is a terminal, as is otherwise."""
+    import pty
+
+    text = "Hi\x1b[31m red\rX"
+    args = ["--checkpoint", tiny_checkpoint, "--input-text", text, "--max-new-tokens", "1", "--temperature", "0"]
+    piped = run_example(*args, env=offline_env)
+    assert piped.stdout.startswith("Response: Hi\x1b[31m red")  # as it is (text mode reads the \r as a newline)
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([sys.executable, EXAMPLE, "--backend", BACKEND, *args], env=offline_env, stdout=follower, stderr=subprocess.PIPE)
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the process has exited
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    assert process.wait(timeout=300) == 0
+    assert output.decode().startswith("Response: Hi\\x1b[31m red\\rX"), output
