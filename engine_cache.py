@@ -9,7 +9,9 @@ key's parts, each file's SHA-256 and facts about the model (its weight bytes, fo
 
 The key is the SHA-256 of its parts (see key_parts): the checkpoint's files by content, the dtype,
 the quantization, the shape bounds, the versions of nvtripy and of the backend, the GPU, and the
-source files of this program that decide what gets compiled.
+source files of this program that decide what gets compiled. A file's digest is remembered only until
+its change time moves, which every write does, so an entry is never served for weights other than
+those it was built from.
 
 Writes are atomic: an entry is written to a temporary directory beside it and renamed into place,
 so a reader sees a whole entry or none, and when two runs write the same key, one rename wins and
@@ -110,15 +112,20 @@ def sha256_of_file(path):
 def file_digest(path, memo):
     """A content hash of a checkpoint file. A file in a Hugging Face cache is a link to a blob named by
     its hash (SHA-256 for large files, git's SHA-1 for small ones), so that name is used as it is. Other
-    files are hashed once per (size, modification time, inode), remembered in `memo`."""
+    files are hashed again whenever their stamp changes, and `memo` keeps {path: stamp and digest}.
+
+    The stamp holds the change time, which every write sets to the clock and nothing can set back: a
+    file rewritten in place with its old size and modification time (cp -p, touch -r, rsync --times)
+    still gets a new stamp."""
     real = os.path.realpath(path)
     if os.path.basename(os.path.dirname(real)) == "blobs" and len(os.path.basename(real)) in (40, 64):
         return os.path.basename(real)
     stat = os.stat(real)
-    stamp = f"{real}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}"
-    if stamp not in memo:
-        memo[stamp] = sha256_of_file(real)
-    return memo[stamp]
+    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+    known = memo.get(real)
+    if not (isinstance(known, dict) and known.get("stamp") == stamp):
+        memo[real] = known = {"stamp": stamp, "sha256": sha256_of_file(real)}
+    return known["sha256"]
 
 
 def checkpoint_directory(checkpoint):
@@ -142,10 +149,11 @@ def checkpoint_identity(checkpoint, cache_dir):
     if not any(n.endswith(WEIGHT_FILE_SUFFIXES) for n in names):
         return None
     memo_path = os.path.join(cache_dir, "file-digests.json")
-    memo = _read_json(memo_path, default={})
-    known = len(memo)
+    read = _read_json(memo_path, default={})
+    # Records as file_digest keeps them; what older versions of this program kept is dropped.
+    memo = {path: record for path, record in read.items() if isinstance(record, dict)} if isinstance(read, dict) else {}
     identity = {name: file_digest(os.path.join(directory, name), memo) for name in names}
-    if len(memo) != known:
+    if memo != read:
         try:
             _write_json_atomically(memo_path, memo)
         except OSError:

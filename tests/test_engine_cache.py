@@ -13,6 +13,8 @@ import nvtripy as tp
 import pytest
 import torch
 from conftest import BACKEND, REPO_ROOT
+import safetensors.torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import engine_cache
@@ -158,19 +160,51 @@ def test_any_change_to_the_key_parts_misses(tiny_checkpoint, cached_entry, chang
     assert engine_cache.load(str(cache_dir), changed, ("prefill", "decode")) is None
 
 
+def copy_of(checkpoint, directory):
+    os.makedirs(directory)
+    for name in os.listdir(checkpoint):
+        with open(os.path.join(checkpoint, name), "rb") as src, open(os.path.join(directory, name), "wb") as dst:
+            dst.write(src.read())
+    return str(directory)
+
+
 def test_changed_weights_and_another_dtype_compile_anew(tiny_checkpoint, cached_entry, tmp_path):
     cache_dir, _ = cached_entry
-    checkpoint = str(tmp_path / "changed")
-    os.makedirs(checkpoint)
-    for name in os.listdir(tiny_checkpoint):
-        with open(os.path.join(tiny_checkpoint, name), "rb") as src, open(os.path.join(checkpoint, name), "wb") as dst:
-            dst.write(src.read())
+    checkpoint = copy_of(tiny_checkpoint, tmp_path / "changed")
     weights = load_file(os.path.join(checkpoint, "model.safetensors"))
     weights["transformer.ln_f.bias"] += 0.5
     save_file(weights, os.path.join(checkpoint, "model.safetensors"), metadata={"format": "pt"})
     assert compiled_anew(load_or_compile(checkpoint, cache_dir))
     assert compiled_anew(load_or_compile(tiny_checkpoint, cache_dir, "float16"))
     assert loaded(load_or_compile(tiny_checkpoint, cache_dir))
+
+
+def test_weights_rewritten_in_place_with_their_old_times_compile_anew(tiny_checkpoint, tmp_path):
+    """cp -p, touch -r and rsync --times give a rewritten file its old modification time, and a write in
+    place keeps its inode: with the same size, only the change time tells that the weights changed."""
+    checkpoint, cache_dir = copy_of(tiny_checkpoint, tmp_path / "checkpoint"), tmp_path / "engines"
+    prompt = [5, 6, 7]
+    # Taken now: the old functions may read their weights from a mapping of the file rewritten below.
+    old = cached_greedy(*load_or_compile(checkpoint, cache_dir).functions, prompt, 8)
+    path = os.path.join(checkpoint, "model.safetensors")
+    with safe_open(path, "pt") as f:
+        metadata = f.metadata()
+    weights = load_file(path)
+    weights["transformer.ln_f.weight"] = -weights["transformer.ln_f.weight"]
+    data = safetensors.torch.save(weights, metadata=metadata)
+    before = os.stat(path)
+    assert len(data) == before.st_size
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+
+    new = load_or_compile(checkpoint, cache_dir)
+    assert compiled_anew(new)
+    uncached = engine_cache.load_or_compile(open_checkpoint(checkpoint), tp.float32, None, BACKEND, False)
+    assert cached_greedy(*new.functions, prompt, 8) == cached_greedy(*uncached.functions, prompt, 8) != old
+    assert loaded(load_or_compile(checkpoint, cache_dir))
 
 
 def _truncate(entry):
@@ -283,3 +317,4 @@ def test_the_cache_is_off_by_default_on_the_cpu(tiny_checkpoint, tmp_path):
     compiled = engine_cache.load_or_compile(open_checkpoint(tiny_checkpoint), tp.float32, None, BACKEND, None, str(cache_dir))
     assert compiled.save_seconds is None if BACKEND == "cpu" else compiled.save_seconds is not None
     assert cache_dir.exists() == (BACKEND == "tensorrt")
+
