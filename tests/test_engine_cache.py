@@ -2,12 +2,16 @@
 concurrent writers. It goes through Executable.save and Executable.load on whichever backend the session
 uses, as it does for TensorRT, on random tiny checkpoints."""
 
+import contextlib
 import copy
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 
 import nvtripy as tp
 import pytest
@@ -318,3 +322,128 @@ def test_the_cache_is_off_by_default_on_the_cpu(tiny_checkpoint, tmp_path):
     assert compiled.save_seconds is None if BACKEND == "cpu" else compiled.save_seconds is not None
     assert cache_dir.exists() == (BACKEND == "tensorrt")
 
+
+def leftovers(cache_dir):
+    """What runs write or delete in the cache directory for a while: staging paths and entries set aside."""
+    return sorted(n for n in os.listdir(cache_dir) if n.startswith(".writing-") or ".removing-" in n)
+
+
+def test_an_interrupted_save_leaves_nothing_and_stays_interrupted(tiny_checkpoint, tmp_path, monkeypatch):
+    cache_dir, save, saved = tmp_path / "engines", tp.Executable.save, []
+
+    def interrupted_on_the_second_function(executable, path):
+        saved.append(path)
+        if len(saved) == 2:
+            open(path, "wb").write(b'{"half written')
+            raise KeyboardInterrupt
+        save(executable, path)
+
+    monkeypatch.setattr(tp.Executable, "save", interrupted_on_the_second_function)
+    with pytest.raises(KeyboardInterrupt):
+        load_or_compile(tiny_checkpoint, cache_dir)
+    assert len(saved) == 2
+    assert os.listdir(cache_dir) == ["file-digests.json"]
+
+
+STALLED_WRITER = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+import backend
+backend.select_backend({backend!r}, announce=False)
+import nvtripy as tp
+import engine_cache
+from checkpoint import open_checkpoint
+save = tp.Executable.save
+
+def stalled(executable, path):  # stops after the first function, until told to go on
+    save(executable, path)
+    open({stalled!r}, "w").close()
+    deadline = time.time() + 300
+    while not os.path.exists({go!r}) and time.time() < deadline:
+        time.sleep(0.05)
+    tp.Executable.save = save
+
+tp.Executable.save = stalled
+compiled = engine_cache.load_or_compile(open_checkpoint({checkpoint!r}), tp.float16, None, {backend!r}, True, {cache_dir!r})
+print("saved" if compiled.save_seconds is not None else "not saved")
+"""
+
+
+@contextlib.contextmanager
+def stalled_writer(checkpoint, cache_dir, tmp_path):
+    """A run that saves its float16 functions to `cache_dir` and stops in the middle, until (tmp_path / "go")
+    exists: (the process, once it has stopped, and its staging directory). Killed on leaving, if alive."""
+    stalled, go = tmp_path / "stalled", tmp_path / "go"
+    script = STALLED_WRITER.format(
+        root=REPO_ROOT, backend=BACKEND, stalled=str(stalled), go=str(go), checkpoint=checkpoint, cache_dir=str(cache_dir)
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    writer = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not stalled.exists() and writer.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert stalled.exists(), "the writer did not get to saving"
+        [staging] = [n for n in leftovers(cache_dir) if os.path.isdir(os.path.join(cache_dir, n))]
+        yield writer, staging
+    finally:
+        writer.kill()
+
+
+def test_a_killed_writers_staging_directory_is_removed_by_the_next_run(tiny_checkpoint, tmp_path):
+    cache_dir = tmp_path / "engines"
+    assert compiled_anew(load_or_compile(tiny_checkpoint, cache_dir))
+    with stalled_writer(tiny_checkpoint, cache_dir, tmp_path) as (writer, staging):
+        writer.send_signal(signal.SIGKILL)
+        writer.communicate(timeout=60)
+    assert leftovers(cache_dir) == [staging] and os.listdir(os.path.join(cache_dir, staging))
+
+    assert loaded(load_or_compile(tiny_checkpoint, cache_dir))
+    assert leftovers(cache_dir) == []
+
+
+def test_a_live_writers_staging_directory_is_kept_while_dead_ones_go(tiny_checkpoint, tmp_path):
+    """Another run removes the leftovers of dead ones (staging paths as a killed writer leaves them, an
+    entry set aside for deletion) and leaves the staging directory of a writer still at work."""
+    cache_dir = tmp_path / "engines"
+    assert compiled_anew(load_or_compile(tiny_checkpoint, cache_dir))
+    [entry] = entries(cache_dir)
+    with stalled_writer(tiny_checkpoint, cache_dir, tmp_path) as (writer, staging):
+        dead = tempfile.mkdtemp(prefix=f".writing-{entry}-", dir=cache_dir)
+        open(os.path.join(dead, "prefill.json"), "w").write('{"half written')
+        os.close(tempfile.mkstemp(prefix=".writing-", dir=cache_dir)[0])  # of file-digests.json
+        aside = os.path.join(cache_dir, f"{entry}.removing-12345-0a1b2c3d")
+        os.makedirs(aside)
+        open(os.path.join(aside, "decode.json"), "w").write("{}")
+        assert len(leftovers(cache_dir)) == 4
+
+        assert loaded(load_or_compile(tiny_checkpoint, cache_dir))
+        assert leftovers(cache_dir) == [staging]
+        assert writer.poll() is None
+        (tmp_path / "go").touch()
+        stdout, stderr = writer.communicate(timeout=300)
+    assert writer.returncode == 0 and stdout == "saved\n" and "warning" not in stderr, stderr
+    assert leftovers(cache_dir) == []
+    assert loaded(load_or_compile(tiny_checkpoint, cache_dir, "float16"))
+
+
+def test_a_new_staging_path_that_another_runs_cleanup_locks_first_is_left_to_it(tmp_path):
+    """Between making a staging path and locking it, another run's cleanup may take the lock, as it would a
+    dead writer's, and delete the path: the writer then makes and locks another."""
+    made, cleanup = [], []
+
+    def make():
+        made.append(tempfile.mkdtemp(prefix=".writing-", dir=tmp_path))
+        if len(made) == 1:
+            cleanup.append(engine_cache._lock(made[0]))
+        return made[-1]
+
+    staging, lock = engine_cache._new_staging(make)
+    assert cleanup[0] is not None and staging == made[1] and lock is not None
+    assert engine_cache._lock(staging) is None  # held by its writer
+    engine_cache.remove_leftovers(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(path) for path in made)  # both locked
+    os.close(lock)
+    os.close(cleanup[0])
+    engine_cache.remove_leftovers(str(tmp_path))
+    assert os.listdir(tmp_path) == []
