@@ -35,6 +35,7 @@ import nvtripy as tp
 import torch
 
 import generate
+import progress
 import weight_loader
 
 ENTRY_FORMAT = 2  # bump when the layout of an entry changes
@@ -227,16 +228,17 @@ def load(cache_dir, parts, names):
     if not os.path.isdir(entry):
         return None
     try:
-        with open(os.path.join(entry, "entry.json")) as f:
-            recorded = json.load(f)
-        if recorded.get("parts") != json.loads(json.dumps(parts)):
-            raise ValueError("it was built for different key parts (stale)")
-        executables = {}
-        for name in names:
-            path = os.path.join(entry, f"{name}.json")
-            if sha256_of_file(path) != recorded["files"][f"{name}.json"]:
-                raise ValueError(f"{name}.json does not have the digest recorded when it was written")
-            executables[name] = tp.Executable.load(path)
+        with progress.step("Loading the compiled model from the engine cache"):
+            with open(os.path.join(entry, "entry.json")) as f:
+                recorded = json.load(f)
+            if recorded.get("parts") != json.loads(json.dumps(parts)):
+                raise ValueError("it was built for different key parts (stale)")
+            executables = {}
+            for name in names:
+                path = os.path.join(entry, f"{name}.json")
+                if sha256_of_file(path) != recorded["files"][f"{name}.json"]:
+                    raise ValueError(f"{name}.json does not have the digest recorded when it was written")
+                executables[name] = tp.Executable.load(path)
         return executables, recorded["info"]
     except Exception as exc:  # whatever fails, the entry must not be used
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
@@ -257,19 +259,20 @@ def save(cache_dir, parts, executables, info):
         warn(f"cannot write to the engine cache {cache_dir} ({exc}); the compiled engines are not saved")
         return None
     try:
-        files = {}
-        for name, executable in executables.items():
-            path = os.path.join(staging, f"{name}.json")
-            executable.save(path)
-            _fsync(path)
-            files[f"{name}.json"] = sha256_of_file(path)
-        _write_json_atomically(os.path.join(staging, "entry.json"), {"parts": parts, "files": files, "info": info})
-        try:
-            os.rename(staging, entry)  # atomic; fails if another run has put the entry there first
-        except OSError:
-            if not os.path.isdir(entry):
-                raise
-            shutil.rmtree(staging, ignore_errors=True)  # theirs is as good as ours
+        with progress.step("Saving the compiled model to the engine cache"):
+            files = {}
+            for name, executable in executables.items():
+                path = os.path.join(staging, f"{name}.json")
+                executable.save(path)
+                _fsync(path)
+                files[f"{name}.json"] = sha256_of_file(path)
+            _write_json_atomically(os.path.join(staging, "entry.json"), {"parts": parts, "files": files, "info": info})
+            try:
+                os.rename(staging, entry)  # atomic; fails if another run has put the entry there first
+            except OSError:
+                if not os.path.isdir(entry):
+                    raise
+                shutil.rmtree(staging, ignore_errors=True)  # theirs is as good as ours
         return entry
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
