@@ -9,15 +9,19 @@ key's parts, each file's SHA-256 and facts about the model (its weight bytes, fo
 
 The key is the SHA-256 of its parts (see key_parts): the checkpoint's files by content, the dtype,
 the quantization, the shape bounds, the versions of nvtripy and of the backend, the GPU, and the
-source files of this program that decide what gets compiled.
+source files of this program that decide what gets compiled. A file's digest is remembered only until
+its change time moves, which every write does, so an entry is never served for weights other than
+those it was built from.
 
 Writes are atomic: an entry is written to a temporary directory beside it and renamed into place,
 so a reader sees a whole entry or none, and when two runs write the same key, one rename wins and
-the other run drops its copy. An entry that fails to load, whose files' digests differ from those it
-recorded, or whose recorded parts differ from the key's, is removed with a warning and rebuilt: it
-is never used.
+the other run drops its copy. A write that is interrupted deletes what it wrote; what a killed run
+left, the next run deletes, telling it from a live run's work by the lock a writer holds. An entry
+that fails to load, whose files' digests differ from those it recorded, or whose recorded parts differ
+from the key's, is removed with a warning and rebuilt: it is never used.
 """
 
+import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -40,6 +44,8 @@ WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".index.json")  # what transform
 SOURCE_FILES = ("model.py", "generate.py", "checkpoint.py", "weight_loader.py", "quantization.py")
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 FUNCTIONS = ("prefill", "decode")
+STAGING_PREFIX = ".writing-"  # of what is being written in the cache directory, to be renamed into place
+SET_ASIDE = ".removing-"  # in the name of an entry that remove() renamed to delete it
 
 
 def load_or_compile(checkpoint, dtype, quant, backend_name, use_cache=None, cache_dir=None, num_samples=1):
@@ -50,11 +56,13 @@ def load_or_compile(checkpoint, dtype, quant, backend_name, use_cache=None, cach
 
     use_cache None means on with TensorRT, where building engines takes long, and off on the CPU
     executor, where compiling takes seconds and loading a saved entry longer. cache_dir None means
-    default_dir().
+    default_dir(). A run that uses the cache first deletes what killed runs left in it.
     """
     if use_cache is None:
         use_cache = backend_name == "tensorrt"
     cache_dir = cache_dir or default_dir()
+    if use_cache:
+        remove_leftovers(cache_dir)
     config = weight_loader.gpt_config(checkpoint, dtype, quant.mode if quant else None)
 
     def key():
@@ -113,15 +121,20 @@ def sha256_of_file(path):
 def file_digest(path, memo):
     """A content hash of a checkpoint file. A file in a Hugging Face cache is a link to a blob named by
     its hash (SHA-256 for large files, git's SHA-1 for small ones), so that name is used as it is. Other
-    files are hashed once per (size, modification time, inode), remembered in `memo`."""
+    files are hashed again whenever their stamp changes, and `memo` keeps {path: stamp and digest}.
+
+    The stamp holds the change time, which every write sets to the clock and nothing can set back: a
+    file rewritten in place with its old size and modification time (cp -p, touch -r, rsync --times)
+    still gets a new stamp."""
     real = os.path.realpath(path)
     if os.path.basename(os.path.dirname(real)) == "blobs" and len(os.path.basename(real)) in (40, 64):
         return os.path.basename(real)
     stat = os.stat(real)
-    stamp = f"{real}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}"
-    if stamp not in memo:
-        memo[stamp] = sha256_of_file(real)
-    return memo[stamp]
+    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+    known = memo.get(real)
+    if not (isinstance(known, dict) and known.get("stamp") == stamp):
+        memo[real] = known = {"stamp": stamp, "sha256": sha256_of_file(real)}
+    return known["sha256"]
 
 
 def checkpoint_directory(checkpoint):
@@ -145,10 +158,11 @@ def checkpoint_identity(checkpoint, cache_dir):
     if not any(n.endswith(WEIGHT_FILE_SUFFIXES) for n in names):
         return None
     memo_path = os.path.join(cache_dir, "file-digests.json")
-    memo = _read_json(memo_path, default={})
-    known = len(memo)
+    read = _read_json(memo_path, default={})
+    # Records as file_digest keeps them; what older versions of this program kept is dropped.
+    memo = {path: record for path, record in read.items() if isinstance(record, dict)} if isinstance(read, dict) else {}
     identity = {name: file_digest(os.path.join(directory, name), memo) for name in names}
-    if len(memo) != known:
+    if memo != read:
         try:
             _write_json_atomically(memo_path, memo)
         except OSError:
@@ -216,16 +230,17 @@ def load(cache_dir, parts, names):
     if not os.path.isdir(entry):
         return None
     try:
-        with open(os.path.join(entry, "entry.json")) as f:
-            recorded = json.load(f)
-        if recorded.get("parts") != json.loads(json.dumps(parts)):
-            raise ValueError("it was built for different key parts (stale)")
-        executables = {}
-        for name in names:
-            path = os.path.join(entry, f"{name}.json")
-            if sha256_of_file(path) != recorded["files"][f"{name}.json"]:
-                raise ValueError(f"{name}.json does not have the digest recorded when it was written")
-            executables[name] = tp.Executable.load(path)
+        with progress.step("Loading the compiled model from the engine cache"):
+            with open(os.path.join(entry, "entry.json")) as f:
+                recorded = json.load(f)
+            if recorded.get("parts") != json.loads(json.dumps(parts)):
+                raise ValueError("it was built for different key parts (stale)")
+            executables = {}
+            for name in names:
+                path = os.path.join(entry, f"{name}.json")
+                if sha256_of_file(path) != recorded["files"][f"{name}.json"]:
+                    raise ValueError(f"{name}.json does not have the digest recorded when it was written")
+                executables[name] = tp.Executable.load(path)
         return executables, recorded["info"]
     except Exception as exc:  # whatever fails, the entry must not be used
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
@@ -236,43 +251,77 @@ def load(cache_dir, parts, names):
 
 def save(cache_dir, parts, executables, info):
     """Writes the entry for `parts` atomically; returns its path, or None (with a warning) if it could
-    not be written. Saving is never worth failing a run for."""
+    not be written. Saving is never worth failing a run for, but an interrupt still ends the run, once
+    the half-written entry is removed."""
     entry = os.path.join(cache_dir, entry_key(parts))
     try:
         os.makedirs(cache_dir, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".writing-{os.path.basename(entry)}-", dir=cache_dir)
+        staging, lock = _new_staging(lambda: tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.path.basename(entry)}-", dir=cache_dir))
     except OSError as exc:
         warn(f"cannot write to the engine cache {cache_dir} ({exc}); the compiled engines are not saved")
         return None
     try:
-        files = {}
-        for name, executable in executables.items():
-            path = os.path.join(staging, f"{name}.json")
-            executable.save(path)
-            _fsync(path)
-            files[f"{name}.json"] = sha256_of_file(path)
-        _write_json_atomically(os.path.join(staging, "entry.json"), {"parts": parts, "files": files, "info": info})
-        try:
-            os.rename(staging, entry)  # atomic; fails if another run has put the entry there first
-        except OSError:
-            if not os.path.isdir(entry):
-                raise
-            shutil.rmtree(staging, ignore_errors=True)  # theirs is as good as ours
+        with progress.step("Saving the compiled model to the engine cache"):
+            files = {}
+            for name, executable in executables.items():
+                path = os.path.join(staging, f"{name}.json")
+                executable.save(path)
+                _fsync(path)
+                files[f"{name}.json"] = sha256_of_file(path)
+            _write_json_atomically(os.path.join(staging, "entry.json"), {"parts": parts, "files": files, "info": info})
+            try:
+                os.rename(staging, entry)  # atomic; fails if another run has put the entry there first
+            except OSError:
+                if not os.path.isdir(entry):
+                    raise
+                shutil.rmtree(staging, ignore_errors=True)  # theirs is as good as ours
         return entry
-    except Exception as exc:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if not isinstance(exc, Exception):
+            raise  # KeyboardInterrupt: the run ends as it would have
         warn(f"cannot save the compiled engines to {entry} ({type(exc).__name__}: {exc})")
         return None
+    finally:
+        _unlock(lock)
 
 
 def remove(entry):
     """Moves an entry aside in one rename, so no reader sees it half deleted, then deletes it."""
-    trash = f"{entry}.removing-{os.getpid()}-{os.urandom(4).hex()}"
+    trash = f"{entry}{SET_ASIDE}{os.getpid()}-{os.urandom(4).hex()}"
     try:
         os.rename(entry, trash)
     except OSError:
         return  # already gone, or replaced
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_leftovers(cache_dir):
+    """Deletes what runs that were killed left in the cache directory: the staging paths whose writer is
+    gone, and entries set aside by remove().
+
+    A writer holds an exclusive lock on its staging path for as long as it writes; the kernel drops
+    the lock when the writer dies, so a staging path whose lock can be taken is a dead writer's. An entry
+    set aside is deleted whoever deletes it: readers find entries by key and never by that name, and
+    when its remover is still deleting it too, both only make it gone."""
+    try:
+        names = os.listdir(cache_dir)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(cache_dir, name)
+        if name.startswith(STAGING_PREFIX):
+            try:
+                lock = _lock(path)
+            except OSError:
+                continue  # no telling whether its writer is alive
+            if lock is not None:
+                try:
+                    _delete(path)
+                finally:
+                    _unlock(lock)
+        elif SET_ASIDE in name:
+            _delete(path)
 
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -301,13 +350,74 @@ def _read_json(path, default):
 def _write_json_atomically(path, value):
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    fd, staging = tempfile.mkstemp(prefix=".writing-", dir=directory)
+    staging, lock = _new_staging(lambda: _closed(tempfile.mkstemp(prefix=STAGING_PREFIX, dir=directory)))
     try:
-        with os.fdopen(fd, "w") as f:
+        with open(staging, "w") as f:
             json.dump(value, f, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
         os.replace(staging, path)
     except BaseException:
-        os.unlink(staging)
+        _delete(staging)
         raise
+    finally:
+        _unlock(lock)
+
+
+def _closed(mkstemp_result):
+    fd, path = mkstemp_result
+    os.close(fd)
+    return path
+
+
+def _new_staging(make):
+    """A new staging path made by `make()`, and the descriptor that holds its lock (remove_leftovers).
+    Between `make` and the lock, another run may take the lock, as it would a dead writer's, and delete
+    the path: then another one is made. Where the file system cannot lock, the path is not locked (and
+    no run can lock it to delete it either)."""
+    for _ in range(100):
+        path = make()
+        try:
+            lock = _lock(path)
+        except OSError:
+            return path, None
+        if lock is not None:
+            return path, lock
+    raise OSError(f"another run deleted each new staging path in {os.path.dirname(path)} before it was locked")
+
+
+def _lock(path):
+    """A descriptor of `path` holding an exclusive lock on it, or None when another process holds the
+    lock or `path` is no longer there (or no longer the file locked). OSError where it cannot be locked."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        ours = os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
+    except (BlockingIOError, FileNotFoundError):
+        ours = False
+    except BaseException:
+        os.close(fd)
+        raise
+    if ours:
+        return fd
+    os.close(fd)
+    return None
+
+
+def _unlock(lock):
+    if lock is not None:
+        os.close(lock)
+
+
+def _delete(path):
+    """Deletes a file or a directory tree, as far as it can: what is left is only garbage."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass

@@ -2,17 +2,23 @@
 concurrent writers. It goes through Executable.save and Executable.load on whichever backend the session
 uses, as it does for TensorRT, on random tiny checkpoints."""
 
+import contextlib
 import copy
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 
 import nvtripy as tp
 import pytest
 import torch
 from conftest import BACKEND, REPO_ROOT
+import safetensors.torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import engine_cache
@@ -158,19 +164,51 @@ def test_any_change_to_the_key_parts_misses(tiny_checkpoint, cached_entry, chang
     assert engine_cache.load(str(cache_dir), changed, ("prefill", "decode")) is None
 
 
+def copy_of(checkpoint, directory):
+    os.makedirs(directory)
+    for name in os.listdir(checkpoint):
+        with open(os.path.join(checkpoint, name), "rb") as src, open(os.path.join(directory, name), "wb") as dst:
+            dst.write(src.read())
+    return str(directory)
+
+
 def test_changed_weights_and_another_dtype_compile_anew(tiny_checkpoint, cached_entry, tmp_path):
     cache_dir, _ = cached_entry
-    checkpoint = str(tmp_path / "changed")
-    os.makedirs(checkpoint)
-    for name in os.listdir(tiny_checkpoint):
-        with open(os.path.join(tiny_checkpoint, name), "rb") as src, open(os.path.join(checkpoint, name), "wb") as dst:
-            dst.write(src.read())
+    checkpoint = copy_of(tiny_checkpoint, tmp_path / "changed")
     weights = load_file(os.path.join(checkpoint, "model.safetensors"))
     weights["transformer.ln_f.bias"] += 0.5
     save_file(weights, os.path.join(checkpoint, "model.safetensors"), metadata={"format": "pt"})
     assert compiled_anew(load_or_compile(checkpoint, cache_dir))
     assert compiled_anew(load_or_compile(tiny_checkpoint, cache_dir, "float16"))
     assert loaded(load_or_compile(tiny_checkpoint, cache_dir))
+
+
+def test_weights_rewritten_in_place_with_their_old_times_compile_anew(tiny_checkpoint, tmp_path):
+    """cp -p, touch -r and rsync --times give a rewritten file its old modification time, and a write in
+    place keeps its inode: with the same size, only the change time tells that the weights changed."""
+    checkpoint, cache_dir = copy_of(tiny_checkpoint, tmp_path / "checkpoint"), tmp_path / "engines"
+    prompt = [5, 6, 7]
+    # Taken now: the old functions may read their weights from a mapping of the file rewritten below.
+    old = cached_greedy(*load_or_compile(checkpoint, cache_dir).functions, prompt, 8)
+    path = os.path.join(checkpoint, "model.safetensors")
+    with safe_open(path, "pt") as f:
+        metadata = f.metadata()
+    weights = load_file(path)
+    weights["transformer.ln_f.weight"] = -weights["transformer.ln_f.weight"]
+    data = safetensors.torch.save(weights, metadata=metadata)
+    before = os.stat(path)
+    assert len(data) == before.st_size
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+
+    new = load_or_compile(checkpoint, cache_dir)
+    assert compiled_anew(new)
+    uncached = engine_cache.load_or_compile(open_checkpoint(checkpoint), tp.float32, None, BACKEND, False)
+    assert cached_greedy(*new.functions, prompt, 8) == cached_greedy(*uncached.functions, prompt, 8) != old
+    assert loaded(load_or_compile(checkpoint, cache_dir))
 
 
 def _truncate(entry):
@@ -283,3 +321,129 @@ def test_the_cache_is_off_by_default_on_the_cpu(tiny_checkpoint, tmp_path):
     compiled = engine_cache.load_or_compile(open_checkpoint(tiny_checkpoint), tp.float32, None, BACKEND, None, str(cache_dir))
     assert compiled.save_seconds is None if BACKEND == "cpu" else compiled.save_seconds is not None
     assert cache_dir.exists() == (BACKEND == "tensorrt")
+
+
+def leftovers(cache_dir):
+    """What runs write or delete in the cache directory for a while: staging paths and entries set aside."""
+    return sorted(n for n in os.listdir(cache_dir) if n.startswith(".writing-") or ".removing-" in n)
+
+
+def test_an_interrupted_save_leaves_nothing_and_stays_interrupted(tiny_checkpoint, tmp_path, monkeypatch):
+    cache_dir, save, saved = tmp_path / "engines", tp.Executable.save, []
+
+    def interrupted_on_the_second_function(executable, path):
+        saved.append(path)
+        if len(saved) == 2:
+            open(path, "wb").write(b'{"half written')
+            raise KeyboardInterrupt
+        save(executable, path)
+
+    monkeypatch.setattr(tp.Executable, "save", interrupted_on_the_second_function)
+    with pytest.raises(KeyboardInterrupt):
+        load_or_compile(tiny_checkpoint, cache_dir)
+    assert len(saved) == 2
+    assert os.listdir(cache_dir) == ["file-digests.json"]
+
+
+STALLED_WRITER = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+import backend
+backend.select_backend({backend!r}, announce=False)
+import nvtripy as tp
+import engine_cache
+from checkpoint import open_checkpoint
+save = tp.Executable.save
+
+def stalled(executable, path):  # stops after the first function, until told to go on
+    save(executable, path)
+    open({stalled!r}, "w").close()
+    deadline = time.time() + 300
+    while not os.path.exists({go!r}) and time.time() < deadline:
+        time.sleep(0.05)
+    tp.Executable.save = save
+
+tp.Executable.save = stalled
+compiled = engine_cache.load_or_compile(open_checkpoint({checkpoint!r}), tp.float16, None, {backend!r}, True, {cache_dir!r})
+print("saved" if compiled.save_seconds is not None else "not saved")
+"""
+
+
+@contextlib.contextmanager
+def stalled_writer(checkpoint, cache_dir, tmp_path):
+    """A run that saves its float16 functions to `cache_dir` and stops in the middle, until (tmp_path / "go")
+    exists: (the process, once it has stopped, and its staging directory). Killed on leaving, if alive."""
+    stalled, go = tmp_path / "stalled", tmp_path / "go"
+    script = STALLED_WRITER.format(
+        root=REPO_ROOT, backend=BACKEND, stalled=str(stalled), go=str(go), checkpoint=checkpoint, cache_dir=str(cache_dir)
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    writer = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not stalled.exists() and writer.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert stalled.exists(), "the writer did not get to saving"
+        [staging] = [n for n in leftovers(cache_dir) if os.path.isdir(os.path.join(cache_dir, n))]
+        yield writer, staging
+    finally:
+        writer.kill()
+
+
+def test_a_killed_writers_staging_directory_is_removed_by_the_next_run(tiny_checkpoint, tmp_path):
+    cache_dir = tmp_path / "engines"
+    assert compiled_anew(load_or_compile(tiny_checkpoint, cache_dir))
+    with stalled_writer(tiny_checkpoint, cache_dir, tmp_path) as (writer, staging):
+        writer.send_signal(signal.SIGKILL)
+        writer.communicate(timeout=60)
+    assert leftovers(cache_dir) == [staging] and os.listdir(os.path.join(cache_dir, staging))
+
+    assert loaded(load_or_compile(tiny_checkpoint, cache_dir))
+    assert leftovers(cache_dir) == []
+
+
+def test_a_live_writers_staging_directory_is_kept_while_dead_ones_go(tiny_checkpoint, tmp_path):
+    """Another run removes the leftovers of dead ones (staging paths as a killed writer leaves them, an
+    entry set aside for deletion) and leaves the staging directory of a writer still at work."""
+    cache_dir = tmp_path / "engines"
+    assert compiled_anew(load_or_compile(tiny_checkpoint, cache_dir))
+    [entry] = entries(cache_dir)
+    with stalled_writer(tiny_checkpoint, cache_dir, tmp_path) as (writer, staging):
+        dead = tempfile.mkdtemp(prefix=f".writing-{entry}-", dir=cache_dir)
+        open(os.path.join(dead, "prefill.json"), "w").write('{"half written')
+        os.close(tempfile.mkstemp(prefix=".writing-", dir=cache_dir)[0])  # of file-digests.json
+        aside = os.path.join(cache_dir, f"{entry}.removing-12345-0a1b2c3d")
+        os.makedirs(aside)
+        open(os.path.join(aside, "decode.json"), "w").write("{}")
+        assert len(leftovers(cache_dir)) == 4
+
+        assert loaded(load_or_compile(tiny_checkpoint, cache_dir))
+        assert leftovers(cache_dir) == [staging]
+        assert writer.poll() is None
+        (tmp_path / "go").touch()
+        stdout, stderr = writer.communicate(timeout=300)
+    assert writer.returncode == 0 and stdout == "saved\n" and "warning" not in stderr, stderr
+    assert leftovers(cache_dir) == []
+    assert loaded(load_or_compile(tiny_checkpoint, cache_dir, "float16"))
+
+
+def test_a_new_staging_path_that_another_runs_cleanup_locks_first_is_left_to_it(tmp_path):
+    """Between making a staging path and locking it, another run's cleanup may take the lock, as it would a
+    dead writer's, and delete the path: the writer then makes and locks another."""
+    made, cleanup = [], []
+
+    def make():
+        made.append(tempfile.mkdtemp(prefix=".writing-", dir=tmp_path))
+        if len(made) == 1:
+            cleanup.append(engine_cache._lock(made[0]))
+        return made[-1]
+
+    staging, lock = engine_cache._new_staging(make)
+    assert cleanup[0] is not None and staging == made[1] and lock is not None
+    assert engine_cache._lock(staging) is None  # held by its writer
+    engine_cache.remove_leftovers(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(path) for path in made)  # both locked
+    os.close(lock)
+    os.close(cleanup[0])
+    engine_cache.remove_leftovers(str(tmp_path))
+    assert os.listdir(tmp_path) == []
