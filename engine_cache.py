@@ -50,9 +50,9 @@ SET_ASIDE = ".removing-"  # in the name of an entry that remove() renamed to del
 
 def load_or_compile(checkpoint, dtype, quant, backend_name, use_cache=None, cache_dir=None, num_samples=1):
     """The compiled prefill and decode functions of the checkpoint's model for a batch of num_samples
-    sequences, as a generate.Compiled that
-    says how they were got: from the engine cache when it has them (the weights are then not even
-    read), else loaded (quantized if `quant` says so) and compiled, and saved to the cache.
+    sequences, as a generate.Compiled that says how they were got: from the engine cache when it has
+    them (the weights are then not even read), else loaded (quantized if `quant` says so) and
+    compiled, and saved to the cache.
 
     use_cache None means on with TensorRT, where building engines takes long, and off on the CPU
     executor, where compiling takes seconds and loading a saved entry longer. cache_dir None means
