@@ -16,6 +16,7 @@ This module does not import nvtripy: the command line reads the modes before the
 import contextlib
 import copy
 import hashlib
+import io
 import os
 import sys
 import warnings
@@ -228,8 +229,9 @@ def prepare(checkpoint, mode, calib_file=None, num_samples=CALIB_SAMPLES):
 
 
 def _import_mtq():
-    """modelopt.torch.quantization, imported lazily and without its transformers-version warning."""
-    with warnings.catch_warnings():
+    """modelopt.torch.quantization, imported lazily and quietly: without its transformers-version warning
+    and the notes it prints as it loads ("Registered ... for KV Cache quantization")."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.filterwarnings("ignore", message=".*is not tested with current version of modelopt.*")
         import modelopt.torch.quantization as mtq
     return mtq
@@ -305,9 +307,9 @@ def modelopt_quantize(model_hf, mode, calib_batches, progress=True):
     num_passes = 2 if method == "awq_lite" else 1
     model_hf.eval()
     forward_loop = _progress_forward_loop(calib_batches, mode, num_passes, progress)
-    # ModelOpt prints its own progress notes ("Inserted 51 quantizers", "awq_lite: ...") to
-    # stdout; send them to stderr with the progress bar, leaving stdout to the generated text.
-    with contextlib.redirect_stdout(sys.stderr):
+    # ModelOpt prints notes of its own ("Inserted 51 quantizers", "awq_lite: ...") to stdout, which is
+    # for the generated text; the progress bar above says what is happening.
+    with contextlib.redirect_stdout(io.StringIO()):
         return mtq.quantize(model_hf, config, forward_loop)
 
 

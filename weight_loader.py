@@ -6,9 +6,7 @@ checkpoint stores it, or first quantized and calibrated by ModelOpt (quantizatio
 weights and scales loaded into a quantized GPT.
 """
 
-import contextlib
 import dataclasses
-import sys
 import time
 
 import nvtripy as tp
@@ -96,8 +94,7 @@ def load_quantized_weights(model, checkpoint, calibration, progress=True):
     check_weights(checkpoint.source, expected_shapes(unquantized), hf_model.state_dict(), info, TRANSPOSED)
 
     start = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):  # ModelOpt's notes, some printed as it is imported: stdout is for results
-        quantization.modelopt_quantize(hf_model, mode, calibration.batches, progress=progress)
+    quantization.modelopt_quantize(hf_model, mode, calibration.batches, progress=progress)
     seconds = time.perf_counter() - start
     state = quantization.tripy_quantized_state_dict(hf_model, mode)
     del hf_model
