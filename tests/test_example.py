@@ -455,18 +455,16 @@ def test_invalid_utf8_in_the_prompt_is_refused(tiny_checkpoint, offline_env):
     assert result.stderr.decode().strip() == "error: --input-text is not valid UTF-8 text (at character 4)"
 
 
-def test_control_characters_are_escaped_on_a_terminal(tiny_checkpoint, offline_env):
-    """A prompt holding ESC and a carriage return prints them as escapes when stdout is a terminal, as is otherwise."""
+def on_a_terminal(args, env, stream):
+    """Runs example.py with its `stream` ("stdout" or "stderr") on a pseudo-terminal; returns what was
+    written there and the exit status."""
     import pty
 
-    text = "Hi\x1b[31m red\rX"
-    args = ["--checkpoint", tiny_checkpoint, "--input-text", text, "--max-new-tokens", "1", "--temperature", "0"]
-    piped = run_example(*args, env=offline_env)
-    assert piped.stdout.startswith("Response: Hi\x1b[31m red")  # as it is (text mode reads the \r as a newline)
     leader, follower = pty.openpty()
-    process = subprocess.Popen([sys.executable, EXAMPLE, "--backend", BACKEND, *args], env=offline_env, stdout=follower, stderr=subprocess.PIPE)
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, stream: follower}
+    process = subprocess.Popen([sys.executable, EXAMPLE, "--backend", BACKEND, *args], env=env, **streams)
     os.close(follower)
-    output = b""
+    written = b""
     while True:
         try:
             chunk = os.read(leader, 4096)
@@ -474,7 +472,28 @@ def test_control_characters_are_escaped_on_a_terminal(tiny_checkpoint, offline_e
             break
         if not chunk:
             break
-        output += chunk
+        written += chunk
     os.close(leader)
-    assert process.wait(timeout=300) == 0
-    assert output.decode().startswith("Response: Hi\\x1b[31m red\\rX"), output
+    process.communicate(timeout=300)
+    return written.decode(), process.returncode
+
+
+def test_control_characters_are_escaped_on_a_terminal(tiny_checkpoint, offline_env):
+    """A prompt holding ESC and a carriage return prints them as escapes when stdout is a terminal, as is otherwise."""
+    text = "Hi\x1b[31m red\rX"
+    args = ["--checkpoint", tiny_checkpoint, "--input-text", text, "--max-new-tokens", "1", "--temperature", "0"]
+    piped = run_example(*args, env=offline_env)
+    assert piped.stdout.startswith("Response: Hi\x1b[31m red")  # as it is (text mode reads the \r as a newline)
+    output, status = on_a_terminal(args, offline_env, "stdout")
+    assert status == 0
+    assert output.startswith("Response: Hi\\x1b[31m red\\rX"), output
+
+
+def test_long_steps_say_what_they_do_on_a_terminal(tiny_checkpoint, offline_env, tmp_path):
+    """On a terminal, stderr says what the run is doing while it compiles and saves; in a pipe it does not
+    (test_seeded_sampling_is_reproducible_run_to_run: one line there)."""
+    args = ["--checkpoint", tiny_checkpoint, "--input-text", PROMPT, "--max-new-tokens", "2", "--engine-cache", "--engine-cache-dir", str(tmp_path)]
+    stderr, status = on_a_terminal(args, offline_env, "stderr")
+    assert status == 0
+    assert re.search(r"Compiling prefill and decode \.\.\. \d+\.\d s", stderr), stderr
+    assert re.search(r"Saving the compiled model to the engine cache \.\.\. \d+\.\d s", stderr), stderr
