@@ -76,3 +76,68 @@ def test_a_run_opens_config_json_once(tiny_checkpoint, offline_env, extra):
     result = subprocess.run([sys.executable, "-c", script], env=offline_env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "config.json opened 1 times" in result.stderr, result.stderr
+
+
+# --- a malformed config.json: one line naming the setting, whatever is wrong with it ---------------------
+
+
+def setting(name, value):
+    return lambda settings: {**settings, name: value}
+
+
+def without(name):
+    return lambda settings: {key: value for key, value in settings.items() if key != name}
+
+
+# (an edit of a good config.json's settings, what the error says)
+MALFORMED_CONFIGS = {
+    "null": (lambda settings: None, "it holds null, not an object of settings"),
+    "an array": (lambda settings: [settings], "it holds [{"),
+    "n_head 0": (setting("n_head", 0), "n_head is 0, not a positive integer"),
+    "n_layer -1": (setting("n_layer", -1), "n_layer is -1, not a positive integer"),
+    "n_embd a string": (setting("n_embd", "abc"), 'n_embd is "abc", not a positive integer'),
+    "n_embd a float": (setting("n_embd", 64.0), "n_embd is 64.0, not a positive integer"),
+    "n_layer true": (setting("n_layer", True), "n_layer is true, not a positive integer"),
+    "layer_norm_epsilon a string": (setting("layer_norm_epsilon", "x"), 'layer_norm_epsilon is "x", not a positive number'),
+    "activation_function null": (setting("activation_function", None), "activation_function is null, not a string"),
+    "scale_attn_weights a string": (setting("scale_attn_weights", "no"), 'scale_attn_weights is "no", not true or false'),
+    "initializer_range a string": (setting("initializer_range", "x"), "initializer_range"),  # transformers' own check
+    **{f"no {name}": (without(name), f"{name} is missing") for name in ("n_embd", "n_layer", "n_head", "n_positions", "vocab_size")},
+}
+
+
+def with_config(source, tmp_path, edit):
+    import shutil
+
+    directory = tmp_path / "checkpoint"
+    shutil.copytree(source, directory)
+    settings = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps(edit(settings)))
+    return str(directory)
+
+
+@pytest.mark.parametrize("edit, says", MALFORMED_CONFIGS.values(), ids=MALFORMED_CONFIGS.keys())
+def test_a_malformed_config_json_is_one_line_naming_the_setting(tiny_checkpoint, tmp_path, edit, says):
+    directory = with_config(tiny_checkpoint, tmp_path, edit)
+    with pytest.raises(CheckpointError) as error:
+        open_checkpoint(directory)
+    message = str(error.value)
+    assert message.startswith(f"the config.json of '{directory}' is malformed: ") and says in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("case", ["null", "n_head 0", "n_embd a string", "no n_embd"])
+def test_a_malformed_config_json_is_one_error_line_from_the_command(tiny_checkpoint, tmp_path, offline_env, case):
+    import subprocess
+
+    from conftest import REPO_ROOT
+
+    edit, says = MALFORMED_CONFIGS[case]
+    directory = with_config(tiny_checkpoint, tmp_path, edit)
+    argv = ["example.py", "--checkpoint", directory, "--input-text", "hi", "--backend", "cpu"]
+    result = subprocess.run([sys.executable, *argv], cwd=REPO_ROOT, env=offline_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: the config.json of") and result.stderr.count("\n") == 1, result.stderr
+    assert says in result.stderr
+
