@@ -19,10 +19,15 @@ from dataclasses import dataclass
 import huggingface_hub
 import tiktoken
 import transformers
-from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from tokenizer import load_encoding
+
+try:  # huggingface_hub's HTTP client: httpx2 from huggingface_hub 2 on, httpx before
+    from httpx2 import ReadTimeout
+except ImportError:
+    from httpx import ReadTimeout
 
 
 class CheckpointError(Exception):
@@ -208,6 +213,7 @@ def _from_pretrained(cls, source, is_local, **kwargs):
         return cls.from_pretrained(source, local_files_only=True, **kwargs)
     except OSError:
         pass
+    _check_hub_answers(source)
     try:
         return cls.from_pretrained(source, **kwargs)
     except OSError as exc:
@@ -233,9 +239,25 @@ def _hub_file(repo, name):
         raise CheckpointError(f"'{repo}' is neither a checkpoint directory nor a Hub id: {_one_line(exc)}") from None
     except LocalEntryNotFoundError:
         pass
+    _check_hub_answers(repo)
     try:
         return huggingface_hub.hf_hub_download(repo, name)
     except OSError as exc:
+        raise _hub_unavailable(repo, exc) from None
+
+
+def _check_hub_answers(repo):
+    """Raises HubUnavailable, in seconds, where the Hub cannot be reached: offline, no network, or no
+    connection within HF_HUB_ETAG_TIMEOUT seconds. For a file it has no copy of, huggingface_hub retries
+    for about 25 s (waiting 1, 2, 4, 8 and 8 s) before it gives up. A Hub that answers, even slowly or
+    with an error, is left to the download and its retries."""
+    try:
+        huggingface_hub.get_hf_file_metadata(
+            huggingface_hub.hf_hub_url(repo, "config.json"), timeout=huggingface_hub.constants.HF_HUB_ETAG_TIMEOUT
+        )
+    except (HfHubHTTPError, ReadTimeout):
+        pass  # answered (even "no such repository"), or slow to: the download waits longer, and reports
+    except Exception as exc:  # unreachable, in the HTTP client's own exceptions (or OfflineModeIsEnabled)
         raise _hub_unavailable(repo, exc) from None
 
 

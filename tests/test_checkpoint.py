@@ -141,3 +141,47 @@ def test_a_malformed_config_json_is_one_error_line_from_the_command(tiny_checkpo
     assert result.stderr.startswith("error: the config.json of") and result.stderr.count("\n") == 1, result.stderr
     assert says in result.stderr
 
+
+# --- a Hub that cannot be reached: the error comes at once, not after huggingface_hub's retries -------------
+
+HUB_CALL = """
+import sys, time
+sys.path.insert(0, {root!r})
+from checkpoint import HubUnavailable, open_checkpoint
+start = time.monotonic()
+try:
+    open_checkpoint("distilgpt2")
+except HubUnavailable as error:
+    print(error)
+print(f"{{time.monotonic() - start:.1f}} s")
+"""
+
+
+def closed_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("endpoint", ["refused", "unresolved"])
+def test_a_hub_that_cannot_be_reached_fails_in_seconds(tmp_path, endpoint):
+    """No HF_HUB_OFFLINE and an empty cache: the Hub is asked, and does not answer. (huggingface_hub alone
+    retries for about 25 s.)"""
+    import os
+    import subprocess
+
+    from conftest import REPO_ROOT
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "TRANSFORMERS_")) and "proxy" not in key.lower()}
+    # A port nothing listens on, and a name that never resolves (RFC 6761): no answer, whatever the network.
+    env.update(
+        HF_HOME=str(tmp_path / "hf-home"),
+        HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}" if endpoint == "refused" else "https://hub.invalid",
+    )
+    result = subprocess.run([sys.executable, "-c", HUB_CALL.format(root=REPO_ROOT)], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    message, seconds = result.stdout.splitlines()
+    assert message.startswith("cannot fetch 'distilgpt2' from the Hugging Face Hub") and "pass --checkpoint DIR" in message
+    assert float(seconds.split()[0]) < 15, message
