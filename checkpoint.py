@@ -22,6 +22,7 @@ import transformers
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 from transformers import GPT2Config, GPT2LMHeadModel
 
+import progress
 from tokenizer import load_encoding
 
 try:  # huggingface_hub's HTTP client: httpx2 from huggingface_hub 2 on, httpx before
@@ -141,8 +142,7 @@ def read_hf_model(checkpoint, torch_dtype):
             warnings.simplefilter("ignore")  # e.g. torch's notes on pickle protocols: the error says enough
             return _from_pretrained(
                 GPT2LMHeadModel,
-                checkpoint.source,
-                checkpoint.is_local,
+                checkpoint,
                 config=checkpoint.hf_config,
                 dtype=torch_dtype,
                 output_loading_info=True,
@@ -204,20 +204,33 @@ def _quiet_transformers():
         pass
 
 
-def _from_pretrained(cls, source, is_local, **kwargs):
-    """cls.from_pretrained, trying the local Hub cache before the network (offline runs fail fast)."""
+# Where transformers finds a model's weights: one of these files (an index, with the shards it lists).
+WEIGHT_FILES = (
+    transformers.utils.SAFE_WEIGHTS_NAME,
+    transformers.utils.SAFE_WEIGHTS_INDEX_NAME,
+    transformers.utils.WEIGHTS_NAME,
+    transformers.utils.WEIGHTS_INDEX_NAME,
+)
+
+
+def _from_pretrained(cls, checkpoint, **kwargs):
+    """cls.from_pretrained, from the local Hub cache when the weights are there (no network needed), else downloaded."""
     _quiet_transformers()
-    if is_local:
-        return cls.from_pretrained(source, **kwargs)
-    try:
-        return cls.from_pretrained(source, local_files_only=True, **kwargs)
-    except OSError:
-        pass
+    source = checkpoint.source
+    if checkpoint.is_local or any(isinstance(huggingface_hub.try_to_load_from_cache(source, name), str) for name in WEIGHT_FILES):
+        try:
+            with progress.step(f"Reading the weights of '{source}'"):
+                return cls.from_pretrained(source, local_files_only=True, **kwargs)
+        except OSError:
+            if checkpoint.is_local:
+                raise
+            # A shard that the cache lacks: downloaded below.
     _check_hub_answers(source)
-    try:
-        return cls.from_pretrained(source, **kwargs)
-    except OSError as exc:
-        raise _hub_unavailable(source, exc) from None
+    with progress.step(f"Downloading the weights of '{source}' from the Hugging Face Hub"):
+        try:
+            return cls.from_pretrained(source, **kwargs)
+        except OSError as exc:
+            raise _hub_unavailable(source, exc) from None
 
 
 def _checkpoint_file(directory, name):
@@ -240,10 +253,11 @@ def _hub_file(repo, name):
     except LocalEntryNotFoundError:
         pass
     _check_hub_answers(repo)
-    try:
-        return huggingface_hub.hf_hub_download(repo, name)
-    except OSError as exc:
-        raise _hub_unavailable(repo, exc) from None
+    with progress.step(f"Downloading the {name} of '{repo}' from the Hugging Face Hub"):
+        try:
+            return huggingface_hub.hf_hub_download(repo, name)
+        except OSError as exc:
+            raise _hub_unavailable(repo, exc) from None
 
 
 def _check_hub_answers(repo):
