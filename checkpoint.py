@@ -10,15 +10,25 @@ This module does not import nvtripy, so that the command line can report a bad c
 whatever the backend.
 """
 
+import json
+import math
 import os
 import warnings
 from dataclasses import dataclass
 
+import huggingface_hub
 import tiktoken
 import transformers
-from transformers import AutoConfig, GPT2Config, GPT2LMHeadModel
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+from transformers import GPT2Config, GPT2LMHeadModel
 
+import progress
 from tokenizer import load_encoding
+
+try:  # huggingface_hub's HTTP client: httpx2 from huggingface_hub 2 on, httpx before
+    from httpx2 import ReadTimeout
+except ImportError:
+    from httpx import ReadTimeout
 
 
 class CheckpointError(Exception):
@@ -57,14 +67,55 @@ def open_checkpoint(source):
     return Checkpoint(source, is_local, hf_config, encoding)
 
 
+def _is_positive_int(value):
+    return type(value) is int and value > 0  # not a bool, not 32.0
+
+
+def _is_bool(value):
+    return isinstance(value, bool)
+
+
+# The model's shape: config.json must give each. transformers would fill in a missing one with GPT-2's
+# own (768 wide, 12 layers, ...), which the weights then do not fit.
+SHAPE_SETTINGS = ("n_embd", "n_layer", "n_head", "n_positions", "vocab_size")
+# Each setting this model reads, with what it must be where config.json gives it.
+SETTINGS = {
+    **{name: ("a positive integer", _is_positive_int) for name in SHAPE_SETTINGS},
+    "layer_norm_epsilon": ("a positive number", lambda value: type(value) in (int, float) and 0 < value < math.inf),
+    "n_inner": ("null or a positive integer", lambda value: value is None or _is_positive_int(value)),
+    "activation_function": ("a string", lambda value: isinstance(value, str)),
+    "scale_attn_weights": ("true or false", _is_bool),
+    "scale_attn_by_inverse_layer_idx": ("true or false", _is_bool),
+    "add_cross_attention": ("true or false", _is_bool),
+}
+
+
 def _read_config(source, is_local):
-    """The checkpoint's transformers GPT2Config, read from its config.json, if this model implements it."""
+    """The checkpoint's transformers GPT2Config, from its config.json (opened once), if this model implements it."""
+    path = _checkpoint_file(source, "config.json") if is_local else _hub_file(source, "config.json")
     try:
-        config = _from_pretrained(AutoConfig, source, is_local)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"'{source}' is not a GPT-2 checkpoint: {_one_line(exc)}") from None
-    if config.model_type != "gpt2":
-        raise CheckpointError(f"'{source}' is not a GPT-2 checkpoint: its config.json says model_type '{config.model_type}'")
+        with open(path, encoding="utf-8") as f:
+            settings = json.load(f)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read the config.json of '{source}': {exc.strerror or exc}") from None
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise CheckpointError(f"'{source}' is not a GPT-2 checkpoint: its config.json is not JSON ({_one_line(exc)})") from None
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"the config.json of '{source}' is malformed: it holds {_json(settings)}, not an object of settings")
+    if settings.get("model_type") != "gpt2":
+        says = f"says model_type '{settings['model_type']}'" if "model_type" in settings else "has no model_type"
+        raise CheckpointError(f"'{source}' is not a GPT-2 checkpoint: its config.json {says}")
+    problems = [f"{name} is missing" for name in SHAPE_SETTINGS if name not in settings]
+    for name, (kind, fits) in SETTINGS.items():
+        if name in settings and not fits(settings[name]):
+            problems.append(f"{name} is {_json(settings[name])}, not {kind}")
+    if problems:
+        raise CheckpointError(f"the config.json of '{source}' is malformed: {'; '.join(problems)}")
+    try:
+        config = GPT2Config.from_dict(settings, name_or_path=source)
+    except Exception as exc:  # transformers' own checks, of settings this model does not read
+        raise CheckpointError(f"the config.json of '{source}' is malformed: {_one_line(exc)}") from None
+
     unsupported = []
     if config.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
         unsupported.append(f"activation_function={config.activation_function}")
@@ -91,8 +142,7 @@ def read_hf_model(checkpoint, torch_dtype):
             warnings.simplefilter("ignore")  # e.g. torch's notes on pickle protocols: the error says enough
             return _from_pretrained(
                 GPT2LMHeadModel,
-                checkpoint.source,
-                checkpoint.is_local,
+                checkpoint,
                 config=checkpoint.hf_config,
                 dtype=torch_dtype,
                 output_loading_info=True,
@@ -154,27 +204,87 @@ def _quiet_transformers():
         pass
 
 
-def _from_pretrained(cls, source, is_local, **kwargs):
-    """cls.from_pretrained, trying the local Hub cache before the network (offline runs fail fast)."""
+# Where transformers finds a model's weights: one of these files (an index, with the shards it lists).
+WEIGHT_FILES = (
+    transformers.utils.SAFE_WEIGHTS_NAME,
+    transformers.utils.SAFE_WEIGHTS_INDEX_NAME,
+    transformers.utils.WEIGHTS_NAME,
+    transformers.utils.WEIGHTS_INDEX_NAME,
+)
+
+
+def _from_pretrained(cls, checkpoint, **kwargs):
+    """cls.from_pretrained, from the local Hub cache when the weights are there (no network needed), else downloaded."""
     _quiet_transformers()
-    if is_local:
-        if not os.path.isdir(source):
-            raise CheckpointError(f"checkpoint directory '{source}' does not exist")
-        if not os.path.isfile(os.path.join(source, "config.json")):
-            raise CheckpointError(f"'{source}' is not a checkpoint directory: it has no config.json")
-        return cls.from_pretrained(source, **kwargs)
+    source = checkpoint.source
+    if checkpoint.is_local or any(isinstance(huggingface_hub.try_to_load_from_cache(source, name), str) for name in WEIGHT_FILES):
+        try:
+            with progress.step(f"Reading the weights of '{source}'"):
+                return cls.from_pretrained(source, local_files_only=True, **kwargs)
+        except OSError:
+            if checkpoint.is_local:
+                raise
+            # A shard that the cache lacks: downloaded below.
+    _check_hub_answers(source)
+    with progress.step(f"Downloading the weights of '{source}' from the Hugging Face Hub"):
+        try:
+            return cls.from_pretrained(source, **kwargs)
+        except OSError as exc:
+            raise _hub_unavailable(source, exc) from None
+
+
+def _checkpoint_file(directory, name):
+    """The path of a checkpoint directory's file."""
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"checkpoint directory '{directory}' does not exist")
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"'{directory}' is not a checkpoint directory: it has no {name}")
+    return path
+
+
+def _hub_file(repo, name):
+    """The path of a Hub repository's file in the local Hub cache, downloaded there first if it is not."""
+    _quiet_transformers()
     try:
-        return cls.from_pretrained(source, local_files_only=True, **kwargs)
-    except OSError:
+        return huggingface_hub.hf_hub_download(repo, name, local_files_only=True)
+    except HFValidationError as exc:
+        raise CheckpointError(f"'{repo}' is neither a checkpoint directory nor a Hub id: {_one_line(exc)}") from None
+    except LocalEntryNotFoundError:
         pass
+    _check_hub_answers(repo)
+    with progress.step(f"Downloading the {name} of '{repo}' from the Hugging Face Hub"):
+        try:
+            return huggingface_hub.hf_hub_download(repo, name)
+        except OSError as exc:
+            raise _hub_unavailable(repo, exc) from None
+
+
+def _check_hub_answers(repo):
+    """Raises HubUnavailable, in seconds, where the Hub cannot be reached: offline, no network, or no
+    connection within HF_HUB_ETAG_TIMEOUT seconds. For a file it has no copy of, huggingface_hub retries
+    for about 25 s (waiting 1, 2, 4, 8 and 8 s) before it gives up. A Hub that answers, even slowly or
+    with an error, is left to the download and its retries."""
     try:
-        return cls.from_pretrained(source, **kwargs)
-    except OSError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise HubUnavailable(
-            f"cannot fetch '{source}' from the Hugging Face Hub and it is not in the local cache ({first_line}); "
-            "pass --checkpoint DIR with a local copy of the model"
-        ) from None
+        huggingface_hub.get_hf_file_metadata(
+            huggingface_hub.hf_hub_url(repo, "config.json"), timeout=huggingface_hub.constants.HF_HUB_ETAG_TIMEOUT
+        )
+    except (HfHubHTTPError, ReadTimeout):
+        pass  # answered (even "no such repository"), or slow to: the download waits longer, and reports
+    except Exception as exc:  # unreachable, in the HTTP client's own exceptions (or OfflineModeIsEnabled)
+        raise _hub_unavailable(repo, exc) from None
+
+
+def _hub_unavailable(repo, exc):
+    return HubUnavailable(
+        f"cannot fetch '{repo}' from the Hugging Face Hub and it is not in the local cache "
+        f"({type(exc).__name__}: {_one_line(exc)}); pass --checkpoint DIR with a local copy of the model"
+    )
+
+
+def _json(value):
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _one_line(exc):

@@ -54,10 +54,10 @@ def expected_shapes(model):
 def load_weights(model, checkpoint):
     """Copies the checkpoint's weights into `model` (a model.GPT), converted to its dtype."""
     hf_model, info = read_hf_model(checkpoint, TORCH_DTYPES[model.config.dtype])
-    tied = hf_model.config.tie_word_embeddings
     hf_state = hf_model.state_dict()
     del hf_model
     check_weights(checkpoint.source, expected_shapes(model), hf_state, info, TRANSPOSED)
+    tied = lm_head_is_embedding(hf_state)
 
     # Transposed copies are made one at a time, each source dropped as we go; other tensors are shared,
     # not copied. The peak is the mapped checkpoint plus the transposed copies: about 2x the fp32 size,
@@ -76,6 +76,16 @@ def load_weights(model, checkpoint):
     model.load_state_dict(state)
 
 
+def lm_head_is_embedding(state):
+    """Whether lm_head computes with the token embedding (weight tying): the same tensor, or an equal one.
+
+    Asked of the weights, not of config.json's tie_word_embeddings: transformers computes with a
+    checkpoint's own lm_head.weight when it differs from wte, whatever that flag says.
+    """
+    lm_head, wte = state["lm_head.weight"], state["transformer.wte.weight"]
+    return lm_head is wte or torch.equal(lm_head, wte)
+
+
 def load_quantized_weights(model, checkpoint, calibration, progress=True):
     """Quantizes the checkpoint with ModelOpt as `model` (a model.GPT) says, and loads the result into
     it, converted to its dtype. Returns the seconds calibration took.
@@ -89,7 +99,6 @@ def load_quantized_weights(model, checkpoint, calibration, progress=True):
     """
     mode = model.config.quant_mode
     hf_model, info = read_hf_model(checkpoint, torch.float32)
-    tied = hf_model.config.tie_word_embeddings
     unquantized = GPT(dataclasses.replace(model.config, quant_mode=None))  # shapes only: nothing is allocated
     check_weights(checkpoint.source, expected_shapes(unquantized), hf_model.state_dict(), info, TRANSPOSED)
 
@@ -102,10 +111,13 @@ def load_quantized_weights(model, checkpoint, calibration, progress=True):
     state = {key: value for key, value in state.items() if not key.endswith((".attn.bias", ".attn.masked_bias"))}
     check_weights(checkpoint.source, expected, state)
 
+    # The lm_head that ModelOpt's model computes with: the token embedding itself, as in load_weights, or
+    # the checkpoint's own, or (float8) ModelOpt's fake-quantized copy, loaded on its own.
+    tied = "lm_head.weight_scale" not in state and lm_head_is_embedding(state)
+    if tied:
+        del state["lm_head.weight"]
     tp_state = {key: tp.Tensor(value.to(TORCH_DTYPES[model.config.dtype]).contiguous()) for key, value in state.items()}
-    if tied and "lm_head.weight_scale" not in tp_state:
-        # An unquantized lm_head is the token embedding itself, as in load_weights. A quantized
-        # one (float8) holds ModelOpt's fake-quantized copy, so it is loaded on its own.
+    if tied:
         tp_state["lm_head.weight"] = tp_state["transformer.wte.weight"]
     model.load_state_dict(tp_state)
     return seconds

@@ -76,3 +76,112 @@ def test_a_run_opens_config_json_once(tiny_checkpoint, offline_env, extra):
     result = subprocess.run([sys.executable, "-c", script], env=offline_env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "config.json opened 1 times" in result.stderr, result.stderr
+
+
+# --- a malformed config.json: one line naming the setting, whatever is wrong with it ---------------------
+
+
+def setting(name, value):
+    return lambda settings: {**settings, name: value}
+
+
+def without(name):
+    return lambda settings: {key: value for key, value in settings.items() if key != name}
+
+
+# (an edit of a good config.json's settings, what the error says)
+MALFORMED_CONFIGS = {
+    "null": (lambda settings: None, "it holds null, not an object of settings"),
+    "an array": (lambda settings: [settings], "it holds [{"),
+    "n_head 0": (setting("n_head", 0), "n_head is 0, not a positive integer"),
+    "n_layer -1": (setting("n_layer", -1), "n_layer is -1, not a positive integer"),
+    "n_embd a string": (setting("n_embd", "abc"), 'n_embd is "abc", not a positive integer'),
+    "n_embd a float": (setting("n_embd", 64.0), "n_embd is 64.0, not a positive integer"),
+    "n_layer true": (setting("n_layer", True), "n_layer is true, not a positive integer"),
+    "layer_norm_epsilon a string": (setting("layer_norm_epsilon", "x"), 'layer_norm_epsilon is "x", not a positive number'),
+    "activation_function null": (setting("activation_function", None), "activation_function is null, not a string"),
+    "scale_attn_weights a string": (setting("scale_attn_weights", "no"), 'scale_attn_weights is "no", not true or false'),
+    "initializer_range a string": (setting("initializer_range", "x"), "initializer_range"),  # transformers' own check
+    **{f"no {name}": (without(name), f"{name} is missing") for name in ("n_embd", "n_layer", "n_head", "n_positions", "vocab_size")},
+}
+
+
+def with_config(source, tmp_path, edit):
+    import shutil
+
+    directory = tmp_path / "checkpoint"
+    shutil.copytree(source, directory)
+    settings = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps(edit(settings)))
+    return str(directory)
+
+
+@pytest.mark.parametrize("edit, says", MALFORMED_CONFIGS.values(), ids=MALFORMED_CONFIGS.keys())
+def test_a_malformed_config_json_is_one_line_naming_the_setting(tiny_checkpoint, tmp_path, edit, says):
+    directory = with_config(tiny_checkpoint, tmp_path, edit)
+    with pytest.raises(CheckpointError) as error:
+        open_checkpoint(directory)
+    message = str(error.value)
+    assert message.startswith(f"the config.json of '{directory}' is malformed: ") and says in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("case", ["null", "n_head 0", "n_embd a string", "no n_embd"])
+def test_a_malformed_config_json_is_one_error_line_from_the_command(tiny_checkpoint, tmp_path, offline_env, case):
+    import subprocess
+
+    from conftest import REPO_ROOT
+
+    edit, says = MALFORMED_CONFIGS[case]
+    directory = with_config(tiny_checkpoint, tmp_path, edit)
+    argv = ["example.py", "--checkpoint", directory, "--input-text", "hi", "--backend", "cpu"]
+    result = subprocess.run([sys.executable, *argv], cwd=REPO_ROOT, env=offline_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: the config.json of") and result.stderr.count("\n") == 1, result.stderr
+    assert says in result.stderr
+
+
+# --- a Hub that cannot be reached: the error comes at once, not after huggingface_hub's retries -------------
+
+HUB_CALL = """
+import sys, time
+sys.path.insert(0, {root!r})
+from checkpoint import HubUnavailable, open_checkpoint
+start = time.monotonic()
+try:
+    open_checkpoint("distilgpt2")
+except HubUnavailable as error:
+    print(error)
+print(f"{{time.monotonic() - start:.1f}} s")
+"""
+
+
+def closed_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("endpoint", ["refused", "unresolved"])
+def test_a_hub_that_cannot_be_reached_fails_in_seconds(tmp_path, endpoint):
+    """No HF_HUB_OFFLINE and an empty cache: the Hub is asked, and does not answer. (huggingface_hub alone
+    retries for about 25 s.)"""
+    import os
+    import subprocess
+
+    from conftest import REPO_ROOT
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "TRANSFORMERS_")) and "proxy" not in key.lower()}
+    # A port nothing listens on, and a name that never resolves (RFC 6761): no answer, whatever the network.
+    env.update(
+        HF_HOME=str(tmp_path / "hf-home"),
+        HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}" if endpoint == "refused" else "https://hub.invalid",
+    )
+    result = subprocess.run([sys.executable, "-c", HUB_CALL.format(root=REPO_ROOT)], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    message, seconds = result.stdout.splitlines()
+    assert message.startswith("cannot fetch 'distilgpt2' from the Hugging Face Hub") and "pass --checkpoint DIR" in message
+    assert float(seconds.split()[0]) < 15, message

@@ -296,3 +296,62 @@ def test_quantized_loading_checks_the_checkpoint_before_calibrating(quant_checkp
     message = str(info.value)
     assert "mis-shaped transformer.h.1.mlp.c_fc.weight (checkpoint (256, 5), expected (256, 1024))" in message
     assert "\n" not in message
+
+
+# --- lm_head: the weights decide whether it is the token embedding, not config.json's tie_word_embeddings -----
+
+
+def with_lm_head(source, tmp_path, lm_head, tie_word_embeddings=True):
+    """A copy of the checkpoint `source` whose model.safetensors holds lm_head(wte) as lm_head.weight and
+    whose config.json says tie_word_embeddings (transformers' default: true)."""
+    directory = copy_checkpoint(source, tmp_path, lambda w: w.update({"lm_head.weight": lm_head(w["transformer.wte.weight"])}))
+    config_path = os.path.join(directory, "config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    with open(config_path, "w") as f:
+        json.dump({**config, "tie_word_embeddings": tie_word_embeddings}, f)
+    return directory
+
+
+def own_lm_head(wte):
+    return torch.randn(wte.shape, generator=torch.Generator().manual_seed(7)) * wte.std()
+
+
+def transformers_uses_its_own_lm_head(directory):
+    """transformers' model of a with_lm_head(..., own_lm_head) checkpoint: it computes with the file's
+    lm_head.weight, tied as config.json says it is."""
+    hf_model = GPT2LMHeadModel.from_pretrained(directory).eval()
+    assert hf_model.config.tie_word_embeddings
+    assert torch.equal(hf_model.lm_head.weight, load_file(os.path.join(directory, "model.safetensors"))["lm_head.weight"])
+    assert not torch.equal(hf_model.lm_head.weight, hf_model.transformer.wte.weight)
+    return hf_model
+
+
+def test_an_lm_head_of_its_own_is_loaded_though_config_json_says_tied(parity_checkpoints, tmp_path):
+    directory = with_lm_head(parity_checkpoints["odd"][0], tmp_path, own_lm_head)
+    hf_model = transformers_uses_its_own_lm_head(directory)
+    model = load(directory)
+    ids = eval_ids(hf_model.config.vocab_size, 0)[:, :32]
+    with torch.no_grad():
+        theirs = hf_model(ids).logits
+    assert (tripy_logits(model, ids) - theirs).abs().max() < 1e-4
+
+
+def test_an_lm_head_of_its_own_is_quantized_as_modelopt_does(quant_checkpoints, tmp_path):
+    directory = with_lm_head(quant_checkpoints["quant-256"], tmp_path, own_lm_head)
+    transformers_uses_its_own_lm_head(directory)
+    modelopt = modelopt_model(directory, "int8-weight-only")
+    assert not torch.equal(modelopt.lm_head.weight, modelopt.transformer.wte.weight)
+    ids = eval_ids(modelopt.config.vocab_size, 0)
+    with torch.no_grad():
+        theirs = modelopt(ids).logits
+    assert relative_error(tripy_logits(quantized_gpt(directory, "int8-weight-only"), ids), theirs) <= FP32_TOLERANCE
+
+
+def test_an_lm_head_equal_to_the_embedding_is_shared_though_config_json_says_untied(tiny_checkpoint, tmp_path):
+    """One tensor, counted once in the weight bytes."""
+    directory = with_lm_head(tiny_checkpoint, tmp_path, torch.clone, tie_word_embeddings=False)
+    model = load(directory)
+    state = model.state_dict()
+    assert state["lm_head.weight"] is state["transformer.wte.weight"]
+    assert model.weight_bytes() == sum(t.numel() * 4 for t in load_file(os.path.join(tiny_checkpoint, "model.safetensors")).values())
