@@ -103,3 +103,35 @@ def test_bad_input_on_the_command_line_is_one_error_line(tiny_checkpoint, offlin
     result = run_perplexity("--checkpoint", tiny_checkpoint, "--text-file", "nowhere.txt", env=offline_env)
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr == "error: --text-file 'nowhere.txt' does not exist\n" and result.stdout == ""
+
+
+def log_softmax_nlls(logits, tokens, vocab_size):
+    """What perplexity.py computed before token_nlls: every position's log-probabilities over the whole
+    vocabulary, in float64, and the next token's taken."""
+    log_probs = torch.log_softmax(logits[0, :-1, :vocab_size].double(), dim=-1)
+    return -log_probs.gather(1, torch.tensor(tokens[1:])[:, None])[:, 0]
+
+
+@pytest.mark.parametrize(
+    "scale, offset, dtype",
+    [
+        (1, 0, torch.float32),
+        (30, 0, torch.float32),
+        (1e4, 0, torch.float32),
+        (1, 1e6, torch.float32),
+        (1, -1e6, torch.float32),
+        (8, 0, torch.float16),
+    ],
+)
+def test_token_nlls_are_the_log_softmax_formula(monkeypatch, scale, offset, dtype):
+    """Equal to float64's last digits, on small and large logits; the ids from vocab_size on, which would
+    be the most likely, get no probability."""
+    generator = torch.Generator().manual_seed(0)
+    positions, width, vocab_size = 11, 409, 400
+    logits = (offset + scale * torch.randn(1, positions, width, generator=generator, dtype=torch.float64)).to(dtype)
+    logits[..., vocab_size:] = logits.max() + 10
+    tokens = torch.randint(0, vocab_size, (positions,), generator=generator).tolist()
+    monkeypatch.setattr(perplexity, "BLOCK_BYTES", 3 * 8 * vocab_size)  # blocks of 3, 3, 3 and 1 rows
+    nlls = perplexity.token_nlls(logits, tokens, vocab_size)
+    assert nlls.dtype == torch.float64
+    torch.testing.assert_close(nlls, log_softmax_nlls(logits, tokens, vocab_size), rtol=1e-13, atol=1e-12)
