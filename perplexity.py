@@ -75,6 +75,11 @@ def windows(tokens, context):
     return [chunk for chunk in chunks if len(chunk) > 1]
 
 
+class NonFiniteLogits(UsageError):
+    """The model's logits hold nan or inf, so there is no perplexity to report. The checkpoint is the
+    user's input, as the text file is, so the command says this in one `error:` line."""
+
+
 def log_sum_exp_over_max(rows, maxima):
     """log(sum(exp(row - max))) of each row of logits, given each row's max, in float64: a random GPT-2's
     perplexity is near its 50257 tokens, so four decimals take ten significant digits, where float32
@@ -94,7 +99,7 @@ def token_nlls(logits, tokens, vocab_size):
     """-log p(token | the tokens before it) of each of the window's tokens after the first, in float64:
     log(sum(exp(row - max))) + (max - the token's logit), where the max keeps exp from overflowing and
     neither term loses digits to the logits' size. Ids from vocab_size on are not tokens the tokenizer can
-    make, so they get no probability."""
+    make, so they get no probability. Logits that are nan or inf give an nll that is not finite."""
     rows = logits[0, :-1, :vocab_size]
     targets = torch.tensor(tokens[1:], dtype=torch.long, device=rows.device)
     maxima = rows.amax(dim=1).double()
@@ -103,11 +108,22 @@ def token_nlls(logits, tokens, vocab_size):
 
 def perplexity(chunks, window_logits, vocab_size):
     """exp(mean negative log-likelihood) over every window, and the number of scored tokens.
-    `window_logits` yields each window's logits, in order."""
-    total, count = 0.0, 0
-    for chunk, logits in zip(chunks, window_logits, strict=True):
+    `window_logits` yields each window's logits, in order. Logits that are not finite raise
+    NonFiniteLogits, which names the first window and position that has them."""
+    total, count, tokens_before = 0.0, 0, 0
+    for number, (chunk, logits) in enumerate(zip(chunks, window_logits, strict=True), start=1):
         nlls = token_nlls(logits, chunk, vocab_size)
-        total, count = total + nlls.sum().item(), count + len(nlls)
+        finite = torch.isfinite(nlls)
+        if not finite.all():
+            position = int(finite.logical_not().nonzero()[0, 0])
+            row = logits[0, position, :vocab_size]
+            value = "nan" if row.isnan().any() else "inf" if (row == math.inf).any() else "-inf"
+            raise NonFiniteLogits(
+                f"the model's logits are {value} in window {number} of {len(chunks)} at position {position + 1} "
+                f"(token {tokens_before + position + 1} of the text): the checkpoint's weights hold nan or inf, "
+                "or the model overflows its dtype"
+            )
+        total, count, tokens_before = total + nlls.sum().item(), count + len(nlls), tokens_before + len(chunk)
     return math.exp(total / count), count
 
 
