@@ -20,6 +20,7 @@ import time
 import torch
 
 import cli
+import progress
 import quantization
 from checkpoint import open_checkpoint
 from cli import UsageError
@@ -146,9 +147,13 @@ def main(argv=None):
     model, calibration_seconds = weight_loader.load_model(checkpoint, dtype, quant)
     cli.announce_backend()
     start = time.perf_counter()
-    compiled_forward = generate.compile_forward(model, context, len(chunks[0]))
-    window_logits = (generate.forward_logits(compiled_forward, torch.tensor([chunk], dtype=torch.int32)) for chunk in chunks)
-    ppl, scored = perplexity(chunks, window_logits, checkpoint.encoding.n_vocab)
+    with progress.step("Compiling the model"):
+        compiled_forward = generate.compile_forward(model, context, len(chunks[0]))
+    with progress.bar(chunks, "Scoring the windows", unit="window") as shown_chunks:
+        window_logits = (
+            generate.forward_logits(compiled_forward, torch.tensor([chunk], dtype=torch.int32)) for chunk in shown_chunks
+        )
+        ppl, scored = perplexity(chunks, window_logits, checkpoint.encoding.n_vocab)
     seconds = time.perf_counter() - start
 
     precision = f"{args.quant_mode}, {dtype}" if args.quant_mode else f"{dtype}"

@@ -17,6 +17,7 @@ from transformers import GPT2LMHeadModel
 import cli
 import generate
 import perplexity
+import progress
 import weight_loader
 from checkpoint import open_checkpoint
 from tokenizer import load_encoding
@@ -171,3 +172,14 @@ def test_nan_weights_are_one_error_line_naming_the_window(nan_checkpoint, text_f
     assert result.stdout == "" and result.stderr.count("error:") == 1
     error = result.stderr.splitlines()[-1]
     assert error.startswith("error: the model's logits are nan in window 1 of 4 at position 1 (token 1 of the text): "), error
+
+
+def test_a_watched_run_says_it_compiles_and_shows_the_windows_scored(tiny_checkpoint, text_file, monkeypatch, capfd):
+    """Where someone watches stderr, the seconds of compiling and scoring are not silent."""
+    monkeypatch.setattr(progress, "shown", lambda: True)
+    backend = os.environ.get("TRIPY_EXAMPLE_BACKEND", "auto")
+    args = ["--checkpoint", tiny_checkpoint, "--text-file", text_file, "--context", "64", "--backend", backend]
+    assert perplexity.main(args) == 0
+    out, err = capfd.readouterr()
+    windows = int(RESULT.match(out).group("windows"))
+    assert "Compiling the model ... " in err and "Scoring the windows: " in err and f"/{windows} [" in err
