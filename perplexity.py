@@ -20,10 +20,15 @@ import time
 import torch
 
 import cli
+import progress
 import quantization
 from checkpoint import open_checkpoint
 from cli import UsageError
+from sampling import NonFiniteLogits
 
+# log_sum_exp_over_max's float64 blocks: small enough to stay in a processor's cache, big enough that starting
+# each operation on every thread costs little (on a busy machine, that cost dominated blocks of 2 MiB).
+BLOCK_BYTES = 16 * 2**20
 
 
 def parse_args(argv=None):
@@ -65,21 +70,50 @@ def windows(tokens, context):
     return [chunk for chunk in chunks if len(chunk) > 1]
 
 
-def negative_log_likelihood(logits, tokens, vocab_size):
-    """Sum over the window of -log p(token | tokens before it), in float64, and how many tokens it scored.
-    Ids from vocab_size on are not tokens the tokenizer can make, so they get no probability."""
-    log_probs = torch.log_softmax(logits[0, :-1, :vocab_size].double(), dim=-1)
-    targets = torch.tensor(tokens[1:], dtype=torch.long)
-    return -log_probs.gather(1, targets[:, None]).sum().item(), len(targets)
+def log_sum_exp_over_max(rows, maxima):
+    """log(sum(exp(row - max))) of each row of logits, given each row's max, in float64: a random GPT-2's
+    perplexity is near its 50257 tokens, so four decimals take ten significant digits, where float32
+    holds seven. The float64 copy is made a block of rows at a time (BLOCK_BYTES); a whole window's,
+    1024 x 50257 x 8 bytes, goes out to memory and back, which took longer than the model."""
+    block = len(rows) if rows.is_cuda else max(1, BLOCK_BYTES // (8 * rows.shape[1]))  # a GPU: one block, its memory is fast
+    buffer = torch.empty(min(block, len(rows)), rows.shape[1], dtype=torch.float64, device=rows.device)
+    sums = torch.empty(len(rows), dtype=torch.float64, device=rows.device)
+    for start in range(0, len(rows), block):
+        part = rows[start : start + block]
+        shifted = buffer[: len(part)].copy_(part).sub_(maxima[start : start + block, None])
+        torch.sum(shifted.exp_(), dim=1, out=sums[start : start + block])
+    return sums.log_()
+
+
+def token_nlls(logits, tokens, vocab_size):
+    """-log p(token | the tokens before it) of each of the window's tokens after the first, in float64:
+    log(sum(exp(row - max))) + (max - the token's logit), where the max keeps exp from overflowing and
+    neither term loses digits to the logits' size. Ids from vocab_size on are not tokens the tokenizer can
+    make, so they get no probability. Logits that are nan or inf give an nll that is not finite."""
+    rows = logits[0, :-1, :vocab_size]
+    targets = torch.tensor(tokens[1:], dtype=torch.long, device=rows.device)
+    maxima = rows.amax(dim=1).double()
+    return log_sum_exp_over_max(rows, maxima) + (maxima - rows.gather(1, targets[:, None])[:, 0].double())
 
 
 def perplexity(chunks, window_logits, vocab_size):
     """exp(mean negative log-likelihood) over every window, and the number of scored tokens.
-    `window_logits` yields each window's logits, in order."""
-    total, count = 0.0, 0
-    for chunk, logits in zip(chunks, window_logits, strict=True):
-        nll, n = negative_log_likelihood(logits, chunk, vocab_size)
-        total, count = total + nll, count + n
+    `window_logits` yields each window's logits, in order. Logits that are not finite raise
+    NonFiniteLogits, which names the first window and position that has them."""
+    total, count, tokens_before = 0.0, 0, 0
+    for number, (chunk, logits) in enumerate(zip(chunks, window_logits, strict=True), start=1):
+        nlls = token_nlls(logits, chunk, vocab_size)
+        finite = torch.isfinite(nlls)
+        if not finite.all():
+            position = int(finite.logical_not().nonzero()[0, 0])
+            row = logits[0, position, :vocab_size]
+            value = "nan" if row.isnan().any() else "inf" if (row == math.inf).any() else "-inf"
+            raise NonFiniteLogits(
+                f"the model's logits are {value} in window {number} of {len(chunks)} at position {position + 1} "
+                f"(token {tokens_before + position + 1} of the text): the checkpoint's weights hold nan or inf, "
+                "or the model overflows its dtype"
+            )
+        total, count, tokens_before = total + nlls.sum().item(), count + len(nlls), tokens_before + len(chunk)
     return math.exp(total / count), count
 
 
@@ -101,9 +135,13 @@ def main(argv=None):
     model, calibration_seconds = weight_loader.load_model(checkpoint, dtype, quant)
     cli.announce_backend()
     start = time.perf_counter()
-    compiled_forward = generate.compile_forward(model, context, len(chunks[0]))
-    window_logits = (generate.forward_logits(compiled_forward, torch.tensor([chunk], dtype=torch.int32)) for chunk in chunks)
-    ppl, scored = perplexity(chunks, window_logits, checkpoint.encoding.n_vocab)
+    with progress.step("Compiling the model"):
+        compiled_forward = generate.compile_forward(model, context, len(chunks[0]))
+    with progress.bar(chunks, "Scoring the windows", unit="window") as shown_chunks:
+        window_logits = (
+            generate.forward_logits(compiled_forward, torch.tensor([chunk], dtype=torch.int32)) for chunk in shown_chunks
+        )
+        ppl, scored = perplexity(chunks, window_logits, checkpoint.encoding.n_vocab)
     seconds = time.perf_counter() - start
 
     precision = f"{args.quant_mode}, {dtype}" if args.quant_mode else f"{dtype}"

@@ -3,11 +3,13 @@
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 
 import nvtripy as tp
 import pytest
+import safetensors.torch
 import torch
 from conftest import REPO_ROOT
 from transformers import GPT2LMHeadModel
@@ -15,6 +17,7 @@ from transformers import GPT2LMHeadModel
 import cli
 import generate
 import perplexity
+import progress
 import weight_loader
 from checkpoint import open_checkpoint
 from tokenizer import load_encoding
@@ -103,3 +106,80 @@ def test_bad_input_on_the_command_line_is_one_error_line(tiny_checkpoint, offlin
     result = run_perplexity("--checkpoint", tiny_checkpoint, "--text-file", "nowhere.txt", env=offline_env)
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr == "error: --text-file 'nowhere.txt' does not exist\n" and result.stdout == ""
+
+
+def log_softmax_nlls(logits, tokens, vocab_size):
+    """What perplexity.py computed before token_nlls: every position's log-probabilities over the whole
+    vocabulary, in float64, and the next token's taken."""
+    log_probs = torch.log_softmax(logits[0, :-1, :vocab_size].double(), dim=-1)
+    return -log_probs.gather(1, torch.tensor(tokens[1:])[:, None])[:, 0]
+
+
+@pytest.mark.parametrize(
+    "scale, offset, dtype",
+    [
+        (1, 0, torch.float32),
+        (30, 0, torch.float32),
+        (1e4, 0, torch.float32),
+        (1, 1e6, torch.float32),
+        (1, -1e6, torch.float32),
+        (8, 0, torch.float16),
+    ],
+)
+def test_token_nlls_are_the_log_softmax_formula(monkeypatch, scale, offset, dtype):
+    """Equal to float64's last digits, on small and large logits; the ids from vocab_size on, which would
+    be the most likely, get no probability."""
+    generator = torch.Generator().manual_seed(0)
+    positions, width, vocab_size = 11, 409, 400
+    logits = (offset + scale * torch.randn(1, positions, width, generator=generator, dtype=torch.float64)).to(dtype)
+    logits[..., vocab_size:] = logits.max() + 10
+    tokens = torch.randint(0, vocab_size, (positions,), generator=generator).tolist()
+    monkeypatch.setattr(perplexity, "BLOCK_BYTES", 3 * 8 * vocab_size)  # blocks of 3, 3, 3 and 1 rows
+    nlls = perplexity.token_nlls(logits, tokens, vocab_size)
+    assert nlls.dtype == torch.float64
+    torch.testing.assert_close(nlls, log_softmax_nlls(logits, tokens, vocab_size), rtol=1e-13, atol=1e-12)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_logits_are_an_error_naming_the_window_and_position(value):
+    """nan or inf among a position's logits, or -inf as its next token's: the first such position is
+    named. -inf for another token is a probability of 0, not an error."""
+    generator = torch.Generator().manual_seed(0)
+    chunks = [list(range(8)), list(range(8, 16)), list(range(16, 21))]
+    logits = [torch.randn(1, len(chunk), 32, generator=generator) for chunk in chunks]
+    logits[0][0, 2, 30] = -math.inf
+    logits[1][0, 4, chunks[1][5] if value == "-inf" else 30] = float(value)  # window 2, position 5: the text's token 13
+    logits[2][0, 1, 30] = math.nan
+    expected = f"the model's logits are {value} in window 2 of 3 at position 5 (token 13 of the text)"
+    with pytest.raises(perplexity.NonFiniteLogits, match=re.escape(expected)):
+        perplexity.perplexity(chunks, iter(logits), 32)
+
+
+@pytest.fixture
+def nan_checkpoint(quant_checkpoints, tmp_path):
+    """The quant-256 checkpoint with one weight of its final LayerNorm nan: every logit is nan."""
+    directory = tmp_path / "nan-weight"
+    shutil.copytree(quant_checkpoints["quant-256"], directory)
+    weights = safetensors.torch.load_file(directory / "model.safetensors")
+    weights["transformer.ln_f.weight"][0] = math.nan
+    safetensors.torch.save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
+    return str(directory)
+
+
+def test_nan_weights_are_one_error_line_naming_the_window(nan_checkpoint, text_file, offline_env):
+    result = run_perplexity("--checkpoint", nan_checkpoint, "--text-file", text_file, env=offline_env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == "" and result.stderr.count("error:") == 1
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith("error: the model's logits are nan in window 1 of 4 at position 1 (token 1 of the text): "), error
+
+
+def test_a_watched_run_says_it_compiles_and_shows_the_windows_scored(tiny_checkpoint, text_file, monkeypatch, capfd):
+    """Where someone watches stderr, the seconds of compiling and scoring are not silent."""
+    monkeypatch.setattr(progress, "shown", lambda: True)
+    backend = os.environ.get("TRIPY_EXAMPLE_BACKEND", "auto")
+    args = ["--checkpoint", tiny_checkpoint, "--text-file", text_file, "--context", "64", "--backend", backend]
+    assert perplexity.main(args) == 0
+    out, err = capfd.readouterr()
+    windows = int(RESULT.match(out).group("windows"))
+    assert "Compiling the model ... " in err and "Scoring the windows: " in err and f"/{windows} [" in err
