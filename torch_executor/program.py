@@ -1,8 +1,10 @@
 """A compiled nvtripy trace: a flat list of steps over numbered value slots, run by PyTorch.
 
-Building a Program from a Trace folds every op whose inputs are all constants, so shape
-arithmetic on static dimensions and weight layout changes happen once, at compile time; the
-constants only folding needed are then dropped.
+Building a Program from a Trace folds every op whose inputs are all constants, so weight layout
+changes happen once, at compile time; static.py folds the shape arithmetic that static dimensions
+decide, also where it reads the shape of a tensor computed at run time, and turns what depends on
+dynamic dimensions into one ShapeValue step. Steps nothing reads, and the constants only folding
+needed, are then dropped.
 A Program serializes to bytes without pickle: a JSON header (steps, attributes, input bounds)
 followed by the constants in safetensors format.
 """
@@ -14,11 +16,15 @@ import struct
 import safetensors.torch
 import torch
 
-from torch_executor import ops
+from torch_executor import ops, static
 from torch_executor.runtime import MTRTException, PointerType, ScalarTypeCode, MemRefValue
 
 FORMAT_MAGIC = b"TRIPY-TORCH-EXECUTABLE-1\n"
 _KEYED_BY_MODULE = ("binary", "unary", "reduce")
+# Simplify programs as they are built from traces: fold shape arithmetic (static.py), drop steps
+# whose results nothing reads. Tests turn it off to compare with the program
+# that computes everything as the trace says.
+SIMPLIFY = True
 
 
 def op_key(op):
@@ -85,6 +91,16 @@ class InputSpec:
     max_value: int = None
 
 
+def _live_steps(steps, output_slots):
+    """The steps whose results the outputs depend on; ops have no side effects, so the rest can go."""
+    live, kept = set(output_slots), []
+    for step in reversed(steps):
+        if live.intersection(step.outputs):
+            kept.append(step)
+            live.update(step.inputs)
+    return kept[::-1]
+
+
 class Program:
     def __init__(self, steps, constants, input_slots, input_specs, output_slots, output_dtypes):
         self.steps = steps
@@ -98,9 +114,9 @@ class Program:
 
     def _bind(self):
         for step in self.steps:
-            if step.kind not in ops.OPS:
+            if step.kind not in ops.OPS and step.kind not in static.OPS:
                 raise MTRTException(f"The CPU executor does not implement trace op '{step.kind}'")
-        self._calls = [(s.kind, ops.OPS[s.kind], s.inputs, s.outputs, s.attrs) for s in self.steps]
+        self._calls = [(s.kind, ops.OPS.get(s.kind) or static.OPS[s.kind], s.inputs, s.outputs, s.attrs) for s in self.steps]
         self._constant_ptrs = {t.untyped_storage().data_ptr() for t in self.constants.values() if t.numel()}
 
     # ------------------------------------------------------------------------------------------
@@ -129,6 +145,13 @@ class Program:
                 spec.max_value = int(info.value_bounds.max[0])
             input_specs.append(spec)
 
+        # What is known before running, slot by slot (static.py); constants' Facts are made on demand.
+        symbols = static.Symbols()
+        facts = {slot: symbols.of_input(i, spec, inp.rank) for i, (slot, spec, inp) in enumerate(zip(input_slots, input_specs, trace.inputs))}
+
+        def fact(slot):
+            return facts[slot] if slot in facts else static.of_tensor(constants[slot])
+
         steps, constants = [], {}
         for op in trace.ops:
             if isinstance(op, Constant):
@@ -148,16 +171,32 @@ class Program:
                     raise op_error(op, f"Trace op '{kind}' failed: {type(exc).__name__}: {exc}") from exc
                 results = results if isinstance(results, tuple) else (results,)
                 constants.update(zip(step.outputs, results))
-            else:
-                steps.append(step)
+                continue
+            out_facts = static.infer(kind, [fact(i) for i in step.inputs], step.attrs, op.outputs, symbols.bounds)
+            if SIMPLIFY and all(f.is_constant() for f in out_facts):
+                # Shape arithmetic on static dimensions: its result is known now, whatever the inputs hold.
+                for out, f, t in zip(step.outputs, out_facts, op.outputs):
+                    constants[out] = static.to_tensor(f, ops.torch_dtype(t.dtype.name))
+                continue
+            if SIMPLIFY and len(out_facts) == 1 and static.is_affine(out_facts[0]):
+                # Shape arithmetic on dynamic dimensions: one step computes it from the input shapes,
+                # and the steps that led here are dropped below unless something else reads them.
+                attrs, inputs = static.shape_value_step(out_facts[0], op.outputs[0].dtype.name, symbols, input_slots)
+                step = Step("ShapeValue", attrs, inputs, step.outputs)
+            facts.update(zip(step.outputs, out_facts))
+            steps.append(step)
 
         output_slots = [slot(t) for t in trace.outputs]
+        if SIMPLIFY:
+            steps = _live_steps(steps, output_slots)
         # Folding leaves the constants it started from behind (a weight before its transposition, say);
         # only those the steps or outputs read are kept, so a saved program holds each weight once.
         needed = {i for step in steps for i in step.inputs} | set(output_slots)
         constants = {i: tensor for i, tensor in constants.items() if i in needed}
         output_dtypes = [convert_tripy_dtype_to_runtime_dtype(t.dtype).name for t in trace.outputs]
-        return Program(steps, constants, input_slots, input_specs, output_slots, output_dtypes)
+        program = Program(steps, constants, input_slots, input_specs, output_slots, output_dtypes)
+        program.facts, program.symbols = facts, symbols  # what compiling knew of each slot, for tests; not saved
+        return program
 
     # ------------------------------------------------------------------------------------------
     def check_inputs(self, memrefs):

@@ -1,0 +1,167 @@
+"""Compile-time simplification (program.SIMPLIFY): folded shape arithmetic, ShapeValue steps, dropped
+steps. A simplified program must compute what the trace says, so each
+test compares it with the program built without simplification, or checks what compiling inferred
+against what a run finds."""
+
+import pytest
+import torch
+
+import nvtripy as tp
+import generate
+from model import GPT, GPTConfig
+from torch_executor import program as program_module
+from torch_executor import static
+from torch_executor.program import Program
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def on_device(t):
+    return tp.copy(tp.Tensor(t), tp.device("gpu")).eval()
+
+
+def program_of(compiled):
+    return compiled._executable.program
+
+
+def random_gpt(dtype, batch_size, seed=0):
+    """A tiny GPT-2 with random weights, lm_head tied to the token embedding as in GPT-2."""
+    config = GPTConfig(block_size=16, vocab_size=97, num_layers=2, num_heads=2, embedding_size=16, batch_size=batch_size, dtype=getattr(tp, dtype))
+    model = GPT(config)
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, param in model.state_dict().items():
+        weight = torch.randn(tuple(int(s) for s in param.shape), generator=generator) * 0.5
+        state[key] = tp.Tensor(weight.to(TORCH_DTYPES[dtype]))
+    state["lm_head.weight"] = state["transformer.wte.weight"]
+    model.load_state_dict(state)
+    return model
+
+
+def compile_both(monkeypatch, compile_fn, model):
+    """(simplified, unsimplified) compiled functions."""
+    simplified = compile_fn(model)
+    with monkeypatch.context() as patch:
+        patch.setattr(program_module, "SIMPLIFY", False)
+        plain = compile_fn(model)
+    return simplified, plain
+
+
+def run_generation(prefill, decode, tokens, steps):
+    """Logits and caches of a prefill and `steps` decode steps, as torch tensors."""
+    logits, *cache = prefill(on_device(tokens))
+    results = [torch.from_dlpack(logits)] + [torch.from_dlpack(c) for c in cache]
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        token = torch.randint(0, 97, (tokens.shape[0], 1), dtype=torch.int32, generator=generator)
+        logits, *cache = decode(on_device(token), cache)
+        results += [torch.from_dlpack(logits)] + [torch.from_dlpack(c) for c in cache]
+    return results
+
+
+@pytest.mark.parametrize("dtype, batch", [("float32", 1), ("float32", 3), ("bfloat16", 2)])
+def test_gpt_generation_computes_what_the_unsimplified_program_does(monkeypatch, dtype, batch):
+    model = random_gpt(dtype, batch)
+    prefill, plain_prefill = compile_both(monkeypatch, generate.compile_prefill, model)
+    decode, plain_decode = compile_both(monkeypatch, generate.compile_decode, model)
+    tokens = torch.randint(0, 97, (batch, 5), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    ours = run_generation(prefill, decode, tokens, steps=3)
+    reference = run_generation(plain_prefill, plain_decode, tokens, steps=3)
+    for a, b in zip(ours, reference):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_decode_step_runs_no_shape_ops_and_far_fewer_steps(monkeypatch):
+    model = random_gpt("float32", 1)
+    decode, plain = compile_both(monkeypatch, generate.compile_decode, model)
+    kinds = [step.kind for step in program_of(decode).steps]
+    assert not {"Shape", "GetDimensionSize"} & set(kinds)
+    assert "ShapeValue" in kinds  # the cache's length, for slicing keys and values out of it
+    assert len(kinds) < len(program_of(plain).steps) / 3
+
+
+def _evaluate(dim, symbol_values):
+    if isinstance(dim, static.Sym):
+        return dim.const + sum(c * symbol_values[s] for s, c in dim.terms)
+    return dim
+
+
+@pytest.mark.parametrize("cached", [1, 6, 15])
+def test_what_compiling_infers_holds_when_the_program_runs(monkeypatch, cached):
+    """Every static dimension, every symbolic one and every tracked element of every slot of the
+    unsimplified decode program, checked against a run at several cache lengths, up to the bound."""
+    model = random_gpt("float32", 2)
+    with monkeypatch.context() as patch:
+        patch.setattr(program_module, "SIMPLIFY", False)
+        program = program_of(generate.compile_decode(model))
+    inputs = [torch.randint(0, 97, (2, 1), dtype=torch.int32)] + [torch.randn(2, 2, 2, cached, 8) for _ in range(2)]
+    symbol_values = {}
+    for s, (index, dim) in program.symbols.sources.items():
+        symbol_values[s] = inputs[index].shape[dim] if dim is not None else int(inputs[index])
+    values = [None] * program.num_slots
+    for slot, tensor in program.constants.items():
+        values[slot] = tensor
+    for slot, tensor in zip(program.input_slots, inputs):
+        values[slot] = tensor
+    checked = 0
+    for kind, fn, ins, outs, attrs in program._calls:
+        result = fn(*[values[i] for i in ins], **attrs)
+        results = result if isinstance(result, tuple) else (result,)
+        for slot, value in zip(outs, results):
+            values[slot] = value
+            fact = program.facts[slot]
+            assert len(fact.shape) == value.dim(), kind
+            for dim, size in zip(fact.shape, value.shape):
+                assert dim is None or _evaluate(dim, symbol_values) == size, (kind, fact, value.shape)
+            if fact.value is not None:
+                actual = value.reshape(-1).tolist()
+                for element, number in zip(fact.value, actual):
+                    assert element is None or _evaluate(element, symbol_values) == number, (kind, fact, actual)
+                checked += 1
+    assert checked > 100  # the decode program is mostly shape arithmetic before simplification
+
+
+def test_saved_programs_keep_their_shape_value_steps(monkeypatch):
+    model = random_gpt("float32", 1)
+    decode = generate.compile_decode(model)
+    program = program_of(decode)
+    loaded = Program.deserialize(program.serialize())
+    assert [s.kind for s in loaded.steps] == [s.kind for s in program.steps]
+    from torch_executor.runtime import MemRefValue, PointerType, ScalarTypeCode
+
+    token = torch.tensor([[3]], dtype=torch.int32)
+    caches = [torch.randn(2, 1, 2, 4, 8) for _ in range(2)]
+    memrefs = [MemRefValue(token, ScalarTypeCode.i32, PointerType.device)]
+    memrefs += [MemRefValue(c, ScalarTypeCode.f32, PointerType.device) for c in caches]
+    for a, b in zip(program.run(memrefs), loaded.run(memrefs)):
+        # Saving stores constants contiguous, so a product may round differently.
+        torch.testing.assert_close(a.tensor, b.tensor, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# static.py's arithmetic
+
+
+def test_affine_forms_cancel_and_bounds_decide_max_and_min():
+    symbols = static.Symbols()
+    n = symbols.new(1, 10, source=(0, 0))
+    bounds = symbols.bounds
+    assert static.add(static.add(n, 1), n, -1) == 1  # (n + 1) - n
+    assert static.maximum(static.add(n, -1), 0, bounds) == static.add(n, -1)  # n >= 1
+    assert static.minimum(n, 10, bounds) == n
+    assert static.maximum(n, 5, bounds) is None  # n may be either side of 5
+    assert static.compare(n, 0, bounds) == 1 and static.compare(n, n, bounds) == 0
+    assert static.divide(static.mul(n, 4), 2, floor=True) == static.mul(n, 2)
+    assert static.divide(n, 2, floor=True) is None  # not exact
+    assert static.divide(-7, 2, floor=True) == -4 and static.divide(-7, 2, floor=False) == -3
+    assert static.mul(n, n) is None
+
+
+def test_equally_named_dimensions_share_a_symbol():
+    symbols = static.Symbols()
+    from torch_executor.program import InputSpec
+
+    spec = InputSpec("f32", min_shape=[1, 2], max_shape=[9, 2], dimension_names={0: "n"})
+    a, b = symbols.of_input(0, spec, 2), symbols.of_input(1, spec, 2)
+    assert a.shape == b.shape and isinstance(a.shape[0], static.Sym) and a.shape[1] == 2
