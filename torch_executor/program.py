@@ -16,7 +16,7 @@ import struct
 import safetensors.torch
 import torch
 
-from torch_executor import ops, static
+from torch_executor import matmul, ops, static
 from torch_executor.runtime import MTRTException, PointerType, ScalarTypeCode, MemRefValue
 
 FORMAT_MAGIC = b"TRIPY-TORCH-EXECUTABLE-1\n"
@@ -159,8 +159,15 @@ class Program:
         for step in self.steps:
             if step.kind not in ops.OPS and step.kind not in static.OPS:
                 raise MTRTException(f"The CPU executor does not implement trace op '{step.kind}'")
-        self._calls = [(s.kind, ops.OPS.get(s.kind) or static.OPS[s.kind], s.inputs, s.outputs, s.attrs) for s in self.steps]
+        self._calls = [(s.kind, self._function(s), s.inputs, s.outputs, s.attrs) for s in self.steps]
         self._constant_ptrs = {t.untyped_storage().data_ptr() for t in self.constants.values() if t.numel()}
+
+    def _function(self, step):
+        """What runs a step: the op's function, or, for a product by a bfloat16 weight on a CPU
+        without bfloat16 arithmetic, matmul.py's."""
+        if step.kind == "MatrixMultiply" and matmul.fits(self.constants.get(step.inputs[1])):
+            return matmul.by_bfloat16_matrix
+        return ops.OPS.get(step.kind) or static.OPS[step.kind]
 
     # ------------------------------------------------------------------------------------------
     @staticmethod
