@@ -1,12 +1,13 @@
-"""Products by a bfloat16 weight matrix on x86 CPUs without bfloat16 arithmetic.
+"""Products by constant weights: how Program.from_trace stores them, and how they run.
 
-torch multiplies bfloat16 matrices with oneDNN. On a CPU without AVX512-BF16 or AMX it converts as it
-goes, and from a few rows on (a batch of decode steps, a prompt) runs at a third of float32's speed or
-less; one row goes through a matrix-vector kernel that is fast. On such CPUs a product of several rows
-by a constant bfloat16 matrix runs in float32 instead, a block of the matrix's columns at a time, so
-that the converted block stays in cache: bfloat16 -> float32 is exact, the products accumulate in
-float32 and round once to bfloat16, as oneDNN's bfloat16 product does. Only the order of the sums
-may differ. Program binds it to the MatrixMultiply steps it fits; elsewhere torch.matmul runs.
+- A linear layer's weight becomes a contiguous 2-D (in, out) matrix (store_weight_matrices).
+- On an x86 CPU without bfloat16 arithmetic (no AVX512-BF16, no AMX), torch's (oneDNN's) bfloat16
+  matrix product converts as it goes and, from a few rows on (a batch of decode steps, a prompt),
+  runs at a third of float32's speed or less; one row goes through a matrix-vector kernel that is
+  fast. There a product of several rows by a bfloat16 weight runs in float32 instead, a block of
+  the weight's columns at a time, so that the converted block stays in cache (by_bfloat16_matrix).
+  bfloat16 -> float32 is exact, and the sums accumulate in float32 and round once to bfloat16, as
+  oneDNN's bfloat16 product does; only the order of the sums may differ.
 """
 
 import functools
@@ -16,6 +17,57 @@ import torch
 
 MIN_ROWS = 5  # up to 4 rows, torch's bfloat16 kernels are as fast as converting the weight, or faster
 BLOCK_BYTES = 1 << 20  # a converted block of columns: about what a core's L2 cache holds
+
+
+# ----------------------------------------------------------------------------------------------
+# Compile time
+
+
+def store_weight_matrices(steps, constants, facts, new_slot):
+    """Gives each MatrixMultiply by a constant (a linear layer's weight) that constant as a contiguous
+    2-D (in, out) matrix, where nvtripy's Linear hands over a transposed view broadcast to the input's
+    rank. With the 3-D view torch.matmul ran one product per sample, each reading the whole weight,
+    and in bfloat16 copied the transposed weight at every call; with the matrix it runs one product
+    over the batch, and (in, out) rows are what its matrix-vector and small-batch kernels read
+    fastest. The values are the same, only stored anew, once, at compile time.
+
+    A tied weight (GPT-2's lm_head and token embedding) would then be held twice: a constant that is
+    the transposed matrix, in the same memory, becomes a view of the new one instead."""
+    matrices = {}
+    for step in steps:
+        if step.kind != "MatrixMultiply" or step.inputs[1] not in constants or step.inputs[0] not in facts:
+            continue
+        weight = constants[step.inputs[1]]
+        if weight.dim() < 2 or any(size != 1 for size in weight.shape[:-2]) or len(facts[step.inputs[0]].shape) < weight.dim():
+            continue  # a matrix of its own per batch entry, or a product whose rank the 3-D weight decides
+        if weight.dim() == 2 and weight.is_contiguous():
+            continue
+        if step.inputs[1] not in matrices:
+            view = weight.reshape(weight.shape[-2:])
+            matrix = view.contiguous()
+            slot = new_slot(("matrix", step.inputs[1]))
+            constants[slot] = matrix
+            matrices[step.inputs[1]] = slot
+            for other, tensor in constants.items():
+                if _is_transpose_view(tensor, view):
+                    constants[other] = matrix.t()
+        step.inputs = [step.inputs[0], matrices[step.inputs[1]]]
+
+
+def _is_transpose_view(tensor, view):
+    """Whether `tensor` is `view`.t() by its memory: same storage, offset, and swapped sizes and strides."""
+    return (
+        tensor.dim() == 2
+        and tensor.numel() > 0
+        and tensor.untyped_storage().data_ptr() == view.untyped_storage().data_ptr()
+        and tensor.storage_offset() == view.storage_offset()
+        and tuple(tensor.shape) == tuple(view.shape)[::-1]
+        and tuple(tensor.stride()) == tuple(view.stride())[::-1]
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Run time
 
 
 @functools.lru_cache(maxsize=None)
@@ -32,7 +84,7 @@ def cpu_has_bfloat16_arithmetic():
 
 
 def fits(weight):
-    """Whether a MatrixMultiply by this constant runs in float32 blocks here."""
+    """Whether a product by this constant runs in float32 blocks here (by_bfloat16_matrix)."""
     return (
         weight is not None
         and weight.dtype == torch.bfloat16

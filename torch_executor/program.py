@@ -22,8 +22,8 @@ from torch_executor.runtime import MTRTException, PointerType, ScalarTypeCode, M
 FORMAT_MAGIC = b"TRIPY-TORCH-EXECUTABLE-1\n"
 _KEYED_BY_MODULE = ("binary", "unary", "reduce")
 # Simplify programs as they are built from traces: fold shape arithmetic (static.py), drop steps
-# whose results nothing reads, store weights as matrices. Tests turn it off to compare with the program
-# that computes everything as the trace says.
+# whose results nothing reads, store weights as matrices (matmul.py). Tests turn it off to compare
+# with the program that computes everything as the trace says.
 SIMPLIFY = True
 
 
@@ -99,49 +99,6 @@ def _live_steps(steps, output_slots):
             kept.append(step)
             live.update(step.inputs)
     return kept[::-1]
-
-
-def _store_weight_matrices(steps, constants, facts, new_slot):
-    """Gives each MatrixMultiply by a constant (a linear layer's weight) that constant as a contiguous
-    2-D (in, out) matrix, where nvtripy's Linear hands over a transposed view broadcast to the input's
-    rank. With the 3-D view torch.matmul ran one product per sample, each reading the whole weight,
-    and in bfloat16 copied the transposed weight at every call; with the matrix it runs one product
-    over the batch, and (in, out) rows are what its matrix-vector and small-batch kernels read
-    fastest. The values are the same, only stored anew, once, at compile time.
-
-    A tied weight (GPT-2's lm_head and token embedding) would then be held twice: a constant that is
-    the transposed matrix, in the same memory, becomes a view of the new one instead."""
-    matrices = {}
-    for step in steps:
-        if step.kind != "MatrixMultiply" or step.inputs[1] not in constants or step.inputs[0] not in facts:
-            continue
-        weight = constants[step.inputs[1]]
-        if weight.dim() < 2 or any(size != 1 for size in weight.shape[:-2]) or len(facts[step.inputs[0]].shape) < weight.dim():
-            continue  # a matrix of its own per batch entry, or a product whose rank the 3-D weight decides
-        if weight.dim() == 2 and weight.is_contiguous():
-            continue
-        if step.inputs[1] not in matrices:
-            view = weight.reshape(weight.shape[-2:])
-            matrix = view.contiguous()
-            slot = new_slot(("matrix", step.inputs[1]))
-            constants[slot] = matrix
-            matrices[step.inputs[1]] = slot
-            for other, tensor in constants.items():
-                if _is_transpose_view(tensor, view):
-                    constants[other] = matrix.t()
-        step.inputs = [step.inputs[0], matrices[step.inputs[1]]]
-
-
-def _is_transpose_view(tensor, view):
-    """Whether `tensor` is `view`.t() by its memory: same storage, offset, and swapped sizes and strides."""
-    return (
-        tensor.dim() == 2
-        and tensor.numel() > 0
-        and tensor.untyped_storage().data_ptr() == view.untyped_storage().data_ptr()
-        and tensor.storage_offset() == view.storage_offset()
-        and tuple(tensor.shape) == tuple(view.shape)[::-1]
-        and tuple(tensor.stride()) == tuple(view.stride())[::-1]
-    )
 
 
 class Program:
@@ -239,7 +196,7 @@ class Program:
         output_slots = [slot(t) for t in trace.outputs]
         if SIMPLIFY:
             steps = _live_steps(steps, output_slots)
-            _store_weight_matrices(steps, constants, facts, new_slot=lambda key: slot_of.setdefault(key, len(slot_of)))
+            matmul.store_weight_matrices(steps, constants, facts, new_slot=lambda key: slot_of.setdefault(key, len(slot_of)))
         # Folding leaves the constants it started from behind (a weight before its transposition, say);
         # only those the steps or outputs read are kept, so a saved program holds each weight once.
         needed = {i for step in steps for i in step.inputs} | set(output_slots)
