@@ -116,8 +116,21 @@ class Program:
         for step in self.steps:
             if step.kind not in ops.OPS and step.kind not in static.OPS:
                 raise MTRTException(f"The CPU executor does not implement trace op '{step.kind}'")
-        self._calls = [(s.kind, self._function(s), s.inputs, s.outputs, s.attrs) for s in self.steps]
+        # A value is dropped after the step that reads it last, unless it is a constant, an input or an
+        # output: a long prompt then does not hold every layer's intermediates at once, and the
+        # allocator hands the next step memory that is still in cache.
+        last_reader = {slot: index for index, step in enumerate(self.steps) for slot in step.inputs}
+        kept = set(self.constants) | set(self.input_slots) | set(self.output_slots)
+        dead_after = [[] for _ in self.steps]
+        for slot, index in last_reader.items():
+            if slot not in kept:
+                dead_after[index].append(slot)
+        self._calls = [(s.kind, self._function(s), s.inputs, s.outputs, s.attrs, dead) for s, dead in zip(self.steps, dead_after)]
+        self._initial_values = [None] * self.num_slots
+        for slot, tensor in self.constants.items():
+            self._initial_values[slot] = tensor
         self._constant_ptrs = {t.untyped_storage().data_ptr() for t in self.constants.values() if t.numel()}
+        self._output_codes = [ScalarTypeCode[dtype] for dtype in self.output_dtypes]
 
     def _function(self, step):
         """What runs a step: the op's function, or, for a product by a bfloat16 weight on a CPU
@@ -243,12 +256,10 @@ class Program:
 
     def run(self, memrefs):
         self.check_inputs(memrefs)
-        values = [None] * self.num_slots
-        for slot, tensor in self.constants.items():
-            values[slot] = tensor
+        values = self._initial_values.copy()
         for slot, memref in zip(self.input_slots, memrefs):
             values[slot] = memref.tensor
-        for kind, fn, ins, outs, attrs in self._calls:
+        for kind, fn, ins, outs, attrs, dead in self._calls:
             try:
                 result = fn(*[values[i] for i in ins], **attrs)
             except Exception as exc:
@@ -258,15 +269,19 @@ class Program:
             else:
                 for slot, value in zip(outs, result):
                     values[slot] = value
+            for slot in dead:
+                values[slot] = None
 
         # Results are fresh, contiguous allocations, as TensorRT returns them.
-        borrowed = self._constant_ptrs | {m.tensor.untyped_storage().data_ptr() for m in memrefs}
+        input_ptrs = {m.tensor.untyped_storage().data_ptr() for m in memrefs}
         results = []
-        for slot, dtype in zip(self.output_slots, self.output_dtypes):
+        for slot, code in zip(self.output_slots, self._output_codes):
             tensor = values[slot].contiguous()
-            if tensor.numel() and tensor.untyped_storage().data_ptr() in borrowed:
-                tensor = tensor.clone()
-            results.append(MemRefValue(tensor, ScalarTypeCode[dtype], PointerType.device))
+            if tensor.numel():
+                ptr = tensor.untyped_storage().data_ptr()
+                if ptr in self._constant_ptrs or ptr in input_ptrs:
+                    tensor = tensor.clone()
+            results.append(MemRefValue(tensor, code, PointerType.device))
         return results
 
     # ------------------------------------------------------------------------------------------

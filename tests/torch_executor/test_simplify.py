@@ -106,7 +106,7 @@ def test_what_compiling_infers_holds_when_the_program_runs(monkeypatch, cached):
     for slot, tensor in zip(program.input_slots, inputs):
         values[slot] = tensor
     checked = 0
-    for kind, fn, ins, outs, attrs in program._calls:
+    for kind, fn, ins, outs, attrs, _ in program._calls:
         result = fn(*[values[i] for i in ins], **attrs)
         results = result if isinstance(result, tuple) else (result,)
         for slot, value in zip(outs, results):
