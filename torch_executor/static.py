@@ -425,7 +425,10 @@ def infer(kind, inputs, attrs, outputs, bounds):
     rank and dtype nvtripy inferred. A rule whose answer disagrees with those ranks is not trusted."""
     ranks = [t.rank for t in outputs]
     rule = RULES.get(kind)
-    facts = rule(inputs, attrs, ranks, bounds) if rule else None
+    try:
+        facts = rule(inputs, attrs, ranks, bounds) if rule else None
+    except (IndexError, KeyError, ValueError, TypeError, ZeroDivisionError):
+        facts = None  # an op the run will reject (a dimension out of range, say): it can say so then
     if facts is None or len(facts) != len(ranks) or any(len(f.shape) != r for f, r in zip(facts, ranks)):
         return [unknown(r) for r in ranks]
     return [_checked(f, t, bounds) for f, t in zip(facts, outputs)]

@@ -12,6 +12,7 @@ from model import GPT, GPTConfig
 from torch_executor import program as program_module
 from torch_executor import static
 from torch_executor.program import Program
+from torch_executor.runtime import MemRefValue, PointerType, ScalarTypeCode
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -88,15 +89,10 @@ def _evaluate(dim, symbol_values):
     return dim
 
 
-@pytest.mark.parametrize("cached", [1, 6, 15])
-def test_what_compiling_infers_holds_when_the_program_runs(monkeypatch, cached):
-    """Every static dimension, every symbolic one and every tracked element of every slot of the
-    unsimplified decode program, checked against a run at several cache lengths, up to the bound."""
-    model = random_gpt("float32", 2)
-    with monkeypatch.context() as patch:
-        patch.setattr(program_module, "SIMPLIFY", False)
-        program = program_of(generate.compile_decode(model))
-    inputs = [torch.randint(0, 97, (2, 1), dtype=torch.int32)] + [torch.randn(2, 2, 2, cached, 8) for _ in range(2)]
+def check_facts(program, inputs):
+    """Runs the program step by step on `inputs` (torch tensors), checking every static dimension,
+    every symbolic one and every tracked element of every slot against what compiling inferred.
+    Returns how many slots had elements to check."""
     symbol_values = {}
     for s, (index, dim) in program.symbols.sources.items():
         symbol_values[s] = inputs[index].shape[dim] if dim is not None else int(inputs[index])
@@ -120,7 +116,55 @@ def test_what_compiling_infers_holds_when_the_program_runs(monkeypatch, cached):
                 for element, number in zip(fact.value, actual):
                     assert element is None or _evaluate(element, symbol_values) == number, (kind, fact, actual)
                 checked += 1
-    assert checked > 100  # the decode program is mostly shape arithmetic before simplification
+    return checked
+
+
+def unsimplified(monkeypatch, compile_fn, *args):
+    with monkeypatch.context() as patch:
+        patch.setattr(program_module, "SIMPLIFY", False)
+        return program_of(compile_fn(*args))
+
+
+@pytest.mark.parametrize("cached", [1, 6, 15])
+def test_what_compiling_infers_holds_when_a_decode_step_runs(monkeypatch, cached):
+    """At several cache lengths, up to the bound."""
+    program = unsimplified(monkeypatch, generate.compile_decode, random_gpt("float32", 2))
+    inputs = [torch.randint(0, 97, (2, 1), dtype=torch.int32)] + [torch.randn(2, 2, 2, cached, 8) for _ in range(2)]
+    assert check_facts(program, inputs) > 100  # the decode program is mostly shape arithmetic before simplification
+
+
+@pytest.mark.parametrize("tokens", [1, 7, 16])
+def test_what_compiling_infers_holds_when_a_prompt_is_read(monkeypatch, tokens):
+    program = unsimplified(monkeypatch, generate.compile_prefill, random_gpt("float32", 2))
+    assert check_facts(program, [torch.randint(0, 97, (2, tokens), dtype=torch.int32)]) > 50
+
+
+def _shape_play(x, y):
+    """Frontend functions whose traces exercise the rules: reshapes with -1, strided and negative
+    slices, padding, repetition, expansion, reductions, top-k, arange over a dynamic length."""
+    n = x.shape[1]
+    a = tp.reshape(x, (x.shape[0], -1, 2))
+    b = tp.flatten(tp.transpose(a, 0, 1), 1)
+    c = tp.concatenate([x[:, n // 2 :], x[:, : n // 2], x[:, ::2], x[:, -3:]], dim=1)
+    d = tp.pad(c, [(0, 0), (2, 0)]) + tp.sum(tp.expand(tp.unsqueeze(y, 1), (y.shape[0], 3, y.shape[1])), dim=1)[:, :1]
+    e = tp.repeat(d, 2, dim=0)
+    values, indices = tp.topk(e, 2, dim=1)
+    positions = tp.cast(tp.arange(n - 1, 2 * n - 1, dtype=tp.int32), tp.float32)
+    return b, e, values, indices, tp.max(x, dim=1) + positions[-1], tp.squeeze(tp.unsqueeze(positions, 0), 0)
+
+
+@pytest.mark.parametrize("n", [4, 6, 10])
+def test_what_compiling_infers_holds_for_shape_heavy_frontend_code(monkeypatch, n):
+    args = [tp.InputInfo((3, tp.NamedDimension("n", 4, 6, 10)), dtype=tp.float32), tp.InputInfo(((1, 3, 3), 5), dtype=tp.float32)]
+    program = unsimplified(monkeypatch, lambda f: tp.compile(f, args=args), _shape_play)
+    x, y = torch.randn(3, n), torch.randn(3, 5)
+    assert check_facts(program, [x, y]) > 10
+    plain = Program(program.steps, program.constants, program.input_slots, program.input_specs, program.output_slots, program.output_dtypes)
+    simplified = program_of(tp.compile(_shape_play, args=args))
+    assert len(simplified.steps) < len(plain.steps)
+    memrefs = [MemRefValue(t, ScalarTypeCode.f32, PointerType.device) for t in (x, y)]
+    for ours, reference in zip(simplified.run(memrefs), plain.run(memrefs)):
+        torch.testing.assert_close(ours.tensor, reference.tensor, rtol=0, atol=0)
 
 
 def test_saved_programs_keep_their_shape_value_steps(monkeypatch):
@@ -129,8 +173,6 @@ def test_saved_programs_keep_their_shape_value_steps(monkeypatch):
     program = program_of(decode)
     loaded = Program.deserialize(program.serialize())
     assert [s.kind for s in loaded.steps] == [s.kind for s in program.steps]
-    from torch_executor.runtime import MemRefValue, PointerType, ScalarTypeCode
-
     token = torch.tensor([[3]], dtype=torch.int32)
     caches = [torch.randn(2, 1, 2, 4, 8) for _ in range(2)]
     memrefs = [MemRefValue(token, ScalarTypeCode.i32, PointerType.device)]
@@ -201,3 +243,16 @@ def test_equally_named_dimensions_share_a_symbol():
     spec = InputSpec("f32", min_shape=[1, 2], max_shape=[9, 2], dimension_names={0: "n"})
     a, b = symbols.of_input(0, spec, 2), symbols.of_input(1, spec, 2)
     assert a.shape == b.shape and isinstance(a.shape[0], static.Sym) and a.shape[1] == 2
+
+
+@pytest.mark.parametrize("size", [1, 2, 4])
+def test_a_dimension_size_input_is_a_symbol_too(monkeypatch, size):
+    def ones_like_rows(x, s):
+        return tp.reshape(x, (-1, s)), tp.ones((s + 1, 2))
+
+    args = [tp.InputInfo(shape=(3, 4), dtype=tp.float32), tp.DimensionInputInfo(value_bounds=(1, 2, 4))]
+    program = unsimplified(monkeypatch, lambda f: tp.compile(f, args=args), ones_like_rows)
+    check_facts(program, [torch.randn(3, 4), torch.tensor(size, dtype=torch.int32)])
+    compiled = tp.compile(ones_like_rows, args=args)
+    rows, ones = compiled(on_device(torch.arange(12.0).reshape(3, 4)), tp.DimensionSize(size))
+    assert torch.from_dlpack(rows).shape == (12 // size, size) and torch.from_dlpack(ones).shape == (size + 1, 2)
