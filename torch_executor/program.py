@@ -16,14 +16,15 @@ import struct
 import safetensors.torch
 import torch
 
-from torch_executor import matmul, ops, static
+from torch_executor import fastpaths, matmul, ops, static
 from torch_executor.runtime import MTRTException, PointerType, ScalarTypeCode, MemRefValue
 
 FORMAT_MAGIC = b"TRIPY-TORCH-EXECUTABLE-1\n"
 _KEYED_BY_MODULE = ("binary", "unary", "reduce")
 # Simplify programs as they are built from traces: fold shape arithmetic (static.py), drop steps
-# whose results nothing reads, store weights as matrices (matmul.py). Tests turn it off to compare
-# with the program that computes everything as the trace says.
+# whose results nothing reads, store weights as matrices (matmul.py); and bind steps with constant
+# shape arguments to fast paths (fastpaths.py). Tests turn it off to compare with the program that
+# computes everything as the trace says, with ops.py's functions.
 SIMPLIFY = True
 
 
@@ -125,7 +126,7 @@ class Program:
         for slot, index in last_reader.items():
             if slot not in kept:
                 dead_after[index].append(slot)
-        self._calls = [(s.kind, self._function(s), s.inputs, s.outputs, s.attrs, dead) for s, dead in zip(self.steps, dead_after)]
+        self._calls = [(s.kind, *self._function(s), s.inputs, s.outputs, dead) for s, dead in zip(self.steps, dead_after)]
         self._initial_values = [None] * self.num_slots
         for slot, tensor in self.constants.items():
             self._initial_values[slot] = tensor
@@ -133,11 +134,16 @@ class Program:
         self._output_codes = [ScalarTypeCode[dtype] for dtype in self.output_dtypes]
 
     def _function(self, step):
-        """What runs a step: the op's function, or, for a product by a bfloat16 weight on a CPU
-        without bfloat16 arithmetic, matmul.py's."""
-        if step.kind == "MatrixMultiply" and matmul.fits(self.constants.get(step.inputs[1])):
-            return matmul.by_bfloat16_matrix
-        return ops.OPS.get(step.kind) or static.OPS[step.kind]
+        """What runs a step, and the attributes to call it with: for a product by a bfloat16 weight on
+        a CPU without bfloat16 arithmetic, matmul.py's float32 blocks; where the shape arguments are
+        constants, fastpaths.py's; else the op's function."""
+        constants = [self.constants.get(i) for i in step.inputs]
+        if step.kind == "MatrixMultiply" and matmul.fits(constants[1]):
+            return matmul.by_bfloat16_matrix, {}
+        fast = fastpaths.bind(step.kind, step.attrs, constants) if SIMPLIFY else None
+        if fast is not None:
+            return fast, {}
+        return ops.OPS.get(step.kind) or static.OPS[step.kind], step.attrs
 
     # ------------------------------------------------------------------------------------------
     @staticmethod
@@ -259,7 +265,7 @@ class Program:
         values = self._initial_values.copy()
         for slot, memref in zip(self.input_slots, memrefs):
             values[slot] = memref.tensor
-        for kind, fn, ins, outs, attrs, dead in self._calls:
+        for kind, fn, attrs, ins, outs, dead in self._calls:
             try:
                 result = fn(*[values[i] for i in ins], **attrs)
             except Exception as exc:

@@ -141,10 +141,10 @@ def test_a_value_is_dropped_after_the_step_that_reads_it_last():
     program = program_of(compiled)
     kept = set(program.constants) | set(program.input_slots) | set(program.output_slots)
     dropped = []
-    for index, (_, _, inputs, _, _, dead) in enumerate(program._calls):
+    for index, (_, _, _, inputs, _, dead) in enumerate(program._calls):
         for slot in dead:
             assert slot in inputs and slot not in kept
-            assert all(slot not in later[2] for later in program._calls[index + 1 :])
+            assert all(slot not in later[3] for later in program._calls[index + 1 :])
         dropped += dead
     assert len(dropped) == 2  # x * 2 and its exp; x is an input
     x = torch.randn(3, 2)

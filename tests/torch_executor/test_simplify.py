@@ -102,7 +102,7 @@ def check_facts(program, inputs):
     for slot, tensor in zip(program.input_slots, inputs):
         values[slot] = tensor
     checked = 0
-    for kind, fn, ins, outs, attrs, _ in program._calls:
+    for kind, fn, attrs, ins, outs, _ in program._calls:
         result = fn(*[values[i] for i in ins], **attrs)
         results = result if isinstance(result, tuple) else (result,)
         for slot, value in zip(outs, results):
