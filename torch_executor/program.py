@@ -1,8 +1,13 @@
 """A compiled nvtripy trace: a flat list of steps over numbered value slots, run by PyTorch.
 
-Building a Program from a Trace folds every op whose inputs are all constants, so shape
-arithmetic on static dimensions and weight layout changes happen once, at compile time; the
-constants only folding needed are then dropped.
+Building a Program from a Trace folds every op whose inputs are all constants, so weight layout
+changes happen once, at compile time; static.py folds the shape arithmetic that static dimensions
+decide, also where it reads the shape of a tensor computed at run time, and turns what depends on
+dynamic dimensions into one ShapeValue step; matmul.py stores linear layers' weights as (in, out)
+matrices. Steps nothing reads, and the constants only folding needed, are then dropped.
+Binding picks the function that runs each step: fastpaths.py's where its shape arguments are
+constants, matmul.py's for a bfloat16 weight on a CPU without bfloat16 arithmetic, else ops.py's.
+A run drops each value after the step that reads it last.
 A Program serializes to bytes without pickle: a JSON header (steps, attributes, input bounds)
 followed by the constants in safetensors format.
 """
@@ -14,11 +19,16 @@ import struct
 import safetensors.torch
 import torch
 
-from torch_executor import ops
+from torch_executor import fastpaths, matmul, ops, static
 from torch_executor.runtime import SCALAR_TYPE_CODES, MTRTException, PointerType, ScalarTypeCode, MemRefValue
 
 FORMAT_MAGIC = b"TRIPY-TORCH-EXECUTABLE-1\n"
 _KEYED_BY_MODULE = ("binary", "unary", "reduce")
+# Simplify programs as they are built from traces: fold shape arithmetic (static.py), drop steps
+# whose results nothing reads, store weights as matrices (matmul.py); and bind steps with constant
+# shape arguments to fast paths (fastpaths.py). Tests turn it off to compare with the program that
+# computes everything as the trace says, with ops.py's functions.
+SIMPLIFY = True
 
 
 def op_key(op):
@@ -103,6 +113,16 @@ def _constant_text(tensor, large_elements_limit):
     return f"{typed} {tensor.tolist()}"
 
 
+def _live_steps(steps, output_slots):
+    """The steps whose results the outputs depend on; ops have no side effects, so the rest can go."""
+    live, kept = set(output_slots), []
+    for step in reversed(steps):
+        if live.intersection(step.outputs):
+            kept.append(step)
+            live.update(step.inputs)
+    return kept[::-1]
+
+
 class Program:
     def __init__(self, steps, constants, input_slots, input_specs, output_slots, output_dtypes):
         self.steps = steps
@@ -116,10 +136,35 @@ class Program:
 
     def _bind(self):
         for step in self.steps:
-            if step.kind not in ops.OPS:
+            if step.kind not in ops.OPS and step.kind not in static.OPS:
                 raise MTRTException(f"The CPU executor does not implement trace op '{step.kind}'")
-        self._calls = [(s.kind, ops.OPS[s.kind], s.inputs, s.outputs, s.attrs) for s in self.steps]
+        # A value is dropped after the step that reads it last, unless it is a constant, an input or an
+        # output: a long prompt then does not hold every layer's intermediates at once, and the
+        # allocator hands the next step memory that is still in cache.
+        last_reader = {slot: index for index, step in enumerate(self.steps) for slot in step.inputs}
+        kept = set(self.constants) | set(self.input_slots) | set(self.output_slots)
+        dead_after = [[] for _ in self.steps]
+        for slot, index in last_reader.items():
+            if slot not in kept:
+                dead_after[index].append(slot)
+        self._calls = [(s.kind, *self._function(s), s.inputs, s.outputs, dead) for s, dead in zip(self.steps, dead_after)]
+        self._initial_values = [None] * self.num_slots
+        for slot, tensor in self.constants.items():
+            self._initial_values[slot] = tensor
         self._constant_ptrs = {t.untyped_storage().data_ptr() for t in self.constants.values() if t.numel()}
+        self._output_codes = [ScalarTypeCode[dtype] for dtype in self.output_dtypes]
+
+    def _function(self, step):
+        """What runs a step, and the attributes to call it with: for a product by a bfloat16 weight on
+        a CPU without bfloat16 arithmetic, matmul.py's float32 blocks; where the shape arguments are
+        constants, fastpaths.py's; else the op's function."""
+        constants = [self.constants.get(i) for i in step.inputs]
+        if step.kind == "MatrixMultiply" and matmul.fits(constants[1]):
+            return matmul.by_bfloat16_matrix, {}
+        fast = fastpaths.bind(step.kind, step.attrs, constants) if SIMPLIFY else None
+        if fast is not None:
+            return fast, {}
+        return ops.OPS.get(step.kind) or static.OPS[step.kind], step.attrs
 
     # ------------------------------------------------------------------------------------------
     @staticmethod
@@ -147,6 +192,13 @@ class Program:
                 spec.max_value = int(info.value_bounds.max[0])
             input_specs.append(spec)
 
+        # What is known before running, slot by slot (static.py); constants' Facts are made on demand.
+        symbols = static.Symbols()
+        facts = {slot: symbols.of_input(i, spec, inp.rank) for i, (slot, spec, inp) in enumerate(zip(input_slots, input_specs, trace.inputs))}
+
+        def fact(slot):
+            return facts[slot] if slot in facts else static.of_tensor(constants[slot])
+
         steps, constants = [], {}
         for op in trace.ops:
             if isinstance(op, Constant):
@@ -170,16 +222,33 @@ class Program:
                     raise op_error(op, f"Trace op '{kind}' failed: {type(exc).__name__}: {exc}") from exc
                 results = results if isinstance(results, tuple) else (results,)
                 constants.update(zip(step.outputs, results))
-            else:
-                steps.append(step)
+                continue
+            out_facts = static.infer(kind, [fact(i) for i in step.inputs], step.attrs, op.outputs, symbols.bounds)
+            if SIMPLIFY and all(f.is_constant() for f in out_facts):
+                # Shape arithmetic on static dimensions: its result is known now, whatever the inputs hold.
+                for out, f, t in zip(step.outputs, out_facts, op.outputs):
+                    constants[out] = static.to_tensor(f, ops.torch_dtype(t.dtype.name))
+                continue
+            if SIMPLIFY and len(out_facts) == 1 and static.is_affine(out_facts[0]):
+                # Shape arithmetic on dynamic dimensions: one step computes it from the input shapes,
+                # and the steps that led here are dropped below unless something else reads them.
+                attrs, inputs = static.shape_value_step(out_facts[0], op.outputs[0].dtype.name, symbols, input_slots)
+                step = Step("ShapeValue", attrs, inputs, step.outputs)
+            facts.update(zip(step.outputs, out_facts))
+            steps.append(step)
 
         output_slots = [slot(t) for t in trace.outputs]
+        if SIMPLIFY:
+            steps = _live_steps(steps, output_slots)
+            matmul.store_weight_matrices(steps, constants, facts, new_slot=lambda key: slot_of.setdefault(key, len(slot_of)))
         # Folding leaves the constants it started from behind (a weight before its transposition, say);
         # only those the steps or outputs read are kept, so a saved program holds each weight once.
         needed = {i for step in steps for i in step.inputs} | set(output_slots)
         constants = {i: tensor for i, tensor in constants.items() if i in needed}
         output_dtypes = [convert_tripy_dtype_to_runtime_dtype(t.dtype).name for t in trace.outputs]
-        return Program(steps, constants, input_slots, input_specs, output_slots, output_dtypes)
+        program = Program(steps, constants, input_slots, input_specs, output_slots, output_dtypes)
+        program.facts, program.symbols = facts, symbols  # what compiling knew of each slot, for tests; not saved
+        return program
 
     # ------------------------------------------------------------------------------------------
     def check_inputs(self, memrefs):
@@ -218,12 +287,10 @@ class Program:
 
     def run(self, memrefs):
         self.check_inputs(memrefs)
-        values = [None] * self.num_slots
-        for slot, tensor in self.constants.items():
-            values[slot] = tensor
+        values = self._initial_values.copy()
         for slot, memref in zip(self.input_slots, memrefs):
             values[slot] = memref.tensor
-        for kind, fn, ins, outs, attrs in self._calls:
+        for kind, fn, attrs, ins, outs, dead in self._calls:
             try:
                 result = fn(*[values[i] for i in ins], **attrs)
             except Exception as exc:
@@ -233,15 +300,19 @@ class Program:
             else:
                 for slot, value in zip(outs, result):
                     values[slot] = value
+            for slot in dead:
+                values[slot] = None
 
         # Results are fresh, contiguous allocations, as TensorRT returns them.
-        borrowed = self._constant_ptrs | {m.tensor.untyped_storage().data_ptr() for m in memrefs}
+        input_ptrs = {m.tensor.untyped_storage().data_ptr() for m in memrefs}
         results = []
-        for slot, dtype in zip(self.output_slots, self.output_dtypes):
+        for slot, code in zip(self.output_slots, self._output_codes):
             tensor = values[slot].contiguous()
-            if tensor.numel() and tensor.untyped_storage().data_ptr() in borrowed:
-                tensor = tensor.clone()
-            results.append(MemRefValue(tensor, ScalarTypeCode[dtype], PointerType.device))
+            if tensor.numel():
+                ptr = tensor.untyped_storage().data_ptr()
+                if ptr in self._constant_ptrs or ptr in input_ptrs:
+                    tensor = tensor.clone()
+            results.append(MemRefValue(tensor, code, PointerType.device))
         return results
 
     # ------------------------------------------------------------------------------------------

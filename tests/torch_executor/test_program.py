@@ -166,6 +166,21 @@ def test_ir_logging_leaves_compile_errors_to_the_compiler(capsys):
     assert "This originated from the following operation" in str(info.value)
 
 
+def test_a_value_is_dropped_after_the_step_that_reads_it_last():
+    compiled = tp.compile(lambda x: tp.exp(x * 2.0) + x, args=[tp.InputInfo((3, 2), dtype=tp.float32)])
+    program = program_of(compiled)
+    kept = set(program.constants) | set(program.input_slots) | set(program.output_slots)
+    dropped = []
+    for index, (_, _, _, inputs, _, dead) in enumerate(program._calls):
+        for slot in dead:
+            assert slot in inputs and slot not in kept
+            assert all(slot not in later[3] for later in program._calls[index + 1 :])
+        dropped += dead
+    assert len(dropped) == 2  # x * 2 and its exp; x is an input
+    x = torch.randn(3, 2)
+    torch.testing.assert_close(torch.from_dlpack(compiled(on_device(x))), torch.exp(x * 2) + x)
+
+
 def test_an_op_the_executor_lacks_fails_loudly_naming_it(monkeypatch):
     monkeypatch.delitem(ops.OPS, "unary.Exp")
     exponent = tp.exp(tp.ones((2,)))
