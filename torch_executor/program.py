@@ -3,8 +3,8 @@
 Building a Program from a Trace folds every op whose inputs are all constants, so weight layout
 changes happen once, at compile time; static.py folds the shape arithmetic that static dimensions
 decide, also where it reads the shape of a tensor computed at run time, and turns what depends on
-dynamic dimensions into one ShapeValue step; matmul.py stores linear layers' weights as (in, out)
-matrices. Steps nothing reads, and the constants only folding needed, are then dropped.
+dynamic dimensions into one ShapeValue step; matmul.py gives linear layers' weights to their
+products as 2-D matrices. Steps nothing reads, and the constants only folding needed, are then dropped.
 Binding picks the function that runs each step: fastpaths.py's where its shape arguments are
 constants, matmul.py's for a bfloat16 weight on a CPU without bfloat16 arithmetic, else ops.py's.
 A run drops each value after the step that reads it last.

@@ -12,8 +12,15 @@ def on_device(t):
     return tp.copy(tp.Tensor(t), tp.device("gpu")).eval()
 
 
-def compiled_product(weight):
-    return tp.compile(lambda x: x @ tp.Tensor(weight), args=[tp.InputInfo(((1, 4, 16), 3, 64), dtype=tp.bfloat16)])
+def compiled_product(weight, transposed=False):
+    """x @ weight, the weight given (in, out), or, `transposed`, (out, in) and transposed in the trace
+    as nvtripy's Linear does, which leaves the program a view of its rows."""
+    if transposed:
+        rows = weight.t().contiguous()
+        product = lambda x: x @ tp.transpose(tp.Tensor(rows), 0, 1)
+    else:
+        product = lambda x: x @ tp.Tensor(weight)
+    return tp.compile(product, args=[tp.InputInfo(((1, 4, 16), 2, 64), dtype=tp.bfloat16)])
 
 
 @pytest.fixture
@@ -22,20 +29,20 @@ def no_bfloat16_arithmetic(monkeypatch):
     monkeypatch.setattr(matmul, "BLOCK_BYTES", 64 * 4 * 64)  # blocks of 64 columns: 200 makes four, one partial
 
 
-@pytest.mark.parametrize("batch", [1, 2, 16])  # 3, 6 and 48 rows: below MIN_ROWS, and above it
-def test_a_bfloat16_product_rounds_float32_sums_once(no_bfloat16_arithmetic, batch):
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("batch", [1, 2, 3, 16])  # 2 rows: row by row (by (in, out) rows); 4, 6 and 32: float32 blocks
+def test_a_bfloat16_product_rounds_float32_sums_once(no_bfloat16_arithmetic, batch, transposed):
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(64, 200, generator=generator).bfloat16()
-    compiled = compiled_product(weight)
-    (step,) = [c for c in compiled._executable.program._calls if c[0] == "MatrixMultiply"]
-    assert step[1] is matmul.by_bfloat16_matrix
-    x = torch.randn(batch, 3, 64, generator=generator).bfloat16()
+    compiled = compiled_product(weight, transposed)
+    (step,) = compiled._executable.program._calls
+    assert step[0] == "MatrixMultiply" and step[1] is matmul.by_bfloat16_matrix
+    x = torch.randn(batch, 2, 64, generator=generator).bfloat16()
     out = torch.from_dlpack(compiled(on_device(x)))
-    assert out.dtype == torch.bfloat16 and out.shape == (batch, 3, 200)
+    assert out.dtype == torch.bfloat16 and out.shape == (batch, 2, 200)
     exact = x.float() @ weight.float()
     # Rounding to bfloat16 (8 significant bits) errs by at most half a unit in the last place.
     assert ((out.float() - exact).abs() <= exact.abs() * 2.0**-8 + 1e-5).all()
-    torch.testing.assert_close(out, x @ weight)  # and agrees with torch's own bfloat16 product
 
 
 def test_cpus_with_bfloat16_arithmetic_keep_torchs_product(monkeypatch):
@@ -47,5 +54,24 @@ def test_cpus_with_bfloat16_arithmetic_keep_torchs_product(monkeypatch):
 
 def test_float32_products_are_left_to_torch(no_bfloat16_arithmetic):
     assert not matmul.fits(torch.randn(64, 8))
-    assert not matmul.fits(torch.randn(8, 64).bfloat16().t())  # not a contiguous (in, out) matrix
+    assert not matmul.fits(torch.randn(2, 64, 8).bfloat16())  # not a matrix
     assert matmul.fits(torch.randn(64, 8).bfloat16())
+    assert matmul.fits(torch.randn(8, 64).bfloat16().t())  # a view of (out, in) rows
+
+
+@pytest.mark.parametrize(
+    "dtype, rows, copied",
+    [("float32", 1, False), ("float32", 2, False), ("float32", 8, True), ("bfloat16", 1, True), ("bfloat16", 2, True), ("bfloat16", 8, False)],
+)
+def test_a_linear_layer_weight_is_copied_as_in_out_only_where_that_pays(dtype, rows, copied):
+    torch_dtype = getattr(torch, dtype)
+    weight = torch.randn(5, 64).to(torch_dtype)  # (out, in), as tp.Linear holds it
+    linear = lambda x: x @ tp.transpose(tp.Tensor(weight), 0, 1)
+    compiled = tp.compile(linear, args=[tp.InputInfo((rows, 1, 64), dtype=getattr(tp, dtype))])
+    program = compiled._executable.program
+    (step,) = program.steps
+    matrix = program.constants[step.inputs[1]]
+    assert matrix.shape == (64, 5) and matrix.is_contiguous() == copied
+    assert (matrix.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr()) != copied
+    x = torch.randn(rows, 1, 64).to(torch_dtype)
+    torch.testing.assert_close(torch.from_dlpack(compiled(on_device(x))), x @ weight.t())

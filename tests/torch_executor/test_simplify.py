@@ -186,25 +186,25 @@ def test_saved_programs_keep_their_shape_value_steps(monkeypatch):
 # Weights stored as matrices
 
 
-def test_a_tied_weight_is_held_once_and_read_as_a_matrix():
+@pytest.mark.parametrize("static_rows", [True, False])  # 8 rows: copied (in, out); dynamic: a view of the weight
+def test_a_tied_weight_is_held_once_and_read_as_a_matrix(static_rows):
+    rows = (4, 2, 8) if static_rows else (2, (1, 2, 4), 8)
     weight = torch.randn(50, 8)
 
     def embed_and_project(idx, x):
         w = tp.Tensor(weight)
         return tp.gather(w, 0, idx), x @ tp.transpose(w, 0, 1)
 
-    compiled = tp.compile(
-        embed_and_project, args=[tp.InputInfo((3,), dtype=tp.int32), tp.InputInfo((2, (1, 2, 4), 8), dtype=tp.float32)]
-    )
+    compiled = tp.compile(embed_and_project, args=[tp.InputInfo((3,), dtype=tp.int32), tp.InputInfo(rows, dtype=tp.float32)])
     program = program_of(compiled)
     storages = {t.untyped_storage().data_ptr() for t in program.constants.values()}
     assert len(storages) == 1
     (matmul,) = [s for s in program.steps if s.kind == "MatrixMultiply"]
     matrix = program.constants[matmul.inputs[1]]
-    assert matrix.shape == (8, 50) and matrix.is_contiguous()
-    idx, x = torch.tensor([0, 49, 7], dtype=torch.int32), torch.randn(2, 3, 8)
-    rows, logits = compiled(on_device(idx), on_device(x))
-    torch.testing.assert_close(torch.from_dlpack(rows), weight[idx.long()], rtol=0, atol=0)
+    assert matrix.shape == (8, 50) and matrix.is_contiguous() == static_rows
+    idx, x = torch.tensor([0, 49, 7], dtype=torch.int32), torch.randn(rows[0], 2, 8)
+    out_rows, logits = compiled(on_device(idx), on_device(x))
+    torch.testing.assert_close(torch.from_dlpack(out_rows), weight[idx.long()], rtol=0, atol=0)
     torch.testing.assert_close(torch.from_dlpack(logits), x @ weight.T)
 
 
