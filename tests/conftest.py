@@ -59,6 +59,15 @@ def write_random_checkpoint(directory, seed=0, layer_norm_epsilon=1e-5, **shape)
     return model.eval()
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_stay_as_they_were():
+    """A command run in-process (perplexity.main) sets torch's threads for the whole process (--threads);
+    later tests must not inherit that."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models run fastest on one thread, and on a loaded machine a second one mostly waits."""

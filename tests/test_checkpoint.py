@@ -5,6 +5,7 @@ import json
 import sys
 
 import pytest
+from conftest import BACKEND, REPO_ROOT
 from transformers import GPT2Config
 
 from checkpoint import Checkpoint, CheckpointError, open_checkpoint
@@ -69,7 +70,7 @@ def test_a_run_opens_config_json_once(tiny_checkpoint, offline_env, extra):
     import os
     import subprocess
 
-    from conftest import BACKEND, REPO_ROOT
+
 
     argv = ["--backend", BACKEND, "--checkpoint", tiny_checkpoint, "--input-text", "Hi", "--max-new-tokens", "2", *extra]
     script = CONFIG_OPENS.format(root=REPO_ROOT, argv=argv, script=os.path.join(REPO_ROOT, "example.py"))
@@ -130,7 +131,7 @@ def test_a_malformed_config_json_is_one_line_naming_the_setting(tiny_checkpoint,
 def test_a_malformed_config_json_is_one_error_line_from_the_command(tiny_checkpoint, tmp_path, offline_env, case):
     import subprocess
 
-    from conftest import REPO_ROOT
+
 
     edit, says = MALFORMED_CONFIGS[case]
     directory = with_config(tiny_checkpoint, tmp_path, edit)
@@ -172,7 +173,7 @@ def test_a_hub_that_cannot_be_reached_fails_in_seconds(tmp_path, endpoint):
     import os
     import subprocess
 
-    from conftest import REPO_ROOT
+
 
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "TRANSFORMERS_")) and "proxy" not in key.lower()}
     # A port nothing listens on, and a name that never resolves (RFC 6761): no answer, whatever the network.
