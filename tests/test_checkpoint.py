@@ -5,7 +5,7 @@ import json
 import sys
 
 import pytest
-from conftest import BACKEND, REPO_ROOT
+from helpers import BACKEND, REPO_ROOT
 from transformers import GPT2Config
 
 from checkpoint import Checkpoint, CheckpointError, open_checkpoint

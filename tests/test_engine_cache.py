@@ -16,7 +16,7 @@ import time
 import nvtripy as tp
 import pytest
 import torch
-from conftest import BACKEND, REPO_ROOT
+from helpers import BACKEND, REPO_ROOT
 import safetensors.torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file

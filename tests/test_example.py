@@ -15,7 +15,7 @@ import time
 import nvtripy as tp
 import pytest
 import torch
-from conftest import BACKEND, REPO_ROOT
+from helpers import BACKEND, REPO_ROOT
 from safetensors.torch import load_file, save_file
 from transformers import GPT2LMHeadModel
 

@@ -11,7 +11,7 @@ import sys
 import nvtripy as tp
 import pytest
 import torch
-from conftest import BACKEND, REPO_ROOT
+from helpers import BACKEND, REPO_ROOT
 from transformers import GPT2LMHeadModel
 
 import generate

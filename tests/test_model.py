@@ -5,7 +5,7 @@ import copy
 import nvtripy as tp
 import pytest
 import torch
-from conftest import PARITY_CONFIGS
+from helpers import PARITY_CONFIGS
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import weight_loader

@@ -11,7 +11,7 @@ import nvtripy as tp
 import pytest
 import safetensors.torch
 import torch
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from transformers import GPT2LMHeadModel
 
 import cli

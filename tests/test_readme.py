@@ -14,7 +14,8 @@ import sys
 
 import pytest
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import BACKEND, REPO_ROOT
+
 README = os.path.join(REPO_ROOT, "README.md")
 CODE_BLOCK = re.compile(r"```(\w*)\n(.*?)```", re.S)
 EXPECTED = re.compile(
@@ -53,9 +54,7 @@ def needs_real_weights(command):
 
 
 def real_weights_skip_reason():
-    import backend
-
-    if backend.select_backend_from_env(announce=False) != "tensorrt":
+    if BACKEND != "tensorrt":
         return "Tripy's published outputs come from TensorRT with CUDA sampling; this run uses the CPU executor"
     try:
         from huggingface_hub import try_to_load_from_cache

@@ -2,9 +2,9 @@
 
 import shutil
 
-import conftest
+import helpers
 import pytest
-from conftest import GPT2_TIKTOKEN_FILES, find_gpt2_tiktoken_cache
+from helpers import GPT2_TIKTOKEN_FILES, find_gpt2_tiktoken_cache
 
 
 def cache_with_gpt2(directory, gpt2_tiktoken_cache):
@@ -18,7 +18,7 @@ def cache_with_gpt2(directory, gpt2_tiktoken_cache):
 def shared_cache(gpt2_tiktoken_cache, tmp_path, monkeypatch):
     """A stand-in for the shared cache, holding the gpt2 encoding."""
     cache = cache_with_gpt2(tmp_path / "shared", gpt2_tiktoken_cache)
-    monkeypatch.setattr(conftest, "SHARED_TIKTOKEN_CACHE", cache)
+    monkeypatch.setattr(helpers, "SHARED_TIKTOKEN_CACHE", cache)
     return cache
 
 
@@ -47,5 +47,5 @@ def test_a_damaged_file_is_not_the_gpt2_encoding(shared_cache, gpt2_tiktoken_cac
 
 def test_no_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "missing"))
-    monkeypatch.setattr(conftest, "SHARED_TIKTOKEN_CACHE", str(tmp_path / "also-missing"))
+    monkeypatch.setattr(helpers, "SHARED_TIKTOKEN_CACHE", str(tmp_path / "also-missing"))
     assert find_gpt2_tiktoken_cache() is None

@@ -11,7 +11,7 @@ import sys
 import nvtripy as tp
 import pytest
 import torch
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -151,7 +151,7 @@ def test_peak_memory_stays_under_twice_the_checkpoint(tmp_path):
 import functools  # noqa: E402
 
 import quantization  # noqa: E402
-from conftest import QUANT_CONFIGS  # noqa: E402
+from helpers import QUANT_CONFIGS  # noqa: E402
 from quantization import QUANT_MODES  # noqa: E402
 from quantization_fixtures import calibration_batches  # noqa: E402
 
