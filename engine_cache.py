@@ -2,10 +2,11 @@
 
 Building TensorRT engines for GPT-2 takes far longer than loading them, and the compiled prefill and
 decode functions depend on nothing a run chooses at run time (generate.shape_bounds), so they can be
-reused. `load_or_compile` decides everything about it: whether the cache is used, the key, the lookup,
-loading and compiling the model on a miss, and saving. An entry is a directory <cache dir>/<key>/ holding one file per function, written by
-Executable.save (the same call on TensorRT and on the CPU executor), and entry.json, which records the
-key's parts, each file's SHA-256 and facts about the model (its weight bytes, for the speed report).
+reused. This module holds the keys and the entries: `key_parts` says what an entry depends on, `load`
+finds one, `save` writes one; the run decides whether to use the cache and compiles on a miss.
+An entry is a directory <cache dir>/<key>/ holding one file per function, written by Executable.save
+(the same call on TensorRT and on the CPU executor), and entry.json, which records the key's parts,
+each file's SHA-256 and facts about the model (its weight bytes, for the speed report).
 
 The key is the SHA-256 of its parts (see key_parts): the checkpoint's files by content, the dtype,
 the quantization, the shape bounds, the versions of nvtripy and of the backend, the GPU, and the
@@ -16,9 +17,9 @@ those it was built from.
 Writes are atomic: an entry is written to a temporary directory beside it and renamed into place,
 so a reader sees a whole entry or none, and when two runs write the same key, one rename wins and
 the other run drops its copy. A write that is interrupted deletes what it wrote; what a killed run
-left, the next run deletes, telling it from a live run's work by the lock a writer holds. An entry
-that fails to load, whose files' digests differ from those it recorded, or whose recorded parts differ
-from the key's, is removed with a warning and rebuilt: it is never used.
+left, the next run deletes (remove_leftovers), telling it from a live run's work by the lock a writer
+holds. An entry that fails to load, whose files' digests differ from those it recorded, or whose
+recorded parts differ from the key's, is removed with a warning and rebuilt: it is never used.
 """
 
 import fcntl
@@ -34,64 +35,16 @@ import time
 import nvtripy as tp
 import torch
 
-import generate
 import progress
-import weight_loader
+import torch_executor
 
 ENTRY_FORMAT = 2  # bump when the layout of an entry changes
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".index.json")  # what transformers reads weights from
 # The source files whose code decides what is compiled: a change to any of them changes the key.
-SOURCE_FILES = ("model.py", "generate.py", "checkpoint.py", "weight_loader.py", "quantization.py")
+SOURCE_FILES = ("model.py", "generate.py", "checkpoint.py", "weight_loader.py", "quantization.py", "quant_modes.py")
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
-FUNCTIONS = ("prefill", "decode")
 STAGING_PREFIX = ".writing-"  # of what is being written in the cache directory, to be renamed into place
 SET_ASIDE = ".removing-"  # in the name of an entry that remove() renamed to delete it
-
-
-def load_or_compile(checkpoint, dtype, quant, backend_name, use_cache=None, cache_dir=None, num_samples=1):
-    """The compiled prefill and decode functions of the checkpoint's model for a batch of num_samples
-    sequences, as a generate.Compiled that says how they were got: from the engine cache when it has
-    them (the weights are then not even read), else loaded (quantized if `quant` says so) and
-    compiled, and saved to the cache.
-
-    use_cache None means on with TensorRT, where building engines takes long, and off on the CPU
-    executor, where compiling takes seconds and loading a saved entry longer. cache_dir None means
-    default_dir(). A run that uses the cache first deletes what killed runs left in it.
-    """
-    if use_cache is None:
-        use_cache = backend_name == "tensorrt"
-    cache_dir = cache_dir or default_dir()
-    if use_cache:
-        remove_leftovers(cache_dir)
-    config = weight_loader.gpt_config(checkpoint, dtype, quant.mode if quant else None)
-
-    def key():
-        identity = checkpoint_identity(checkpoint, cache_dir)
-        if identity is None:  # not downloaded yet
-            return None
-        bounds = generate.shape_bounds(config)
-        return key_parts(identity, dtype, quant, bounds, num_samples, environment(backend_name), source_digest(backend_name))
-
-    parts = key() if use_cache else None
-    if parts:
-        start = time.perf_counter()
-        entry = load(cache_dir, parts, FUNCTIONS)
-        if entry:
-            executables, info = entry
-            seconds = time.perf_counter() - start
-            return generate.Compiled(tuple(executables[name] for name in FUNCTIONS), info["weight_bytes"], seconds, from_engine_cache=True)
-
-    model, calibration_seconds = weight_loader.load_model(checkpoint, dtype, quant)
-    start = time.perf_counter()
-    with progress.step("Compiling prefill and decode"):
-        functions = (generate.compile_prefill(model, num_samples), generate.compile_decode(model, num_samples))
-    compiled = generate.Compiled(functions, model.weight_bytes(), time.perf_counter() - start, calibration_seconds=calibration_seconds)
-    parts = (parts or key()) if use_cache else None  # a Hub model is downloaded by now
-    if parts:
-        start = time.perf_counter()
-        if save(cache_dir, parts, dict(zip(FUNCTIONS, functions)), {"weight_bytes": compiled.weight_bytes}):
-            compiled.save_seconds = time.perf_counter() - start
-    return compiled
 
 
 def default_dir():
@@ -192,18 +145,21 @@ def source_digest(backend_name):
     its constant folding runs at compile time)."""
     paths = [os.path.join(REPO_ROOT, name) for name in SOURCE_FILES]
     if backend_name == "cpu":
-        executor = os.path.join(REPO_ROOT, "torch_executor")
-        paths += [os.path.join(executor, n) for n in sorted(os.listdir(executor)) if n.endswith(".py")]
+        paths += torch_executor.source_files()
     digest = hashlib.sha256()
     for path in paths:
-        if os.path.exists(path):
-            digest.update(os.path.relpath(path, REPO_ROOT).encode() + b"\0" + open(path, "rb").read() + b"\0")
+        with open(path, "rb") as f:
+            digest.update(os.path.relpath(path, REPO_ROOT).encode() + b"\0" + f.read() + b"\0")
     return digest.hexdigest()
 
 
-def key_parts(checkpoint_files, dtype, quant, shape_bounds, batch_size, env, source):
-    """Everything that changes the compiled functions, as plain JSON-able values. `quant` is a
+def key_parts(checkpoint, cache_dir, dtype, quant, shape_bounds, batch_size, backend_name):
+    """Everything that changes the compiled functions, as plain JSON-able values, or None while the
+    checkpoint's weights are not on this machine (a Hub model before its first download). `quant` is a
     quantization.Quantization or None: its mode and calibration tokens change the weights."""
+    checkpoint_files = checkpoint_identity(checkpoint, cache_dir)
+    if checkpoint_files is None:
+        return None
     return {
         "format": ENTRY_FORMAT,
         "checkpoint": checkpoint_files,
@@ -211,8 +167,8 @@ def key_parts(checkpoint_files, dtype, quant, shape_bounds, batch_size, env, sou
         "quantization": quant.cache_key() if quant else None,
         "shape_bounds": {name: list(bounds) for name, bounds in shape_bounds.items()},
         "batch_size": batch_size,
-        "environment": env,
-        "source": source,
+        "environment": environment(backend_name),
+        "source": source_digest(backend_name),
     }
 
 

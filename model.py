@@ -3,8 +3,8 @@
 Module and parameter names follow transformers' GPT2LMHeadModel (transformer.h.0.attn.c_attn.weight,
 ..., lm_head.weight), so weight_loader.py copies a checkpoint key for key. The numerics follow it too.
 With config.quant_mode set, linear_layer builds quantized layers instead, whose scales are parameters
-too; weight_loader.load_quant_weights_from_hf fills them from ModelOpt's calibration, and the model then
-computes what ModelOpt's fake-quantized transformers model computes.
+too; weight_loader.load_model fills them from ModelOpt's calibration, and the model then computes what
+ModelOpt's fake-quantized transformers model computes.
 """
 
 import math
@@ -16,7 +16,7 @@ import nvtripy as tp
 # The placeholder nvtripy's own modules (tp.Linear, tp.LayerNorm) use for a parameter that must be loaded.
 from nvtripy.frontend.module.parameter import DefaultParameter
 
-from quantization import QuantMode
+from quant_modes import PER_TENSOR, QuantMode
 
 
 @dataclass
@@ -32,58 +32,56 @@ class GPTConfig:
     quant_mode: Optional[QuantMode] = None  # a quantization.QUANT_MODES entry; None means full precision
 
 
-class Int4Linear(tp.Module):
-    """Weight-only int4 linear layer in AWQ's layout: y = (x * pre_quant_scale) @ dequantize(W) + b.
+class BlockQuantizedLinear(tp.Module):
+    """Weight-only linear layer quantized in blocks of inputs, in AWQ's layout:
+    y = (x * pre_quant_scale) @ dequantize(W) + b.
 
-    AWQ quantizes blocks of 128 consecutive inputs of each output. nvtripy's block-wise int4 blocks
+    AWQ quantizes blocks of consecutive inputs of each output. nvtripy's block-wise quantization blocks
     dim 0 of a 2-D weight, and tp.Linear keeps its weight as [out, in], so tp.Linear would block the
-    output dim instead. Here the weight is [in, out] and its scales [in / 128, out]: dim 0 is the input
+    output dim instead. Here the weight is [in, out] and its scales [in / block, out]: dim 0 is the input
     dim, and x @ W needs no transpose. pre_quant_scale [in] is AWQ's per-input-channel scale, for layers
     fed by no LayerNorm that could absorb it (quantization.tripy_quantized_state_dict folds the others).
     """
 
-    def __init__(self, in_features, out_features, bias, dtype, block_size, pre_quant_scale):
+    def __init__(self, in_features, out_features, bias, dtype, mode, pre_quant_scale):
         super().__init__()
-        if in_features % block_size:
-            raise ValueError(f"int4 needs the input size to be a multiple of {block_size}, not {in_features}")
-        self.dtype = dtype
+        self.dtype, self.quant_dtype = dtype, getattr(tp, mode.quant_dtype)
         self.weight = DefaultParameter((in_features, out_features), dtype=dtype)
-        self.weight_scale = DefaultParameter((in_features // block_size, out_features), dtype=dtype)
+        self.weight_scale = DefaultParameter((in_features // mode.block_size, out_features), dtype=dtype)
         self.bias = DefaultParameter((out_features,), dtype=dtype) if bias else None
         self.pre_quant_scale = DefaultParameter((in_features,), dtype=dtype) if pre_quant_scale else None
 
     def forward(self, x):
         if self.pre_quant_scale is not None:
             x = x * self.pre_quant_scale
-        weight = tp.dequantize(tp.quantize(self.weight, self.weight_scale, tp.int4), self.weight_scale, self.dtype)
-        out = x @ weight
+        quantized = tp.quantize(self.weight, self.weight_scale, self.quant_dtype)
+        out = x @ tp.dequantize(quantized, self.weight_scale, self.dtype)
         return out if self.bias is None else out + self.bias
 
 
 def linear_layer(config, in_features, out_features, bias, fed_by_layer_norm=False, lm_head=False):
-    """Builds every linear layer of the model, quantized as config.quant_mode says.
+    """Builds every linear layer of the model, quantized as config.quant_mode describes.
 
     Which layers are quantized, and how, follows quantization.py (ModelOpt's configs): the four linear
     layers of every block in each mode; lm_head where the mode says so. Scales are the layer's parameters
     weight_scale (and input_scale, pre_quant_scale), named and shaped as tripy_quantized_state_dict
-    makes them. int8 quantizes the weight per output channel (dim 0 of tp.Linear's [out, in]); float8
-    quantizes weight and input per tensor, each with a scalar scale; int4 is Int4Linear, whose AWQ
+    makes them. A weight quantized per output channel or per tensor stays in tp.Linear's [out, in], its
+    per-channel scales along dim 0; one quantized in blocks of inputs is a BlockQuantizedLinear, whose AWQ
     pre_quant_scale is a parameter only where no LayerNorm feeds the layer (`fed_by_layer_norm`).
     """
-    mode = config.quant_mode
+    mode, dtype = config.quant_mode, config.dtype
     if mode is None or (lm_head and not mode.quantizes_lm_head):
-        return tp.Linear(in_features, out_features, bias=bias, dtype=config.dtype)
-    if mode.name == "int8-weight-only":
-        layer = tp.Linear(in_features, out_features, bias=bias, dtype=config.dtype, quant_dtype=tp.int8, weight_quant_dim=0)
+        return tp.Linear(in_features, out_features, bias=bias, dtype=dtype)
+    if mode.weight_in_out:
+        pre_quant_scale = mode.awq and not fed_by_layer_norm
+        return BlockQuantizedLinear(in_features, out_features, bias, dtype, mode, pre_quant_scale)
+    quant_dtype, per_channel_dim = getattr(tp, mode.quant_dtype), None if mode.granularity == PER_TENSOR else 0
+    layer = tp.Linear(in_features, out_features, bias, dtype, quant_dtype=quant_dtype, weight_quant_dim=per_channel_dim)
+    if mode.granularity == PER_TENSOR:
+        layer.weight_scale = DefaultParameter((), dtype=dtype)  # tp.Linear leaves the shape open
+    if not mode.quantizes_inputs:
         layer.input_scale = None  # weight-only: tp.Linear's optional input quantization is not a parameter here
-        return layer
-    if mode.name == "float8":
-        layer = tp.Linear(in_features, out_features, bias=bias, dtype=config.dtype, quant_dtype=tp.float8)
-        layer.weight_scale = DefaultParameter((), dtype=config.dtype)  # per tensor; tp.Linear leaves the shape open
-        return layer
-    if mode.name == "int4-weight-only":
-        return Int4Linear(in_features, out_features, bias, config.dtype, mode.input_multiple, pre_quant_scale=not fed_by_layer_norm)
-    raise ValueError(f"model.py has no layer for quant mode '{mode}'")
+    return layer
 
 
 def gelu_new(x):

@@ -1,16 +1,13 @@
 """Quantization modes, and quantizing transformers' GPT-2 with NVIDIA ModelOpt into Tripy's layouts.
 
-`QUANT_MODES` describes each mode once: model.py builds its layers from that description, the speed
-report counts its weight bytes, and the command line checks its input sizes and GPU. Then three steps,
-each a plain function:
-1. Calibration tokens without a network (`calibration_data`): a plain-text file, or English text that
-   ships with Python itself (the stdlib's `pydoc_data.topics`, the text behind `help("topic")`).
-2. `modelopt_quantize`: ModelOpt 0.47 configs (list-style `quant_cfg`) for each mode, calibrated with a
-   forward loop that shows progress.
-3. `tripy_quantized_state_dict`: calibrated amax -> scales, in the layouts Tripy's quantized linear
-   layers consume, with AWQ's pre_quant_scale folded or kept explicit (never dropped).
-
-This module does not import nvtripy: the command line reads the modes before the backend is chosen.
+What a mode is lives in quant_modes.py; this module reads those descriptions. `prepare` checks that the
+mode fits the model and reads the calibration text, before any weights are read. Then one pass,
+`Quantization.quantized_state_dict`, runs two plain functions:
+1. `modelopt_quantize`: ModelOpt 0.47's config for the mode (list-style `quant_cfg`), calibrated with a
+   forward loop that shows progress, on tokens of a plain-text file or of English text that ships with
+   Python itself (the stdlib's `pydoc_data.topics`, the text behind `help("topic")`): no network.
+2. `tripy_quantized_state_dict`: calibrated amax -> scales, in the layouts model.py's quantized linear
+   layers take, with AWQ's pre_quant_scale folded or kept explicit (never dropped).
 """
 
 import contextlib
@@ -19,39 +16,15 @@ import hashlib
 import io
 import os
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
+from quant_modes import PER_BLOCK, PER_CHANNEL, QUANT_MODES, QuantMode  # noqa: F401 (QUANT_MODES: for callers)
 
-@dataclass(frozen=True)
-class QuantMode:
-    """One quantization mode: what it quantizes and what that costs and needs."""
-
-    name: str
-    weight_bits: int  # bits of one quantized weight: what a decode step reads of it
-    maxbound: float  # the largest magnitude of the quantized type; a scale is calibrated amax / maxbound
-    quantizes_lm_head: bool  # lm_head too, besides the four linear layers of every block
-    input_multiple: int = 1  # every quantized layer's input size must be a multiple of this
-    min_compute_capability: Optional[tuple] = None  # the oldest GPU that runs it on TensorRT
-
-    def __str__(self):
-        return self.name
-
-
-# int4 is AWQ's: blocks of 128 consecutive inputs share a scale (ModelOpt's INT4_AWQ_CFG, block_sizes
-# {-1: 128}), so each layer's inputs must tile into them. float8 needs Ada (8.9) or Hopper (9.0) GPUs.
-INT4_BLOCK_SIZE = 128
-QUANT_MODES = {
-    mode.name: mode
-    for mode in (
-        QuantMode("int8-weight-only", weight_bits=8, maxbound=127.0, quantizes_lm_head=False),
-        QuantMode("int4-weight-only", weight_bits=4, maxbound=7.0, quantizes_lm_head=False, input_multiple=INT4_BLOCK_SIZE),
-        QuantMode("float8", weight_bits=8, maxbound=448.0, quantizes_lm_head=True, min_compute_capability=(8, 9)),
-    )
-}
 
 # AWQ scales that can be folded exactly into the LayerNorm that feeds only that linear layer:
 # LayerNorm(x) * s == LayerNorm with weight * s and bias * s.
@@ -68,10 +41,10 @@ def unquantizable_reason(mode, hf_config, name="this model"):
     """Why `mode` cannot quantize the linear layers of a transformers GPT2Config, or None when it can."""
     inputs = {"embedding size": hf_config.n_embd, "MLP's inner size": hf_config.n_inner or 4 * hf_config.n_embd}
     for what, size in inputs.items():
-        if size % mode.input_multiple:
+        if mode.block_size and size % mode.block_size:
             return (
-                f"{mode} quantizes blocks of {mode.input_multiple} inputs, and the {what} of {name} "
-                f"({size}) is not a multiple of {mode.input_multiple}"
+                f"{mode} quantizes blocks of {mode.block_size} inputs, and the {what} of {name} "
+                f"({size}) is not a multiple of {mode.block_size}"
             )
     return None
 
@@ -197,10 +170,12 @@ def calibration_data(encoding, calib_file, num_samples, max_length=CALIB_MAX_LEN
 
 @dataclass
 class Quantization:
-    """What to quantize with: a mode, and the tokens ModelOpt calibrates it on."""
+    """What to quantize with, a mode and the tokens ModelOpt calibrates it on, and, once it has, how long
+    that took (for the report; None when the engine cache had the quantized model)."""
 
     mode: QuantMode
     calibration: CalibrationData
+    calibration_seconds: Optional[float] = None
 
     def cache_key(self):
         """Everything that changes the quantized weights, for the engine cache's key."""
@@ -209,6 +184,22 @@ class Quantization:
             "calibration_tokens_sha256": self.calibration.tokens_sha256(),
             "calibration": self.calibration.summary(),
         }
+
+    def quantized_state_dict(self, model_hf):
+        """Calibrates transformers' GPT-2 (float32, changed in place) with ModelOpt and returns its weights
+        and scales in Tripy's layouts (tripy_quantized_state_dict)."""
+        start = time.perf_counter()
+        modelopt_quantize(model_hf, self.mode, self.calibration.batches)
+        self.calibration_seconds = time.perf_counter() - start
+        return tripy_quantized_state_dict(model_hf, self.mode)
+
+    def report(self):
+        """The report line of the calibration, once it has run."""
+        calibration = self.calibration
+        return (
+            f"Calibrating {self.mode} on {calibration.summary()} of {calibration.text_source} took "
+            f"{self.calibration_seconds:.2f} seconds."
+        )
 
 
 def prepare(checkpoint, mode, calib_file=None, num_samples=CALIB_SAMPLES):
@@ -238,37 +229,36 @@ def _import_mtq():
 
 
 def modelopt_quant_config(mode):
-    """The ModelOpt 0.47 config for a mode: a predefined config plus appended list entries.
+    """The ModelOpt 0.47 config for a mode: its predefined config (mode.modelopt_config) plus appended
+    list entries.
 
     In 0.47 `quant_cfg` is an ordered list of {quantizer_name, cfg | enable} entries (later ones
     win), so adjustments are appended entries; dict-style edits no longer apply.
-    - int8-weight-only: INT8_DEFAULT_CFG (int8, per output channel: axis 0 of the [out, in]
-      weight) with the input quantizers disabled. lm_head stays unquantized (ModelOpt's default).
-    - int4-weight-only: INT4_AWQ_CFG (int4, blocks of 128 along the input dim, awq_lite).
-      lm_head stays unquantized (ModelOpt's default).
-    - float8: FP8_DEFAULT_CFG (e4m3 weights and inputs, per tensor), plus lm_head's weight and
-      input quantizers, which the predefined config excludes. Only those two are named: a
-      "*lm_head*" enable would also switch on lm_head's output quantizer.
+    - INT8_DEFAULT_CFG quantizes weights per output channel (axis 0 of the [out, in] weight) and
+      inputs too: a weight-only mode disables the input quantizers.
+    - INT4_AWQ_CFG: int4 in blocks of 128 along the input dim, with awq_lite; weight-only already.
+    - FP8_DEFAULT_CFG: e4m3 weights and inputs, per tensor.
+    - lm_head stays unquantized (ModelOpt's default) unless the mode quantizes it: then its weight
+      and input quantizers are named, and only those; a "*lm_head*" enable would also switch on
+      lm_head's output quantizer.
     Every mode then disables the quantizers ModelOpt puts on LayerNorms: FP8_DEFAULT_CFG's
     "*input_quantizer" would otherwise fake-quantize the inputs of ln_1, ln_2 and ln_f (the
     residual stream), which Tripy's model, quantizing linear layers only, does not do.
     """
     mtq = _import_mtq()
-    if mode.name == "int8-weight-only":
-        config = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
+    config = copy.deepcopy(getattr(mtq, mode.modelopt_config))
+    if not mode.quantizes_inputs:
         config["quant_cfg"].append({"quantizer_name": "*input_quantizer", "enable": False})
-    elif mode.name == "int4-weight-only":
-        config = copy.deepcopy(mtq.INT4_AWQ_CFG)
-    elif mode.name == "float8":
-        config = copy.deepcopy(mtq.FP8_DEFAULT_CFG)
-        fp8 = {"num_bits": (4, 3), "axis": None}
-        config["quant_cfg"].append({"quantizer_name": "*lm_head.weight_quantizer", "cfg": dict(fp8)})
-        config["quant_cfg"].append({"quantizer_name": "*lm_head.input_quantizer", "cfg": dict(fp8)})
+    if mode.quantizes_lm_head:
+        weights = next(e["cfg"] for e in config["quant_cfg"] if e.get("quantizer_name") == "*weight_quantizer")
+        inputs = next(e["cfg"] for e in config["quant_cfg"] if e.get("quantizer_name") == "*input_quantizer")
+        config["quant_cfg"].append({"quantizer_name": "*lm_head.weight_quantizer", "cfg": dict(weights)})
+        config["quant_cfg"].append({"quantizer_name": "*lm_head.input_quantizer", "cfg": dict(inputs)})
     config["quant_cfg"].append({"quantizer_name": "*", "parent_class": "nn.LayerNorm", "enable": False})
     return config
 
 
-def _progress_forward_loop(calib_batches, mode, num_passes, progress):
+def _progress_forward_loop(calib_batches, mode, num_passes):
     """A ModelOpt forward loop that runs every batch through the model, with a tqdm line on stderr."""
     from tqdm import tqdm
 
@@ -278,7 +268,7 @@ def _progress_forward_loop(calib_batches, mode, num_passes, progress):
         passes[0] += 1
         label = f"calibrating {mode}" + (f" (pass {passes[0]}/{num_passes})" if num_passes > 1 else "")
         total = sum(batch.shape[0] for batch in calib_batches)
-        with torch.no_grad(), tqdm(total=total, desc=label, unit="sample", file=sys.stderr, disable=not progress) as bar:
+        with torch.no_grad(), tqdm(total=total, desc=label, unit="sample", file=sys.stderr) as bar:
             for batch in calib_batches:
                 model(batch.to(next(model.parameters()).device))
                 bar.update(batch.shape[0])
@@ -286,19 +276,16 @@ def _progress_forward_loop(calib_batches, mode, num_passes, progress):
     return forward_loop
 
 
-def modelopt_quantize(model_hf, mode, calib_batches, progress=True):
+def modelopt_quantize(model_hf, mode, calib_batches):
     """Quantizes and calibrates a transformers GPT-2 in place with ModelOpt; returns it.
 
     `calib_batches` is a sequence of int64 token tensors [batch, T] (CalibrationData.batches). The
     result is ModelOpt's fake-quantized model; `tripy_quantized_state_dict` reads it. Progress goes to
-    stderr (a tqdm line per pass; `progress=False` hides it). AWQ (int4) runs the calibration data
+    stderr (a tqdm line per pass). AWQ (int4) runs the calibration data
     through the model twice: once to collect activation statistics, once to search its scales.
     """
     if len(calib_batches) == 0:
         raise CalibrationDataError("no calibration batches to calibrate with")
-    reason = unquantizable_reason(mode, model_hf.config)
-    if reason:  # ModelOpt would pad a partial block; Tripy's block-wise quantization cannot
-        raise ValueError(reason)
 
     mtq = _import_mtq()
     config = modelopt_quant_config(mode)
@@ -306,7 +293,7 @@ def modelopt_quantize(model_hf, mode, calib_batches, progress=True):
     method = algorithm.get("method") if isinstance(algorithm, dict) else algorithm
     num_passes = 2 if method == "awq_lite" else 1
     model_hf.eval()
-    forward_loop = _progress_forward_loop(calib_batches, mode, num_passes, progress)
+    forward_loop = _progress_forward_loop(calib_batches, mode, num_passes)
     # ModelOpt prints notes of its own ("Inserted 51 quantizers", "awq_lite: ...") to stdout, which is
     # for the generated text; the progress bar above says what is happening.
     with contextlib.redirect_stdout(io.StringIO()):
@@ -376,8 +363,9 @@ def tripy_quantized_state_dict(model_hf, mode):
     if not linears:
         raise ValueError("the model has no quantized linear layers; run modelopt_quantize first")
 
+    # The model's own tensors where they are float32 already: it is calibrated and thrown away.
     state = {
-        key: value.detach().float().cpu().clone()
+        key: value.detach().float().cpu()
         for key, value in model_hf.state_dict().items()
         if "_quantizer." not in key and not key.endswith("_quantizer")
     }
@@ -388,19 +376,17 @@ def tripy_quantized_state_dict(model_hf, mode):
         scale = _scale_from_amax(wq, mode.maxbound)
         out_features, in_features = weight.shape
 
-        if mode.name == "int8-weight-only":
-            state[f"{name}.weight"] = weight.clone()
-            state[f"{name}.weight_scale"] = scale.reshape(out_features).clone()
-        elif mode.name == "int4-weight-only":
-            # ModelOpt's blocks: [out, in/B] (B consecutive inputs of one output row); Tripy's
-            # block-wise int4 blocks dim 0, so both the weight and the scales are transposed.
+        if mode.weight_in_out:
+            # ModelOpt's blocks: [out, in/B] (B consecutive inputs of one output row); nvtripy's block-wise
+            # quantization blocks dim 0, so both the weight and the scales are transposed.
             state[f"{name}.weight"] = weight.t().contiguous()
-            state[f"{name}.weight_scale"] = scale.reshape(out_features, in_features // INT4_BLOCK_SIZE).t().contiguous()
+            blocks = scale.reshape(out_features, in_features // mode.block_size)
+            state[f"{name}.weight_scale"] = blocks.t().contiguous()
         else:
-            state[f"{name}.weight"] = weight.clone()
-            state[f"{name}.weight_scale"] = scale.reshape(())
-            if iq.is_enabled:
-                state[f"{name}.input_scale"] = _scale_from_amax(iq, mode.maxbound).reshape(())
+            state[f"{name}.weight"] = weight
+            state[f"{name}.weight_scale"] = scale.reshape(out_features if mode.granularity == PER_CHANNEL else ())
+        if mode.quantizes_inputs:
+            state[f"{name}.input_scale"] = _scale_from_amax(iq, mode.maxbound).reshape(())
 
         pre_quant_scale = iq.pre_quant_scale
         if pre_quant_scale is None:
@@ -414,5 +400,5 @@ def tripy_quantized_state_dict(model_hf, mode):
             state[f"{prefix}.weight"] = state[f"{prefix}.weight"] * pre_quant_scale
             state[f"{prefix}.bias"] = state[f"{prefix}.bias"] * pre_quant_scale
         else:
-            state[f"{name}.pre_quant_scale"] = pre_quant_scale.clone()
+            state[f"{name}.pre_quant_scale"] = pre_quant_scale
     return state

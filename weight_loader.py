@@ -1,18 +1,16 @@
 """Copies a GPT-2 checkpoint's weights into model.GPT, key for key, quantized with ModelOpt if asked.
 
 The checkpoint is read by checkpoint.py (transformers underneath); its config gives the model's shape,
-so any GPT-2-architecture checkpoint works. `load_model` builds the GPT and fills it: as the
-checkpoint stores it, or first quantized and calibrated by ModelOpt (quantization.py), with the
-weights and scales loaded into a quantized GPT.
+so any GPT-2-architecture checkpoint works. `load_model` reads the weights once, checks them against
+the shapes the config promises, quantizes them if asked (quantization.py), and loads them into a GPT
+built for them.
 """
 
-import dataclasses
-import time
+import gc
 
 import nvtripy as tp
 import torch
 
-import quantization
 from checkpoint import check_weights, read_hf_model
 from model import GPT, GPTConfig
 
@@ -37,43 +35,79 @@ def gpt_config(checkpoint, dtype=tp.float32, quant_mode=None):
     )
 
 
-def load_model(checkpoint, dtype, quant=None, progress=True):
+def checkpoint_shapes(config):
+    """{key: shape} of the weights a GPT-2 checkpoint of this shape holds, in our (out, in) layout."""
+    n, inner, vocab = config.embedding_size, 4 * config.embedding_size, config.vocab_size
+    shapes = {"transformer.wte.weight": (vocab, n), "transformer.wpe.weight": (config.block_size, n)}
+    for i in range(config.num_layers):
+        layer = f"transformer.h.{i}"
+        for norm in ("ln_1", "ln_2"):
+            shapes.update({f"{layer}.{norm}.weight": (n,), f"{layer}.{norm}.bias": (n,)})
+        for name, (inputs, outputs) in {
+            "attn.c_attn": (n, 3 * n),
+            "attn.c_proj": (n, n),
+            "mlp.c_fc": (n, inner),
+            "mlp.c_proj": (inner, n),
+        }.items():
+            shapes.update({f"{layer}.{name}.weight": (outputs, inputs), f"{layer}.{name}.bias": (outputs,)})
+    shapes.update({"transformer.ln_f.weight": (n,), "transformer.ln_f.bias": (n,), "lm_head.weight": (vocab, n)})
+    return shapes
+
+
+def load_model(checkpoint, dtype, quant=None):
     """The GPT with the checkpoint's weights in `dtype`, quantized as `quant` (a quantization.Quantization)
-    says, or not at all. Returns it and the seconds calibration took (None when not quantized)."""
-    model = GPT(gpt_config(checkpoint, dtype, quant.mode if quant else None))
-    if quant is None:
-        load_weights(model, checkpoint)
-        return model, None
-    return model, load_quantized_weights(model, checkpoint, quant.calibration, progress)
+    says, or not at all.
 
-
-def expected_shapes(model):
-    return {key: tuple(map(int, param.shape)) for key, param in model.state_dict().items()}
-
-
-def load_weights(model, checkpoint):
-    """Copies the checkpoint's weights into `model` (a model.GPT), converted to its dtype."""
-    hf_model, info = read_hf_model(checkpoint, TORCH_DTYPES[model.config.dtype])
-    hf_state = hf_model.state_dict()
+    Quantizing runs ModelOpt on transformers' model in float32, whatever the model's dtype is: scales
+    come from full-precision activations. That model is thrown away before this returns, so what is
+    compiled next holds only the weights it loads."""
+    config = gpt_config(checkpoint, dtype, quant.mode if quant else None)
+    hf_model, info = read_hf_model(checkpoint, torch.float32 if quant else TORCH_DTYPES[dtype])
+    state = hf_model.state_dict()
+    check_weights(checkpoint.source, checkpoint_shapes(config), state, info, TRANSPOSED)
+    if quant is not None:
+        state = quant.quantized_state_dict(hf_model)
     del hf_model
-    check_weights(checkpoint.source, expected_shapes(model), hf_state, info, TRANSPOSED)
-    tied = lm_head_is_embedding(hf_state)
+    model = GPT(config)
+    model.load_state_dict(tripy_state(state, model, checkpoint.source))
+    del state
+    gc.collect()  # ModelOpt's quantized model holds reference cycles: its memory goes back now, not later
+    return model
 
-    # Transposed copies are made one at a time, each source dropped as we go; other tensors are shared,
-    # not copied. The peak is the mapped checkpoint plus the transposed copies: about 2x the fp32 size,
-    # half of it clean page cache (benchmarks/loader_memory.py measures it).
-    state = {}
-    for key in list(hf_state):
-        weight = hf_state.pop(key)
-        if key == "lm_head.weight" and tied:
+
+def tripy_state(state, model, source):
+    """The checkpoint's (or quantization's) tensors as nvtripy tensors for `model`, in its dtype and layout.
+
+    Conv1D weights of an unquantized model are transposed to (out, in), one at a time, each source
+    dropped as we go; other tensors are shared, not copied, where they have the model's dtype already.
+    The peak is the mapped checkpoint plus the transposed copies: about 2x the fp32 size, half of it
+    clean page cache (benchmarks/loader_memory.py measures it). Old checkpoints' causal-mask buffers
+    (attn.bias, attn.masked_bias) are not weights and are left out.
+    """
+    expected = {key: tuple(map(int, param.shape)) for key, param in model.state_dict().items()}
+    quantized = model.config.quant_mode is not None
+    if quantized:  # quantization's own layout, checked against the layers that take it
+        check_weights(source, expected, {key: value for key, value in state.items() if not _buffer(key)})
+    # The lm_head that transformers computes with: the token embedding itself (weight tying), or the
+    # checkpoint's own; a quantized lm_head (with its own scales) is loaded on its own.
+    tied = "lm_head.weight_scale" not in state and lm_head_is_embedding(state)
+    torch_dtype = TORCH_DTYPES[model.config.dtype]
+    tensors = {}
+    for key in list(state):
+        weight = state.pop(key)
+        if _buffer(key) or (key == "lm_head.weight" and tied):
             continue
-        if key.endswith(TRANSPOSED):
-            weight = weight.t().contiguous()
-        state[key] = tp.Tensor(weight)
+        if key.endswith(TRANSPOSED) and not quantized:
+            weight = weight.t()
+        tensors[key] = tp.Tensor(weight.to(torch_dtype).contiguous())
     if tied:
         # See https://paperswithcode.com/method/weight-tying: the output projection is the token embedding.
-        state["lm_head.weight"] = state["transformer.wte.weight"]
-    model.load_state_dict(state)
+        tensors["lm_head.weight"] = tensors["transformer.wte.weight"]
+    return tensors
+
+
+def _buffer(key):
+    return key.endswith((".attn.bias", ".attn.masked_bias"))
 
 
 def lm_head_is_embedding(state):
@@ -84,40 +118,3 @@ def lm_head_is_embedding(state):
     """
     lm_head, wte = state["lm_head.weight"], state["transformer.wte.weight"]
     return lm_head is wte or torch.equal(lm_head, wte)
-
-
-def load_quantized_weights(model, checkpoint, calibration, progress=True):
-    """Quantizes the checkpoint with ModelOpt as `model` (a model.GPT) says, and loads the result into
-    it, converted to its dtype. Returns the seconds calibration took.
-
-    `calibration` is quantization.CalibrationData. ModelOpt runs on transformers' model in float32,
-    whatever the model's dtype is: scales come from full-precision activations.
-    quantization.tripy_quantized_state_dict turns its calibrated amax into scales laid out as
-    model.linear_layer's layers take them, with AWQ's pre_quant_scales folded into LayerNorms or kept
-    as parameters. The checkpoint is checked as load_weights_from_hf checks it, and the converted
-    tensors against the quantized model, each with one message naming every bad key.
-    """
-    mode = model.config.quant_mode
-    hf_model, info = read_hf_model(checkpoint, torch.float32)
-    unquantized = GPT(dataclasses.replace(model.config, quant_mode=None))  # shapes only: nothing is allocated
-    check_weights(checkpoint.source, expected_shapes(unquantized), hf_model.state_dict(), info, TRANSPOSED)
-
-    start = time.perf_counter()
-    quantization.modelopt_quantize(hf_model, mode, calibration.batches, progress=progress)
-    seconds = time.perf_counter() - start
-    state = quantization.tripy_quantized_state_dict(hf_model, mode)
-    del hf_model
-    expected = expected_shapes(model)
-    state = {key: value for key, value in state.items() if not key.endswith((".attn.bias", ".attn.masked_bias"))}
-    check_weights(checkpoint.source, expected, state)
-
-    # The lm_head that ModelOpt's model computes with: the token embedding itself, as in load_weights, or
-    # the checkpoint's own, or (float8) ModelOpt's fake-quantized copy, loaded on its own.
-    tied = "lm_head.weight_scale" not in state and lm_head_is_embedding(state)
-    if tied:
-        del state["lm_head.weight"]
-    tp_state = {key: tp.Tensor(value.to(TORCH_DTYPES[model.config.dtype]).contiguous()) for key, value in state.items()}
-    if tied:
-        tp_state["lm_head.weight"] = tp_state["transformer.wte.weight"]
-    model.load_state_dict(tp_state)
-    return seconds

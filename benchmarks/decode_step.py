@@ -47,7 +47,7 @@ class Ours:
         from checkpoint import open_checkpoint
 
         self.tp = tp
-        model, _ = weight_loader.load_model(open_checkpoint(checkpoint), getattr(tp, dtype))
+        model = weight_loader.load_model(open_checkpoint(checkpoint), getattr(tp, dtype))
         self.prefill, self.decode = generate.compile_prefill(model, batch), generate.compile_decode(model, batch)
 
     def start(self, prompt):

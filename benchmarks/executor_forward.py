@@ -52,7 +52,7 @@ def main():
     with tempfile.TemporaryDirectory() as checkpoint:
         hf_model.save_pretrained(checkpoint)
         make_tiny_checkpoint.write_tokenizer(checkpoint)
-        model, _ = weight_loader.load_model(open_checkpoint(checkpoint), tp.float32)
+        model = weight_loader.load_model(open_checkpoint(checkpoint), tp.float32)
 
     start = time.perf_counter()
     compiled = tp.compile(model, args=[tp.InputInfo((1, (1, args.seq_len, args.seq_len)), dtype=tp.int32)])

@@ -66,7 +66,7 @@ threading.Thread(target=sample, daemon=True).start()
 dtype = {"float32": tp.float32, "float16": tp.float16}[sys.argv[3]]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 start = time.perf_counter()
-model, _ = weight_loader.load_model(open_checkpoint(sys.argv[2]), dtype)
+model = weight_loader.load_model(open_checkpoint(sys.argv[2]), dtype)
 seconds = time.perf_counter() - start
 done.set()
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

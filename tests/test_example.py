@@ -286,7 +286,7 @@ def quantized_response(result, quant_mode, samples, tokens, text_source):
 def modelopt_greedy(directory, quant_mode, calibration, prompt, max_new_tokens):
     """Greedy tokens of ModelOpt's fake-quantized transformers model, calibrated on the same tokens."""
     hf_model = GPT2LMHeadModel.from_pretrained(directory, local_files_only=True).eval()
-    quantization.modelopt_quantize(hf_model, QUANT_MODES[quant_mode], calibration.batches, progress=False)
+    quantization.modelopt_quantize(hf_model, QUANT_MODES[quant_mode], calibration.batches)
     hf_model.generation_config.eos_token_id = None
     out = hf_model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=0)
     return out[0, len(prompt) :].tolist()

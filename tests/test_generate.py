@@ -40,7 +40,7 @@ def compiled():
 
     def get(directory, dtype):
         if (directory, dtype) not in cache:
-            model, _ = weight_loader.load_model(open_checkpoint(directory), DTYPES[dtype])
+            model = weight_loader.load_model(open_checkpoint(directory), DTYPES[dtype])
             recompute = generate.compile_forward(model, model.config.block_size, 8)
             cache[directory, dtype] = (model, generate.compile_prefill(model), generate.compile_decode(model), recompute)
         return cache[directory, dtype]
@@ -146,11 +146,11 @@ def test_quantized_cached_greedy_matches_recompute_and_transformers(quant_checkp
 
     directory, calibration = quant_checkpoint
     quant = quantization.Quantization(QUANT_MODES[quant_mode], calibration)
-    model, _ = weight_loader.load_model(open_checkpoint(directory), DTYPES[dtype], quant, progress=False)
+    model = weight_loader.load_model(open_checkpoint(directory), DTYPES[dtype], quant)
     prefill, decode = generate.compile_prefill(model), generate.compile_decode(model)
     recompute = generate.compile_forward(model, model.config.block_size, 8)
     reference = tiny_gpt2(0)
-    quantization.modelopt_quantize(reference, quant.mode, calibration.batches, progress=False)
+    quantization.modelopt_quantize(reference, quant.mode, calibration.batches)
     reference.generation_config.eos_token_id = None
     prompt, max_new_tokens = [5, 17, 99, 3], 16
 

@@ -23,7 +23,7 @@ def device_tensor(t):
 
 def compiled_gpt(directory, dtype):
     """Loads a checkpoint the way example.py does and compiles it for every length up to its block size."""
-    model, _ = weight_loader.load_model(open_checkpoint(directory), dtype)
+    model = weight_loader.load_model(open_checkpoint(directory), dtype)
     seq_len = tp.NamedDimension("seq_len", 1, 8, model.config.block_size)
     return model, tp.compile(model, args=[tp.InputInfo((1, seq_len), dtype=tp.int32)])
 

@@ -55,7 +55,7 @@ def test_perplexity_is_transformers_on_the_same_windows(quant_checkpoints, text_
     tokens = perplexity.read_tokens(text_file, encoding)
     chunks = perplexity.windows(tokens, 64)
     assert [len(c) for c in chunks[:-1]] == [64] * (len(chunks) - 1) and sum(map(len, chunks)) == len(tokens)
-    model, _ = weight_loader.load_model(open_checkpoint(directory), tp.float32)
+    model = weight_loader.load_model(open_checkpoint(directory), tp.float32)
     forward = generate.compile_forward(model, 64, 64)
     window_logits = (generate.forward_logits(forward, torch.tensor([chunk], dtype=torch.int32)) for chunk in chunks)
     ours, scored = perplexity.perplexity(chunks, window_logits, encoding.n_vocab)

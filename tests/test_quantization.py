@@ -33,7 +33,7 @@ def quantized(quant_mode, seed):
     model = tiny_gpt2(seed)
     calib = calibration_batches(model.config.vocab_size)
     mode = q.QUANT_MODES[quant_mode]
-    q.modelopt_quantize(model, mode, calib.batches, progress=False)
+    q.modelopt_quantize(model, mode, calib.batches)
     return model, q.tripy_quantized_state_dict(model, mode), calib
 
 

@@ -22,9 +22,7 @@ from model import GPT
 
 
 def load(directory, dtype=tp.float32):
-    model, calibration_seconds = weight_loader.load_model(open_checkpoint(directory), dtype)
-    assert calibration_seconds is None
-    return model
+    return weight_loader.load_model(open_checkpoint(directory), dtype)
 
 
 def copy_checkpoint(source, tmp_path, edit_weights=None):
@@ -108,11 +106,16 @@ def test_missing_extra_and_misshaped_weights_are_named_in_one_message(tiny_check
 
 
 def test_old_checkpoints_causal_mask_buffers_are_ignored(tiny_checkpoint, tmp_path):
+    """Old checkpoints store each layer's causal mask. Masks that would hide every key, if they were
+    used, leave the logits exactly as they are without them: the model computes its own."""
+
     def add_masks(weights):
-        weights["transformer.h.0.attn.bias"] = torch.tril(torch.ones(1, 1, 128, 128))
+        weights["transformer.h.0.attn.bias"] = torch.zeros(1, 1, 128, 128)
         weights["transformer.h.0.attn.masked_bias"] = torch.tensor(-1e4)
 
-    load(copy_checkpoint(tiny_checkpoint, tmp_path, add_masks))
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    with_masks = tripy_logits(load(copy_checkpoint(tiny_checkpoint, tmp_path, add_masks)), ids)
+    assert torch.equal(with_masks, tripy_logits(load(tiny_checkpoint), ids))
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
@@ -178,14 +181,14 @@ def calibration(directory):
 def modelopt_model(directory, quant_mode):
     """ModelOpt's fake-quantized transformers model of the checkpoint, calibrated as the loader is."""
     model = GPT2LMHeadModel.from_pretrained(directory).eval()
-    return quantization.modelopt_quantize(model, QUANT_MODES[quant_mode], calibration(directory).batches, progress=False)
+    return quantization.modelopt_quantize(model, QUANT_MODES[quant_mode], calibration(directory).batches)
 
 
 @functools.lru_cache(maxsize=None)
 def quantized_gpt(directory, quant_mode, dtype=tp.float32):
     quant = quantization.Quantization(QUANT_MODES[quant_mode], calibration(directory))
-    model, seconds = weight_loader.load_model(open_checkpoint(directory), dtype, quant, progress=False)
-    assert seconds > 0
+    model = weight_loader.load_model(open_checkpoint(directory), dtype, quant)
+    assert quant.calibration_seconds > 0
     return model
 
 
