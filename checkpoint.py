@@ -23,6 +23,7 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntry
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import progress
+from errors import UserError
 from tokenizer import load_encoding
 
 try:  # huggingface_hub's HTTP client: httpx2 from huggingface_hub 2 on, httpx before
@@ -31,7 +32,7 @@ except ImportError:
     from httpx import ReadTimeout
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used. The message is one line, meant for the user."""
 
 

@@ -1,45 +1,79 @@
 """The command-line pieces example.py, perplexity.py and the benchmarks share: the options that choose
-the model, the bad-input error, and `run_command`, which turns bad input into one `error:` line.
+the model, and `run_command`, which turns bad input into one `error:` line.
 
-Nothing here imports nvtripy: the arguments are read before the backend is chosen.
+It imports nothing heavy, so that --help and bad options answer before torch, transformers and
+nvtripy load.
 """
 
 import argparse
 import os
+import signal
 import sys
 
-import torch
-
 import backend
-import quantization
-from checkpoint import CheckpointError
-from quantization import QUANT_MODES, QuantizationError
-from sampling import NonFiniteLogits
-from tokenizer import TokenizerError
+from errors import UserError
+from quant_modes import CALIB_MAX_LENGTH, CALIB_SAMPLES, QUANT_MODES
 
 
-class UsageError(Exception):
-    """Bad input from the user: reported as one line on stderr, with exit status 2."""
+class UsageError(UserError):
+    """A bad option or argument."""
 
-
-# What a user can get wrong, or a broken checkpoint: each message is one line that says what and where.
-USER_ERRORS = (UsageError, backend.BackendError, CheckpointError, QuantizationError, TokenizerError, NonFiniteLogits)
 
 DTYPES = ("float32", "float16", "bfloat16")
-# bfloat16 needs Ampere (compute capability 8.0) or newer with TensorRT; the CPU executor runs every dtype.
-MIN_COMPUTE_CAPABILITY = {"bfloat16": (8, 0)}
-DEFAULT_THREADS = 1  # measured: see README, "Threads"
+DEFAULT_THREADS = 1  # measured: see docs/performance.md, "Threads"
+
+
+class OutputError(UserError):
+    """The results cannot be written: stdout is a full disk, say."""
+
+
+class _CheckedStdout:
+    """sys.stdout, whose write errors (other than a closed pipe) are an OutputError."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _checked(self, call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(f"cannot write the output: {exc.strerror or exc}") from None
+
+    def write(self, text):
+        return self._checked(self._stream.write, text)
+
+    def flush(self):
+        return self._checked(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def run_command(main):
-    """Runs `main` as a command: bad input is one `error:` line on stderr and exit status 2, Ctrl-C 130."""
+    """Runs `main` as a command: bad input is one `error:` line on stderr and exit status 2; Ctrl-C is
+    exit status 130; a reader that closes the pipe ends it quietly, as it ends other Unix tools; an
+    output that cannot be written (a full disk) is one `error:` line."""
+    stdout, sys.stdout = sys.stdout, _CheckedStdout(sys.stdout)
     try:
-        sys.exit(main())
-    except USER_ERRORS as exc:
+        status = main()
+        sys.stdout.flush()
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        status = 2
     except KeyboardInterrupt:
-        sys.exit(130)
+        status = 130
+    except BrokenPipeError:
+        status = 128 + signal.SIGPIPE
+    finally:
+        sys.stdout = stdout
+    # What is left in stdout's buffer cannot be written either; it goes nowhere, not to a traceback at exit.
+    try:
+        sys.stdout.flush()
+    except OSError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(status)
 
 
 def quant_mode(name):
@@ -78,15 +112,16 @@ def add_model_arguments(parser):
     parser.add_argument(
         "--calib-samples",
         type=int,
-        default=quantization.CALIB_SAMPLES,
-        help=f"calibrate on this many samples of up to {quantization.CALIB_MAX_LENGTH} tokens, cut from the "
+        default=CALIB_SAMPLES,
+        help=f"calibrate on this many samples of up to {CALIB_MAX_LENGTH} tokens, cut from the "
         "calibration text (default: %(default)s)",
     )
     parser.add_argument(
         "--backend",
         choices=backend.CHOICES,
         default="auto",
-        help="auto: TensorRT when it and a GPU are present, else the PyTorch executor on the CPU (default: %(default)s)",
+        help="auto: TensorRT when it and a GPU are present, else the PyTorch executor on the CPU "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--dtype",
@@ -103,7 +138,7 @@ def add_model_arguments(parser):
 
 
 def check_model_arguments(args):
-    if args.quant_mode is None and (args.calib_file is not None or args.calib_samples != quantization.CALIB_SAMPLES):
+    if args.quant_mode is None and (args.calib_file is not None or args.calib_samples != CALIB_SAMPLES):
         raise UsageError("--calib-file and --calib-samples calibrate a quantized model: give --quant-mode too")
     if args.calib_samples < 1:
         raise UsageError(f"--calib-samples must be at least 1, not {args.calib_samples}")
@@ -114,48 +149,3 @@ def check_model_arguments(args):
             raise UsageError(f"--checkpoint {args.checkpoint}: no such directory")
     if args.threads < 1:
         raise UsageError(f"--threads must be at least 1, not {args.threads}")
-
-
-def select_backend(args, capability=None):
-    """Prepares nvtripy's backend as --backend says, with --threads; resolves --dtype for it (args.dtype
-    becomes a dtype name); and refuses a --quant-mode or --dtype its GPU cannot run (`capability`, the
-    GPU's (major, minor) compute capability; None asks CUDA). The backend's announcement is held back
-    (backend.announcement) until the checkpoint and its weights have checked out, so that bad input is
-    one line."""
-    backend_name = backend.select_backend(args.backend, announce=False)
-    torch.set_num_threads(args.threads)
-    args.dtype = args.dtype or ("float16" if backend_name == "tensorrt" else "float32")
-    if backend_name == "tensorrt":
-        capability = tuple(capability or torch.cuda.get_device_capability())
-        check_runs_on(capability, quant_mode=args.quant_mode, dtype=args.dtype)
-    return backend_name
-
-
-def check_runs_on(capability, quant_mode=None, dtype=None):
-    """Refuses a quant mode or dtype that TensorRT cannot run on a GPU of this compute capability."""
-    need = quant_mode.min_compute_capability if quant_mode else None
-    if need and capability < need:
-        runs = [name for name, m in QUANT_MODES.items() if m.min_compute_capability is None or capability >= m.min_compute_capability]
-        raise UsageError(
-            f"--quant-mode {quant_mode} needs a GPU of compute capability {need[0]}.{need[1]} or newer with TensorRT; "
-            f"this one has {capability[0]}.{capability[1]} ({' and '.join(runs)} run on it, and "
-            "every mode runs with --backend cpu)"
-        )
-    need = MIN_COMPUTE_CAPABILITY.get(dtype)
-    if need and capability < need:
-        raise UsageError(
-            f"--dtype {dtype} needs a GPU of compute capability {need[0]}.{need[1]} or newer with TensorRT; "
-            f"this one has {capability[0]}.{capability[1]} (float16 and float32 run on it, and every dtype runs "
-            "with --backend cpu)"
-        )
-
-
-def announce_backend():
-    """Says on stderr which backend runs, once the input and the weights have checked out."""
-    print(backend.announcement, file=sys.stderr, flush=True)
-
-
-def calibration_report(quant, seconds):
-    """The report line of a calibration that took `seconds`."""
-    calibration = quant.calibration
-    return f"Calibrating {quant.mode} on {calibration.summary()} of {calibration.text_source} took {seconds:.2f} seconds."

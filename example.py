@@ -4,8 +4,8 @@
     python example.py --checkpoint checkpoints/tiny-gpt2 --input-text "Hello, my name is" --seed 0
 
 `main` reads as the run goes: the arguments; the backend; the checkpoint (its config and tokenizer);
-the model, loaded and quantized if asked, and its compiled functions, from the engine cache or
-compiled; generation, streamed as it goes; the report.
+the quantization asked for; the compiled functions (from the engine cache, or the model loaded,
+quantized and compiled); generation, streamed as it goes; the report.
 
 Generation uses a KV cache (generate.py): a prefill function reads the prompt, a decode function then
 makes one token at a time, each compiled once with dynamic dimensions. With TensorRT the compiled
@@ -19,11 +19,9 @@ import argparse
 import sys
 import time
 
+import backend
 import cli
 import progress
-import quantization
-from checkpoint import open_checkpoint
-from sampling import Sampling, seeded_generator
 from speed_report import peak_memory_bandwidth, speed_report
 from tokenizer import escape_controls, text_stream
 
@@ -96,7 +94,6 @@ def parse_args(argv=None):
     if args.engine_cache_dir == "":
         raise cli.UsageError("--engine-cache-dir is empty: name a directory, or pass --no-engine-cache")
     cli.check_model_arguments(args)
-    args.sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     return args
 
 
@@ -114,74 +111,91 @@ def encode_prompt(args, checkpoint):
 
 def main(argv=None):
     args = parse_args(argv)
-    backend_name = cli.select_backend(args)
-    # These import nvtripy, which may load only once its backend is chosen (backend.py says why).
+    chosen = backend.select_backend(args.backend, args.threads)
+    # Loaded only now: nvtripy on the backend just chosen, and torch's and transformers' seconds of
+    # imports after --help and bad options have had their answer.
     import nvtripy as tp
 
-    import engine_cache
-    import generate
+    import quantization
+    from checkpoint import open_checkpoint
+    from sampling import Sampling, seeded_generator
 
+    dtype = getattr(tp, args.dtype or chosen.default_dtype)
+    chosen.check_runs(dtype.name, args.quant_mode)
     checkpoint = open_checkpoint(args.checkpoint or args.model_type)
     prompt = encode_prompt(args, checkpoint)
     quant = quantization.prepare(checkpoint, args.quant_mode, args.calib_file, args.calib_samples)
-
-    dtype, num_samples = getattr(tp, args.dtype), args.num_samples
-    if args.no_kv_cache:
-        max_tokens = len(prompt) + args.max_new_tokens
-        compiled = generate.compile_without_cache(checkpoint, dtype, quant, len(prompt), max_tokens, num_samples)
-        generate_tokens = generate.generate_without_cache
-    else:
-        cache = (args.engine_cache, args.engine_cache_dir)
-        compiled = engine_cache.load_or_compile(checkpoint, dtype, quant, backend_name, *cache, num_samples)
-        generate_tokens = generate.generate
-    cli.announce_backend()
+    compiled = compiled_functions(args, checkpoint, dtype, quant, chosen, len(prompt))
+    print(chosen, file=sys.stderr, flush=True)  # once the input and the weights have checked out
 
     # Sampling runs where the logits are: on the GPU with TensorRT, as in Tripy's example, so its
     # published outputs reproduce; on the CPU otherwise.
-    generator = seeded_generator(args.seed, "cuda" if backend_name == "tensorrt" else "cpu")
-    eos = None if args.ignore_eos else checkpoint.hf_config.eos_token_id
-    steps = generate_tokens(compiled.functions, prompt, args.max_new_tokens, args.sampling, generator, checkpoint.encoding.n_vocab, num_samples, eos)
-    start, step_times = print_responses(checkpoint.encoding, prompt, steps, num_samples, args.max_new_tokens)
+    generator = seeded_generator(args.seed, "cuda" if chosen.name == "tensorrt" else "cpu")
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    tokens = generate_tokens(args, compiled, prompt, sampling, generator, checkpoint)
+    start, step_times = print_responses(checkpoint.encoding, prompt, tokens, args.num_samples, args.max_new_tokens)
 
-    for line in report(compiled, quant, start, step_times, num_samples, backend_name):
+    for line in report(compiled, quant, start, step_times, args.num_samples, chosen):
         print(line)
     return 0
 
 
-def print_responses(encoding, prompt, steps, num_samples, max_new_tokens):
+def compiled_functions(args, checkpoint, dtype, quant, chosen, prompt_tokens):
+    """The compiled functions of the generation path asked for: prefill and decode, from the engine cache
+    when it is used and has them; or, with --no-kv-cache, the whole-sequence forward."""
+    import generate
+
+    if args.no_kv_cache:
+        max_tokens = prompt_tokens + args.max_new_tokens
+        return generate.compile_without_cache(checkpoint, dtype, quant, prompt_tokens, max_tokens, args.num_samples)
+    cache = (args.engine_cache, args.engine_cache_dir)
+    return generate.load_or_compile(checkpoint, dtype, quant, chosen.name, *cache, args.num_samples)
+
+
+def generate_tokens(args, compiled, prompt, sampling, generator, checkpoint):
+    """The generation path asked for, as a generator of each step's new tokens."""
+    import generate
+
+    eos = None if args.ignore_eos else checkpoint.hf_config.eos_token_id
+    path = generate.generate_without_cache if args.no_kv_cache else generate.generate
+    vocab_size = checkpoint.encoding.n_vocab
+    return path(compiled, prompt, args.max_new_tokens, sampling, generator, vocab_size, args.num_samples, eos)
+
+
+def print_responses(encoding, prompt, token_steps, num_samples, max_new_tokens):
     """Prints the prompt's completions: one is streamed as its tokens are made (whole characters only);
     several are printed as blocks `Response i: ...` once the batch is done. Returns when generation
     started, and for each step the time its tokens were ready and how many there were. On Ctrl-C, what
     was made is printed."""
     show = escape_controls if sys.stdout.isatty() else str  # a pipe or a file gets the text as it is
     streaming = num_samples == 1
-    texts = [text_stream(encoding) for _ in range(num_samples)]
-    responses = [text(prompt) for text in texts]  # each sample's text so far
+    decoders = [text_stream(encoding) for _ in range(num_samples)]  # each sample's tokens to text
+    responses = [decode(prompt) for decode in decoders]  # each sample's text so far
     if streaming:
         print(f"Response: {show(responses[0])}", end="", flush=True)
     else:
-        steps = progress.bar(steps, "generating", total=max_new_tokens, unit="step")
+        token_steps = progress.bar(token_steps, "generating", total=max_new_tokens, unit="step")
     step_times = []
     start = time.perf_counter()
     try:
-        for tokens in steps:
+        for tokens in token_steps:
             step_times.append((time.perf_counter(), sum(token is not None for token in tokens)))
             for i, token in enumerate(tokens):
-                piece = texts[i]([] if token is None else [token])
+                piece = decoders[i]([] if token is None else [token])
                 responses[i] += piece
                 if streaming:
                     print(show(piece), end="", flush=True)
     except KeyboardInterrupt:
-        print_ends(texts, responses, streaming, show)
+        print_ends(decoders, responses, streaming, show)
         print(f"Interrupted after {len(step_times)} of {max_new_tokens} new tokens.", file=sys.stderr)
         raise
-    print_ends(texts, responses, streaming, show)
+    print_ends(decoders, responses, streaming, show)
     return start, step_times
 
 
-def print_ends(texts, responses, streaming, show):
+def print_ends(decoders, responses, streaming, show):
     """The end of the streamed response, or every sample's block."""
-    ends = [text([], final=True) for text in texts]
+    ends = [decode([], final=True) for decode in decoders]
     if streaming:
         print(show(ends[0]), flush=True)
         return
@@ -189,17 +203,17 @@ def print_ends(texts, responses, streaming, show):
         print(f"Response {i}: {show(response + end)}", flush=True)
 
 
-def report(compiled, quant, start, step_times, num_samples, backend_name):
+def report(compiled, quant, start, step_times, num_samples, chosen):
     """The lines after the responses: calibration, how the compiled functions were got, speed."""
     lines = []
-    if compiled.calibration_seconds is not None:  # none when the engine cache had the model
-        lines.append(cli.calibration_report(quant, compiled.calibration_seconds))
+    if quant and quant.calibration_seconds is not None:  # None when the engine cache had the model
+        lines.append(quant.report())
     if compiled.from_engine_cache:
         lines.append(f"Loaded the compiled model from the engine cache in {compiled.seconds:.2f} seconds.")
     else:
         saved = f" Saving it to the engine cache took {compiled.save_seconds:.2f} seconds." if compiled.save_seconds else ""
         lines.append(f"Compilation took {compiled.seconds:.2f} seconds.{saved}")
-    peak = peak_memory_bandwidth() if backend_name == "tensorrt" else None
+    peak = peak_memory_bandwidth() if chosen.name == "tensorrt" else None
     return lines + speed_report(start, step_times, compiled.weight_bytes, num_samples, peak)
 
 

@@ -12,8 +12,9 @@ prompt, so one compiled pair serves every prompt and can be saved and reused (en
 The cache never leaves the device: a call's output tensors go straight back in as the next call's
 inputs. Only the logits are read, through DLPack, to sample the next token.
 
-`generate` and `generate_without_cache` are the two paths: both take the compiled functions as a
-tuple, the prompt and the sampling options, and yield the new tokens of a batch of samples step by step.
+`generate` and `generate_without_cache` are the two paths: both take a Compiled (compile_with_cache's,
+or compile_without_cache's), the prompt and the sampling options, and yield the new tokens of a batch
+of samples step by step.
 """
 
 import time
@@ -23,6 +24,7 @@ from typing import Optional
 import nvtripy as tp
 import torch
 
+import engine_cache
 import progress
 import weight_loader
 from sampling import check_finite, sample
@@ -36,12 +38,13 @@ DECODE_OPT = 256
 class Compiled:
     """The compiled functions of one generation path, and how they were got, for the report."""
 
-    functions: tuple  # (prefill, decode) for generate(); (forward,) for generate_without_cache()
-    weight_bytes: int  # what a decode step reads
-    seconds: float  # compiling them, or loading them from the engine cache
+    prefill: Optional[tp.Executable] = None  # with a KV cache (generate)
+    decode: Optional[tp.Executable] = None
+    forward: Optional[tp.Executable] = None  # without one (generate_without_cache)
+    weight_bytes: int = 0  # what a decode step reads
+    seconds: float = 0.0  # compiling them, or loading them from the engine cache
     from_engine_cache: bool = False
     save_seconds: Optional[float] = None  # saving them to the engine cache, when they were
-    calibration_seconds: Optional[float] = None  # calibrating the quantized model, when it was
 
 
 # --- compiling -----------------------------------------------------------------------------------------
@@ -76,14 +79,59 @@ def compile_forward(model, max_tokens, opt_tokens, batch_size=1):
     return tp.compile(model, args=[tp.InputInfo((batch_size, tokens), dtype=tp.int32)])
 
 
-def compile_without_cache(checkpoint, dtype, quant, prompt_tokens, max_tokens, num_samples=1):
-    """The checkpoint's model, loaded (quantized if `quant` says so), compiled as one whole-sequence
-    forward of num_samples sequences of up to max_tokens tokens, tuned for the prompt's length."""
-    model, calibration_seconds = weight_loader.load_model(checkpoint, dtype, quant)
+def compile_with_cache(model, batch_size=1):
+    """The model's prefill and decode, compiled for batches of batch_size sequences."""
+    start = time.perf_counter()
+    with progress.step("Compiling prefill and decode"):
+        prefill, decode = compile_prefill(model, batch_size), compile_decode(model, batch_size)
+    return Compiled(prefill, decode, weight_bytes=model.weight_bytes(), seconds=time.perf_counter() - start)
+
+
+def compile_without_cache(checkpoint, dtype, quant, prompt_tokens, max_tokens, batch_size=1):
+    """The checkpoint's model, loaded (quantized if `quant` says so), as one whole-sequence forward of
+    batch_size sequences of up to max_tokens tokens, tuned for the prompt's length."""
+    model = weight_loader.load_model(checkpoint, dtype, quant)
     start = time.perf_counter()
     with progress.step("Compiling the model"):
-        forward = compile_forward(model, max_tokens, prompt_tokens, num_samples)
-    return Compiled((forward,), model.weight_bytes(), time.perf_counter() - start, calibration_seconds=calibration_seconds)
+        forward = compile_forward(model, max_tokens, prompt_tokens, batch_size)
+    return Compiled(forward=forward, weight_bytes=model.weight_bytes(), seconds=time.perf_counter() - start)
+
+
+ENGINE_CACHE_FUNCTIONS = ("prefill", "decode")
+
+
+def load_or_compile(checkpoint, dtype, quant, backend_name, use_engine_cache=None, cache_dir=None, batch_size=1):
+    """Prefill and decode for batches of batch_size: from the engine cache when it is used and has them
+    (then the weights are not even read), else the checkpoint's model loaded (quantized if `quant` says
+    so) and compiled by compile_with_cache, and saved to the cache when it is used.
+
+    use_engine_cache None means on with TensorRT, where building engines takes long, and off on the CPU
+    executor, where compiling takes seconds and loading a saved entry longer. cache_dir None means
+    engine_cache.default_dir()."""
+    if use_engine_cache is None:
+        use_engine_cache = backend_name == "tensorrt"
+    if not use_engine_cache:
+        return compile_with_cache(weight_loader.load_model(checkpoint, dtype, quant), batch_size)
+
+    cache_dir = cache_dir or engine_cache.default_dir()
+    engine_cache.remove_leftovers(cache_dir)
+    bounds = shape_bounds(weight_loader.gpt_config(checkpoint, dtype))
+    key = (checkpoint, cache_dir, dtype, quant, bounds, batch_size, backend_name)
+    parts = engine_cache.key_parts(*key)  # None for a Hub model not downloaded yet
+    start = time.perf_counter()
+    entry = engine_cache.load(cache_dir, parts, ENGINE_CACHE_FUNCTIONS) if parts else None
+    if entry:
+        functions, info = entry
+        seconds = time.perf_counter() - start
+        return Compiled(**functions, weight_bytes=info["weight_bytes"], seconds=seconds, from_engine_cache=True)
+
+    compiled = compile_with_cache(weight_loader.load_model(checkpoint, dtype, quant), batch_size)
+    start = time.perf_counter()
+    parts = parts or engine_cache.key_parts(*key)  # a Hub model is downloaded by now
+    functions = {"prefill": compiled.prefill, "decode": compiled.decode}
+    if parts and engine_cache.save(cache_dir, parts, functions, {"weight_bytes": compiled.weight_bytes}):
+        compiled.save_seconds = time.perf_counter() - start
+    return compiled
 
 
 # --- generating ----------------------------------------------------------------------------------------
@@ -113,35 +161,37 @@ def decode_one_token(compiled_decode, tokens, cache):
     return torch.from_dlpack(logits), cache
 
 
-def generate(functions, prompt, max_new_tokens, sampling, generator, vocab_size=None, num_samples=1, eos_token_id=None):
+def generate(
+    compiled, prompt, max_new_tokens, sampling, generator, vocab_size=None, num_samples=1, eos_token_id=None
+):
     """Yields, step by step, the new token of each of num_samples samples of the prompt, generated as one
-    batch: the first from prefill's logits, each next from one decode step. `functions` is (compiled
-    prefill, compiled decode), compiled for that batch size.
+    batch: the first from prefill's logits, each next from one decode step. `compiled` holds prefill and
+    decode, compiled for that batch size.
 
     A sample ends when it draws eos_token_id (None: never), which is not yielded: from then on its
     place holds None, and generation stops when every sample has ended. A model's vocabulary may be
     padded beyond its tokenizer's; ids from vocab_size on are never chosen. The next step runs only
     when the next tokens are asked for, so a consumer can show each token at once.
     """
-    compiled_prefill, compiled_decode = functions
-    logits, cache = prefill(compiled_prefill, prompt, num_samples)
+    logits, cache = prefill(compiled.prefill, prompt, num_samples)
     ended = torch.zeros(num_samples, dtype=torch.bool)
     for i in range(max_new_tokens):
         tokens, ended = next_tokens(logits, sampling, generator, vocab_size, eos_token_id, ended, len(prompt) + i)
         yield [None if end else token for token, end in zip(tokens.tolist(), ended.tolist())]
         if ended.all() or i + 1 == max_new_tokens:
             return
-        logits, cache = decode_one_token(compiled_decode, tokens, cache)
+        logits, cache = decode_one_token(compiled.decode, tokens, cache)
 
 
-def generate_without_cache(functions, prompt, max_new_tokens, sampling, generator, vocab_size=None, num_samples=1, eos_token_id=None):
-    """As generate, but each step computes the logits of the whole sequence so far anew (Tripy's example
-    does this; the cost of a token grows with the sequence). `functions` is (compiled forward,)."""
-    (compiled_forward,) = functions
+def generate_without_cache(
+    compiled, prompt, max_new_tokens, sampling, generator, vocab_size=None, num_samples=1, eos_token_id=None
+):
+    """As generate, but each step computes the logits of the whole sequence so far anew with
+    compiled.forward (Tripy's example does this; the cost of a token grows with the sequence)."""
     idx = torch.tensor([prompt] * num_samples, dtype=torch.int32, device=generator.device)
     ended = torch.zeros(num_samples, dtype=torch.bool)
     for i in range(max_new_tokens):
-        logits = forward_logits(compiled_forward, idx)[:, -1:, :]
+        logits = forward_logits(compiled.forward, idx)[:, -1:, :]
         tokens, ended = next_tokens(logits, sampling, generator, vocab_size, eos_token_id, ended, len(prompt) + i)
         yield [None if end else token for token, end in zip(tokens.tolist(), ended.tolist())]
         if ended.all():

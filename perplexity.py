@@ -15,14 +15,14 @@ mode and dtype give the same number run to run.
 
 import argparse
 import math
+import sys
 import time
 
 import torch
 
+import backend
 import cli
 import progress
-import quantization
-from checkpoint import open_checkpoint
 from cli import UsageError
 from sampling import NonFiniteLogits
 
@@ -119,21 +119,25 @@ def perplexity(chunks, window_logits, vocab_size):
 
 def main(argv=None):
     args = parse_args(argv)
-    cli.select_backend(args)
-    # These import nvtripy, which may load only once its backend is chosen (backend.py says why).
+    chosen = backend.select_backend(args.backend, args.threads)
+    # Loaded only now: nvtripy on the backend just chosen, and transformers' imports after --help and bad
+    # options have had their answer.
     import nvtripy as tp
 
     import generate
+    import quantization
     import weight_loader
+    from checkpoint import open_checkpoint
 
+    dtype = getattr(tp, args.dtype or chosen.default_dtype)
+    chosen.check_runs(dtype.name, args.quant_mode)
     checkpoint = open_checkpoint(args.checkpoint or args.model_type)
     context = min(args.context or checkpoint.hf_config.n_positions, checkpoint.hf_config.n_positions)
     chunks = windows(read_tokens(args.text_file, checkpoint.encoding, args.max_tokens), context)
     quant = quantization.prepare(checkpoint, args.quant_mode, args.calib_file, args.calib_samples)
 
-    dtype = getattr(tp, args.dtype)
-    model, calibration_seconds = weight_loader.load_model(checkpoint, dtype, quant)
-    cli.announce_backend()
+    model = weight_loader.load_model(checkpoint, dtype, quant)
+    print(chosen, file=sys.stderr, flush=True)  # once the input and the weights have checked out
     start = time.perf_counter()
     with progress.step("Compiling the model"):
         compiled_forward = generate.compile_forward(model, context, len(chunks[0]))
@@ -148,7 +152,7 @@ def main(argv=None):
     print(f"Perplexity of '{args.text_file}' under {checkpoint.source} ({precision}): {ppl:.4f}")
     print(f"Scored {scored} tokens in {len(chunks)} windows of up to {context} tokens in {seconds:.2f} seconds.")
     if quant:
-        print(cli.calibration_report(quant, calibration_seconds))
+        print(quant.report())
     return 0
 
 

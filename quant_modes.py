@@ -8,6 +8,10 @@ turns `--quant-mode NAME` into its description while it reads the arguments, bef
 from dataclasses import dataclass
 from typing import Optional
 
+# Calibration: 32 samples of at most 256 tokens (the command line's defaults; quantization.py cuts them).
+CALIB_SAMPLES = 32
+CALIB_MAX_LENGTH = 256
+
 PER_CHANNEL = "per output channel"  # one scale per row of the (out, in) weight
 PER_TENSOR = "per tensor"  # one scale for the whole weight (and one for the layer's input)
 PER_BLOCK = "per block"  # one scale per block of consecutive inputs of each output

@@ -23,17 +23,16 @@ from typing import Optional
 
 import torch
 
-from quant_modes import PER_BLOCK, PER_CHANNEL, QUANT_MODES, QuantMode  # noqa: F401 (QUANT_MODES: for callers)
+from errors import UserError
+from quant_modes import CALIB_MAX_LENGTH, CALIB_SAMPLES, PER_CHANNEL, QUANT_MODES, QuantMode  # noqa: F401 (for callers)
 
 
 # AWQ scales that can be folded exactly into the LayerNorm that feeds only that linear layer:
 # LayerNorm(x) * s == LayerNorm with weight * s and bias * s.
 FOLDABLE_PRE_QUANT_SCALES = {"attn.c_attn": "ln_1", "mlp.c_fc": "ln_2"}
 
-# Calibration: 32 samples of at most 256 tokens, run through ModelOpt in batches of 16. AWQ (int4)
-# searches its scales once per batch, so few large batches calibrate much faster than many small ones.
-CALIB_SAMPLES = 32
-CALIB_MAX_LENGTH = 256
+# Calibration samples run through ModelOpt in batches of 16. AWQ (int4) searches its scales once per
+# batch, so few large batches calibrate much faster than many small ones.
 CALIB_BATCH_SIZE = 16
 
 
@@ -49,7 +48,7 @@ def unquantizable_reason(mode, hf_config, name="this model"):
     return None
 
 
-class QuantizationError(ValueError):
+class QuantizationError(UserError, ValueError):
     """A quantization this model or its calibration text cannot have. The message is one line, for the user."""
 
 

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 
 import torch
 
+from errors import UserError
 
-class NonFiniteLogits(ValueError):
+
+class NonFiniteLogits(UserError, ValueError):
     """The model computed NaN or infinite logits: its weights are broken. One line, for the user."""
 
 

@@ -1,8 +1,6 @@
 """The speed report after generation, as gpt-fast prints it: time to first token, decode tokens/s, and
 the weight bandwidth those imply, next to the GPU's peak where there is one."""
 
-import torch
-
 # Peak memory bandwidth in bytes/s from NVIDIA's datasheets, for GPUs whose properties lack the memory
 # clock or bus width. Matched against torch.cuda.get_device_name(), longest name first.
 PEAK_BANDWIDTH = {
@@ -23,6 +21,8 @@ PEAK_BANDWIDTH = {
 def peak_memory_bandwidth(device=0):
     """(bytes/s, how it was found) for a CUDA GPU. From its properties, as NVIDIA's bandwidthTest does:
     two transfers per memory clock (double data rate) over the whole bus; else from PEAK_BANDWIDTH."""
+    import torch  # only here: the rest of this module is plain arithmetic, for any backend
+
     props = torch.cuda.get_device_properties(device)
     clock_khz, bus_bits = getattr(props, "memory_clock_rate", 0), getattr(props, "memory_bus_width", 0)
     if clock_khz and bus_bits:

@@ -13,8 +13,10 @@ import unicodedata
 import tiktoken
 from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str as GPT2_PATTERN
 
+from errors import UserError
 
-class TokenizerError(Exception):
+
+class TokenizerError(UserError):
     """A tokenizer that cannot be loaded. The message is one line, meant for the user."""
 
 

@@ -70,7 +70,7 @@ def main():
     parser.add_argument("--sweep-dtypes", nargs="+", default=SWEEP_DTYPES, help="dtypes of the sweep and the memory part")
     args = parser.parse_args()
 
-    backend_name = backend.select_backend(args.backend)
+    backend_name = backend.select_backend(args.backend).name
     import nvtripy as tp
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -109,14 +109,13 @@ def basics(args, checkpoint, hf_model, prompt, backend_name, dtype, torch_dtype,
     """The KV cache against recomputing, a step early and late, and transformers' generate() at batch 1."""
     import torch
 
-    import engine_cache
     import generate
     import speed_report
     from sampling import Sampling
 
     on_gpu = backend_name == "tensorrt"
     start = time.perf_counter()
-    kv = engine_cache.load_or_compile(checkpoint, dtype, None, backend_name, use_cache=False)
+    kv = generate.load_or_compile(checkpoint, dtype, None, backend_name, use_engine_cache=False)
     kv_compile_s = time.perf_counter() - start  # includes reading the weights
     recompute = generate.compile_without_cache(checkpoint, dtype, None, args.prompt_tokens, args.prompt_tokens + max(NEW_TOKENS))
     recompute_compile_s = recompute.seconds
@@ -127,10 +126,10 @@ def basics(args, checkpoint, hf_model, prompt, backend_name, dtype, torch_dtype,
     greedy = Sampling(temperature=0.0, top_k=1)
 
     def cached(n):
-        return generate.generate(kv.functions, prompt, n, greedy, torch.Generator(device))
+        return generate.generate(kv, prompt, n, greedy, torch.Generator(device))
 
     def recomputed(n):
-        return generate.generate_without_cache(recompute.functions, prompt, n, greedy, torch.Generator(device))
+        return generate.generate_without_cache(recompute, prompt, n, greedy, torch.Generator(device))
 
     def hf(n):
         with torch.no_grad():
@@ -190,7 +189,6 @@ def batch_sweep(args, checkpoint, hf_model, prompt, backend_name, device, sync):
     import nvtripy as tp
     import torch
 
-    import engine_cache
     import generate
     from sampling import Sampling
 
@@ -202,8 +200,8 @@ def batch_sweep(args, checkpoint, hf_model, prompt, backend_name, device, sync):
     for dtype_name in args.sweep_dtypes:
         theirs_model = hf_model.to(device=device, dtype=getattr(torch, dtype_name))
         for batch in BATCHES:
-            kv = engine_cache.load_or_compile(checkpoint, getattr(tp, dtype_name), None, backend_name, use_cache=False, num_samples=batch)
-            ours = lambda: generate.generate(kv.functions, prompt, n, greedy, torch.Generator(device), num_samples=batch)
+            kv = generate.load_or_compile(checkpoint, getattr(tp, dtype_name), None, backend_name, use_engine_cache=False, batch_size=batch)
+            ours = lambda: generate.generate(kv, prompt, n, greedy, torch.Generator(device), num_samples=batch)
             idx = torch.tensor([prompt] * batch, device=device)
 
             def theirs(tokens):
@@ -241,7 +239,6 @@ def peak_memory(args, checkpoint, prompt, backend_name, device):
     import nvtripy as tp
     import torch
 
-    import engine_cache
     import generate
     from sampling import Sampling
 
@@ -250,7 +247,7 @@ def peak_memory(args, checkpoint, prompt, backend_name, device):
     print()
     print(f"peak memory: {batch} samples x {config.n_positions} tokens (the full block), greedy")
     for dtype_name in args.sweep_dtypes:
-        kv = engine_cache.load_or_compile(checkpoint, getattr(tp, dtype_name), None, backend_name, use_cache=False, num_samples=batch)
+        kv = generate.load_or_compile(checkpoint, getattr(tp, dtype_name), None, backend_name, use_engine_cache=False, batch_size=batch)
         itemsize = torch.empty((), dtype=getattr(torch, dtype_name)).element_size()
         cache_mib = 2 * config.n_layer * batch * config.n_positions * config.n_embd * itemsize / 2**20
         before, peak, done = rss_anon_mib(), [0.0], threading.Event()
@@ -263,7 +260,7 @@ def peak_memory(args, checkpoint, prompt, backend_name, device):
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         start = time.perf_counter()
-        steps = list(generate.generate(kv.functions, prompt, new_tokens, Sampling(0.0, 1), torch.Generator(device), num_samples=batch))
+        steps = list(generate.generate(kv, prompt, new_tokens, Sampling(0.0, 1), torch.Generator(device), num_samples=batch))
         seconds = time.perf_counter() - start
         done.set()
         sampler.join()

@@ -43,7 +43,7 @@ LOAD = """
 import json, resource, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 import backend
-backend.select_backend("cpu", announce=False)
+backend.select_backend("cpu")
 import nvtripy as tp
 import weight_loader
 from checkpoint import open_checkpoint

@@ -38,13 +38,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cached_greedy(prefill, decode, prompt, max_new_tokens):
-    return [tokens[0] for tokens in generate.generate((prefill, decode), prompt, max_new_tokens, Sampling(0.0, 1), torch.Generator())]
+    return [tokens[0] for tokens in generate.generate(generate.Compiled(prefill, decode), prompt, max_new_tokens, Sampling(0.0, 1), torch.Generator())]
 
 
 
 
 def load_or_compile(directory, cache_dir, dtype="float32"):
-    return engine_cache.load_or_compile(open_checkpoint(directory), DTYPES[dtype], None, BACKEND, True, str(cache_dir))
+    return generate.load_or_compile(open_checkpoint(directory), DTYPES[dtype], None, BACKEND, True, str(cache_dir))
 
 
 def compiled_anew(compiled):
@@ -52,7 +52,7 @@ def compiled_anew(compiled):
 
 
 def loaded(compiled):
-    return compiled.from_engine_cache and compiled.save_seconds is None and compiled.calibration_seconds is None
+    return compiled.from_engine_cache and compiled.save_seconds is None
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_a_second_run_loads_what_the_first_saved(tiny_checkpoint, cached_entry):
     assert loaded(second) and second.seconds > 0
     assert second.weight_bytes == first.weight_bytes
     prompt = load_encoding(tiny_checkpoint, is_directory=True).encode(PROMPT)
-    assert cached_greedy(*second.functions, prompt, 20) == cached_greedy(*first.functions, prompt, 20)
+    assert cached_greedy(second.prefill, second.decode, prompt, 20) == cached_greedy(first.prefill, first.decode, prompt, 20)
 
 
 def test_the_command_line_reuses_the_engine_on_its_second_run(tiny_checkpoint, offline_env, tmp_path):
@@ -127,15 +127,8 @@ def test_checkpoint_files_are_identified_by_content(tiny_checkpoint, tmp_path, m
 
 def base_parts(directory, cache_dir):
     checkpoint = open_checkpoint(directory)
-    return engine_cache.key_parts(
-        engine_cache.checkpoint_identity(checkpoint, str(cache_dir)),
-        tp.float32,
-        None,
-        generate.shape_bounds(weight_loader.gpt_config(checkpoint)),
-        1,
-        engine_cache.environment(BACKEND),
-        engine_cache.source_digest(BACKEND),
-    )
+    bounds = generate.shape_bounds(weight_loader.gpt_config(checkpoint))
+    return engine_cache.key_parts(checkpoint, str(cache_dir), tp.float32, None, bounds, 1, BACKEND)
 
 
 KEY_CHANGES = {
@@ -189,7 +182,8 @@ def test_weights_rewritten_in_place_with_their_old_times_compile_anew(tiny_check
     checkpoint, cache_dir = copy_of(tiny_checkpoint, tmp_path / "checkpoint"), tmp_path / "engines"
     prompt = [5, 6, 7]
     # Taken now: the old functions may read their weights from a mapping of the file rewritten below.
-    old = cached_greedy(*load_or_compile(checkpoint, cache_dir).functions, prompt, 8)
+    old_compiled = load_or_compile(checkpoint, cache_dir)
+    old = cached_greedy(old_compiled.prefill, old_compiled.decode, prompt, 8)
     path = os.path.join(checkpoint, "model.safetensors")
     with safe_open(path, "pt") as f:
         metadata = f.metadata()
@@ -206,8 +200,8 @@ def test_weights_rewritten_in_place_with_their_old_times_compile_anew(tiny_check
 
     new = load_or_compile(checkpoint, cache_dir)
     assert compiled_anew(new)
-    uncached = engine_cache.load_or_compile(open_checkpoint(checkpoint), tp.float32, None, BACKEND, False)
-    assert cached_greedy(*new.functions, prompt, 8) == cached_greedy(*uncached.functions, prompt, 8) != old
+    uncached = generate.load_or_compile(open_checkpoint(checkpoint), tp.float32, None, BACKEND, False)
+    assert cached_greedy(new.prefill, new.decode, prompt, 8) == cached_greedy(uncached.prefill, uncached.decode, prompt, 8) != old
     assert loaded(load_or_compile(checkpoint, cache_dir))
 
 
@@ -255,7 +249,7 @@ def test_a_corrupt_or_stale_entry_is_rebuilt_with_a_warning(tiny_checkpoint, tmp
     assert compiled_anew(rebuilt) and rebuilt.save_seconds is not None
     assert re.fullmatch(r"warning: the engine cache entry .* is unusable \(.*\); rebuilding it\n", warning), warning
     prompt = [5, 6, 7]
-    assert cached_greedy(*rebuilt.functions, prompt, 8) == cached_greedy(*first.functions, prompt, 8)
+    assert cached_greedy(rebuilt.prefill, rebuilt.decode, prompt, 8) == cached_greedy(first.prefill, first.decode, prompt, 8)
     assert entries(cache_dir) == [entry]
     assert loaded(load_or_compile(tiny_checkpoint, cache_dir))
 
@@ -264,15 +258,15 @@ WRITER = """
 import os, sys, time
 sys.path.insert(0, {root!r})
 import backend
-backend.select_backend({backend!r}, announce=False)
+backend.select_backend({backend!r})
 import nvtripy as tp
-import engine_cache
+import generate
 from checkpoint import open_checkpoint
 # Start together once all have imported, so that all of them miss, compile and write.
 open(os.path.join({barrier!r}, str(os.getpid())), "w").close()
 while len(os.listdir({barrier!r})) < {writers} and time.time() < {deadline}:
     time.sleep(0.01)
-compiled = engine_cache.load_or_compile(open_checkpoint({checkpoint!r}), tp.float32, None, {backend!r}, True, {cache_dir!r})
+compiled = generate.load_or_compile(open_checkpoint({checkpoint!r}), tp.float32, None, {backend!r}, True, {cache_dir!r})
 print("saved" if compiled.save_seconds is not None else "not saved")
 """
 
@@ -311,14 +305,14 @@ def test_a_failed_calibration_writes_nothing(quant_checkpoints, tmp_path, monkey
     checkpoint = open_checkpoint(directory)
     quant = quantization.prepare(checkpoint, QUANT_MODES["int8-weight-only"], num_samples=2)
     with pytest.raises(RuntimeError, match="calibration failed"):
-        engine_cache.load_or_compile(checkpoint, tp.float32, quant, BACKEND, True, str(cache))
+        generate.load_or_compile(checkpoint, tp.float32, quant, BACKEND, True, str(cache))
     assert not cache.exists() or set(os.listdir(cache)) <= {"file-digests.json"}
     assert {name: os.stat(os.path.join(directory, name)).st_mtime_ns for name in os.listdir(directory)} == before
 
 
 def test_the_cache_is_off_by_default_on_the_cpu(tiny_checkpoint, tmp_path):
     cache_dir = tmp_path / "engines"
-    compiled = engine_cache.load_or_compile(open_checkpoint(tiny_checkpoint), tp.float32, None, BACKEND, None, str(cache_dir))
+    compiled = generate.load_or_compile(open_checkpoint(tiny_checkpoint), tp.float32, None, BACKEND, None, str(cache_dir))
     assert compiled.save_seconds is None if BACKEND == "cpu" else compiled.save_seconds is not None
     assert cache_dir.exists() == (BACKEND == "tensorrt")
 
@@ -349,7 +343,7 @@ STALLED_WRITER = """
 import os, sys, time
 sys.path.insert(0, {root!r})
 import backend
-backend.select_backend({backend!r}, announce=False)
+backend.select_backend({backend!r})
 import nvtripy as tp
 import engine_cache
 from checkpoint import open_checkpoint
@@ -364,7 +358,7 @@ def stalled(executable, path):  # stops after the first function, until told to 
     tp.Executable.save = save
 
 tp.Executable.save = stalled
-compiled = engine_cache.load_or_compile(open_checkpoint({checkpoint!r}), tp.float16, None, {backend!r}, True, {cache_dir!r})
+compiled = generate.load_or_compile(open_checkpoint({checkpoint!r}), tp.float16, None, {backend!r}, True, {cache_dir!r})
 print("saved" if compiled.save_seconds is not None else "not saved")
 """
 

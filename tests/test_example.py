@@ -77,7 +77,7 @@ def test_greedy_generation_is_token_identical_to_transformers(parity_checkpoints
     prompt = load_encoding(directory, is_directory=True).encode(PROMPT)
     max_new_tokens = 12
     compiled = generate.compile_without_cache(open_checkpoint(directory), tp.float32, None, len(prompt), len(prompt) + max_new_tokens)
-    ours = [tokens[0] for tokens in generate.generate_without_cache(compiled.functions, prompt, max_new_tokens, Sampling(0.0, 5), torch.Generator())]
+    ours = [tokens[0] for tokens in generate.generate_without_cache(compiled, prompt, max_new_tokens, Sampling(0.0, 5), torch.Generator())]
     assert ours == hf_greedy(directory, prompt, max_new_tokens)
 
 
@@ -106,7 +106,7 @@ def test_sampling_follows_the_seed(tiny_checkpoint):
 
     def sample(seed):
         generator = torch.Generator().manual_seed(seed)
-        return [tokens[0] for tokens in generate.generate_without_cache(compiled.functions, prompt, 16, Sampling(0.8, 5), generator)]
+        return [tokens[0] for tokens in generate.generate_without_cache(compiled, prompt, 16, Sampling(0.8, 5), generator)]
 
     first = sample(0)
     assert sample(0) == first

@@ -63,7 +63,7 @@ GREEDY = Sampling(temperature=0.0, top_k=1)
 
 
 def cached_greedy(prefill, decode, prompt, max_new_tokens):
-    return [tokens[0] for tokens in generate.generate((prefill, decode), prompt, max_new_tokens, GREEDY, torch.Generator())]
+    return [tokens[0] for tokens in generate.generate(generate.Compiled(prefill, decode), prompt, max_new_tokens, GREEDY, torch.Generator())]
 
 
 def recomputed_greedy(forward, prompt, max_new_tokens):

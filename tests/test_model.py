@@ -11,7 +11,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 import weight_loader
 from checkpoint import Checkpoint, open_checkpoint
 from model import GPT, GPTConfig, gelu_new, linear_layer
-from quantization import QUANT_MODES, QuantMode
+from quant_modes import PER_TENSOR, QUANT_MODES, QuantMode
 
 TOLERANCE = {"float32": 1e-4, "float16": 2e-2}
 DTYPES = {"float32": tp.float32, "float16": tp.float16}
@@ -108,9 +108,13 @@ def test_linear_layers_are_built_in_one_place_per_quant_mode(quant_mode):
     assert not any(key.endswith(("c_attn.pre_quant_scale", "c_fc.pre_quant_scale")) for key in shapes)
     assert ("lm_head.weight_scale" in shapes) == (quant_mode == "float8")
     assert isinstance(linear_layer(GPTConfig(), 4, 8, bias=True), tp.Linear)
-    int2 = QuantMode("int2", weight_bits=2, maxbound=1.0, quantizes_lm_head=False)
-    with pytest.raises(ValueError, match="model.py has no layer for quant mode 'int2'"):
-        linear_layer(GPTConfig(quant_mode=int2), 4, 8, bias=True)
+    # A mode is built from its description, not its name: int8 per tensor, weight-only, is a new mode.
+    int8_per_tensor = QuantMode(
+        "int8-per-tensor", "int8", weight_bits=8, maxbound=127.0, granularity=PER_TENSOR, modelopt_config="INT8_DEFAULT_CFG"
+    )
+    layer = linear_layer(GPTConfig(quant_mode=int8_per_tensor), 4, 8, bias=True)
+    assert layer.quant_dtype == tp.int8 and layer.weight_quant_dim is None and layer.input_scale is None
+    assert tuple(map(int, layer.weight_scale.shape)) == ()
 
 
 def test_weight_bytes_count_the_tied_embedding_once(parity_checkpoints):

@@ -162,7 +162,7 @@ def test_quantizers_per_mode(quant_mode):
         assert (wq.num_bits, wq.axis, wq.block_sizes) == (8, 0, None)
         assert wq.amax.shape == (c_fc.out_features, 1)
     elif quant_mode == "int4-weight-only":
-        assert wq.num_bits == 4 and wq.block_sizes[-1] == q.INT4_BLOCK_SIZE
+        assert wq.num_bits == 4 and wq.block_sizes[-1] == q.QUANT_MODES["int4-weight-only"].block_size
         assert c_fc.input_quantizer.pre_quant_scale is not None  # AWQ ran
     else:
         for quantizer in (wq, c_fc.input_quantizer, model.lm_head.weight_quantizer, model.lm_head.input_quantizer):

@@ -100,7 +100,7 @@ def test_a_tensorrt_plugin_call_fails_at_once_saying_it_needs_tensorrt():
     result = run_python(
         """
         import backend
-        backend.select_backend("cpu", announce=False)
+        backend.select_backend("cpu")
         import nvtripy as tp
 
         x = tp.ones((2,))
@@ -138,7 +138,7 @@ def test_torch_and_transformers_import_and_work_after_the_stubs():
     result = run_python(
         """
         import backend
-        backend.select_backend("cpu", announce=False)
+        backend.select_backend("cpu")
         import nvtripy as tp
         import torch
         import transformers
