@@ -1,8 +1,6 @@
 """How the next token is chosen from the logits: greedy, or sampled at a temperature among the top k and
-the top p of the probability (nucleus), in the order transformers applies them; seeded.
-
-Kept apart from generate.py, which imports nvtripy, so that the command line can hold its sampling
-options before the backend is chosen.
+the top p of the probability (nucleus), in the order transformers applies them; seeded. It works on
+PyTorch tensors wherever the logits are, whichever backend computed them.
 """
 
 from dataclasses import dataclass

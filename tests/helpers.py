@@ -14,7 +14,7 @@ import backend  # noqa: E402
 import make_tiny_checkpoint  # noqa: E402
 
 # The backend the tests run on: TRIPY_EXAMPLE_BACKEND (auto, tensorrt or cpu), chosen before anything imports nvtripy.
-BACKEND = backend.select_backend(os.environ.get("TRIPY_EXAMPLE_BACKEND", "auto"))
+BACKEND = backend.select_backend(os.environ.get("TRIPY_EXAMPLE_BACKEND", "auto")).name
 
 SHARED_TIKTOKEN_CACHE = os.path.join(REPO_ROOT, "..", "shared", "tiktoken-cache")
 # tiktoken's gpt2 encoding in a tiktoken cache: file name (the sha1 of its download URL) -> sha256 of its content.

@@ -345,7 +345,7 @@ sys.path.insert(0, {root!r})
 import backend
 backend.select_backend({backend!r})
 import nvtripy as tp
-import engine_cache
+import generate
 from checkpoint import open_checkpoint
 save = tp.Executable.save
 

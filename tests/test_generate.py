@@ -67,7 +67,7 @@ def cached_greedy(prefill, decode, prompt, max_new_tokens):
 
 
 def recomputed_greedy(forward, prompt, max_new_tokens):
-    return [tokens[0] for tokens in generate.generate_without_cache((forward,), prompt, max_new_tokens, GREEDY, torch.Generator())]
+    return [tokens[0] for tokens in generate.generate_without_cache(generate.Compiled(forward=forward), prompt, max_new_tokens, GREEDY, torch.Generator())]
 
 
 def recomputed_logits(forward, tokens):
@@ -177,8 +177,8 @@ def test_sampling_with_the_cache_follows_the_seed(parity_checkpoints, compiled):
     def sample(seed, generate_tokens, functions):
         return [tokens[0] for tokens in generate_tokens(functions, prompt, 12, Sampling(0.9, 5), torch.Generator().manual_seed(seed))]
 
-    cached = (generate.generate, (prefill, decode))
-    recomputed = (generate.generate_without_cache, (recompute,))
+    cached = (generate.generate, generate.Compiled(prefill, decode))
+    recomputed = (generate.generate_without_cache, generate.Compiled(forward=recompute))
     assert sample(0, *cached) == sample(0, *cached) == sample(0, *recomputed)
     assert sample(1, *cached) != sample(0, *cached)
 
@@ -240,11 +240,11 @@ def test_a_batch_of_samples_is_each_samples_own_generation(parity_checkpoints, c
     batch draws each sample's tokens from its own logits, so the samples differ and follow the seed."""
     directory, _ = parity_checkpoints["odd"]
     model, prefill, decode, _ = compiled(directory, "float32")
-    batch_functions = (generate.compile_prefill(model, 3), generate.compile_decode(model, 3))
+    batch_functions = generate.Compiled(generate.compile_prefill(model, 3), generate.compile_decode(model, 3))
     recompute = generate.compile_forward(model, model.config.block_size, 8, batch_size=3)
     prompt = load_encoding(directory, is_directory=True).encode(PROMPT)
     one = cached_greedy(prefill, decode, prompt, 10)
-    for generate_tokens, functions in ((generate.generate, batch_functions), (generate.generate_without_cache, (recompute,))):
+    for generate_tokens, functions in ((generate.generate, batch_functions), (generate.generate_without_cache, generate.Compiled(forward=recompute))):
         steps = list(generate_tokens(functions, prompt, 10, GREEDY, torch.Generator(), num_samples=3))
         assert [list(step) for step in zip(*steps)] == [one] * 3
 
@@ -261,6 +261,6 @@ def test_a_sample_ends_at_the_end_of_text_token_which_is_not_yielded(parity_chec
     prompt = load_encoding(directory, is_directory=True).encode(PROMPT)
     tokens = cached_greedy(prefill, decode, prompt, 10)
     eos = tokens[3]  # greedy draws it fourth: three tokens, then the end
-    for generate_tokens, functions in ((generate.generate, (prefill, decode)), (generate.generate_without_cache, (recompute,))):
+    for generate_tokens, functions in ((generate.generate, generate.Compiled(prefill, decode)), (generate.generate_without_cache, generate.Compiled(forward=recompute))):
         steps = list(generate_tokens(functions, prompt, 10, GREEDY, torch.Generator(), eos_token_id=eos))
         assert steps == [[t] for t in tokens[:3]] + [[None]]

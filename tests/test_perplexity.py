@@ -20,6 +20,7 @@ import perplexity
 import progress
 import weight_loader
 from checkpoint import open_checkpoint
+from errors import UserError
 from tokenizer import load_encoding
 
 PERPLEXITY = os.path.join(REPO_ROOT, "perplexity.py")
@@ -98,7 +99,7 @@ def test_bad_input_is_a_usage_error(tiny_checkpoint, text_file, tmp_path, args, 
     one_token = tmp_path / "one.txt"
     one_token.write_text("a")
     args = [a.format(one_token=one_token, text=text_file) for a in args]
-    with pytest.raises(cli.USER_ERRORS, match=re.escape(expected)):
+    with pytest.raises(UserError, match=re.escape(expected)):
         perplexity.main(["--checkpoint", tiny_checkpoint, *args])
 
 
