@@ -421,9 +421,9 @@ RULES.update({f"reduce.{name}": _reduce for name in ("Sum", "Prod", "Avg", "Max"
 
 
 def infer(kind, inputs, attrs, outputs, bounds):
-    """The Facts of a step's outputs, from its inputs' Facts; `outputs` are the trace tensors, whose
-    rank and dtype nvtripy inferred. A rule whose answer disagrees with those ranks is not trusted."""
-    ranks = [t.rank for t in outputs]
+    """The Facts of a step's outputs, from its inputs' Facts; `outputs` are (rank, dtype name) of the
+    trace tensors, as nvtripy inferred them. A rule whose answer disagrees with those ranks is not trusted."""
+    ranks = [rank for rank, _ in outputs]
     rule = RULES.get(kind)
     try:
         facts = rule(inputs, attrs, ranks, bounds) if rule else None
@@ -434,14 +434,14 @@ def infer(kind, inputs, attrs, outputs, bounds):
     return [_checked(f, t, bounds) for f, t in zip(facts, outputs)]
 
 
-def _checked(fact, tensor, bounds):
+def _checked(fact, output, bounds):
     """Keeps elements only for a small integer or bool tensor of known size whose count they match,
     and only where they fit its type (where torch would wrap around, they are unknown)."""
     if fact.value is None:
         return fact
     from torch_executor.ops import torch_dtype
 
-    dtype = torch_dtype(tensor.dtype.name)
+    dtype = torch_dtype(output[1])
     size = math.prod(fact.shape) if all(isinstance(d, int) for d in fact.shape) else None
     if size != len(fact.value) or size > MAX_TRACKED_ELEMENTS or not _tracked(dtype):
         return Fact(fact.shape)
