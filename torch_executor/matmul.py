@@ -239,9 +239,10 @@ def prepacked_product(weight, rows):
 # and the scales. The weight is B = (in, out) = [K, N]; its scale is one number, one per output
 # column ([N]), or one per group of g consecutive inputs of each column ([K / g, N]). Kernels:
 # - "int8_rows": torch's _weight_int8pack_mm, int8 codes [N, K] and a scale per column, for bfloat16
-#   rows on a CPU with bfloat16 arithmetic;
+#   rows on a CPU with bfloat16 arithmetic, K a multiple of 16;
 # - "int4_groups": torch's _weight_int4pack_mm_for_cpu, codes + 8 packed by
-#   _convert_weight_to_int4pack_for_cpu and scales with zero offsets ([K / g, N, 2]), likewise;
+#   _convert_weight_to_int4pack_for_cpu and scales with zero offsets ([K / g, N, 2]), likewise,
+#   N a multiple of 16;
 # - "blocked": codes [N, K] (int8 storage for int8 and int4, float8 e4m3), dequantized to float32 a
 #   block of columns at a time, multiplied in float32 and rounded once to the rows' dtype. torch's
 #   int8 and int4 kernels take float32 rows on a slow path (4x and 20x slower than a dense float32
@@ -250,6 +251,8 @@ def prepacked_product(weight, rows):
 # of the sums, and for int8_rows and int4_groups the rounding of each product, may differ.
 
 INT4_GROUPS = (32, 64, 128, 256)  # the group sizes _weight_int4pack_mm_for_cpu takes
+INT4_COLUMN_MULTIPLE = 16  # _convert_weight_to_int4pack_for_cpu takes no other column counts
+INT8_INNER_MULTIPLE = 16  # _weight_int8pack_mm (torch 2.13) computes wrong sums for other inner sizes
 QUANT_BLOCK_BYTES = 1 << 20  # float32 block of dequantized columns: about a core's L2 cache
 
 
@@ -281,9 +284,9 @@ def _pack(quant, codes_b, scale_b, rows_dtype):
     group = inner // scale_b.shape[0] if scale_b.dim() == 2 else None
     fast = rows_dtype == torch.bfloat16 and cpu_has_bfloat16_arithmetic()
     codes_rows = codes_b.t().contiguous()  # [N, K]: a block of columns of B is a block of rows here
-    if fast and quant == "int8" and scale_b.dim() == 1:
+    if fast and quant == "int8" and scale_b.dim() == 1 and inner % INT8_INNER_MULTIPLE == 0:
         return {"kernel": "int8_rows"}, [codes_rows, scale_b.to(torch.bfloat16).contiguous()]
-    if fast and quant == "int4" and group in INT4_GROUPS:
+    if fast and quant == "int4" and group in INT4_GROUPS and cols % INT4_COLUMN_MULTIPLE == 0:
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes_rows.to(torch.int32) + 8, 1)
         scales = scale_b.to(torch.bfloat16)
         scales_and_zeros = torch.stack([scales, torch.zeros_like(scales)], dim=-1).contiguous()
