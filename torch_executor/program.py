@@ -254,7 +254,8 @@ class Program:
         for slot, tensor in sorted(self.constants.items()):
             lines.append(f"  %{slot} = constant {_constant_text(tensor, large_elements_limit)}")
         for step in self.steps:
-            arguments = [f"%{slot}" for slot in step.inputs] + [f"{name}={value!r}" for name, value in step.attrs.items()]
+            arguments = [f"%{slot}" for slot in step.inputs]
+            arguments += [f"{name}={value!r}" for name, value in step.attrs.items()]
             results = ", ".join(f"%{slot}" for slot in step.outputs)
             lines.append(f"  {results} = {step.kind}({', '.join(arguments)})")
         lines.append("  return " + ", ".join(f"%{slot}" for slot in self.output_slots))
@@ -417,7 +418,8 @@ def _note_quantized(draft, step, quantized):
         quantized[step.outputs[0]] = (step.inputs[1], step.attrs["dtype"], step.attrs["dim"], step.inputs[0])
     elif step.kind == "Dequantize" and step.inputs[0] in quantized:
         scale_slot, quant, dim, source = quantized[step.inputs[0]]
-        same_scale = scale_slot == step.inputs[1] or torch.equal(draft.constants[scale_slot], draft.constants[step.inputs[1]])
+        scale = draft.constants[step.inputs[1]]
+        same_scale = scale_slot == step.inputs[1] or torch.equal(draft.constants[scale_slot], scale)
         if not same_scale or dim != step.attrs["dim"]:
             return
         result = draft.constants[step.outputs[0]]

@@ -348,7 +348,8 @@ def _concatenate(inputs, attrs, ranks, bounds):
                 total = add(total, size)
             shape.append(total)
         else:  # torch.cat needs these equal
-            shape.append(next((s for s in sizes if isinstance(s, int)), next((s for s in sizes if s is not None), None)))
+            known = next((s for s in sizes if s is not None), None)
+            shape.append(next((s for s in sizes if isinstance(s, int)), known))
     value = None
     if ranks[0] == 1 and all(f.value is not None for f in inputs):
         value = tuple(v for f in inputs for v in f.value)
@@ -415,8 +416,10 @@ RULES = {
     "unary.Neg": _unary_value(lambda v: mul(v, -1)),
     "unary.Not": _unary_value(lambda v: int(not v) if isinstance(v, int) else None),
 }
-RULES.update({f"binary.{name}": _elementwise(BINARY_VALUES.get(name)) for name in ("Add", "Sub", "Mul", "Div", "FloorDiv", "Pow", "Max", "Min", "Less", "Greater", "Equal", "LogicalOr")})
-RULES.update({f"unary.{name}": _same for name in ("Exp", "Recip", "Log", "Sin", "Cos", "Sqrt", "Abs", "Tanh", "Relu", "Sigmoid", "GeluErf")})
+_BINARY = ("Add", "Sub", "Mul", "Div", "FloorDiv", "Pow", "Max", "Min", "Less", "Greater", "Equal", "LogicalOr")
+_UNARY = ("Exp", "Recip", "Log", "Sin", "Cos", "Sqrt", "Abs", "Tanh", "Relu", "Sigmoid", "GeluErf")
+RULES.update({f"binary.{name}": _elementwise(BINARY_VALUES.get(name)) for name in _BINARY})
+RULES.update({f"unary.{name}": _same for name in _UNARY})
 RULES.update({f"reduce.{name}": _reduce for name in ("Sum", "Prod", "Avg", "Max", "Min")})
 
 
@@ -467,7 +470,9 @@ def shape_value_step(fact, dtype_name, symbols, input_slots):
     """(attributes, input slots) of the ShapeValue step that computes `fact`'s elements at run time."""
     used = sorted({s for v in fact.value if isinstance(v, Sym) for s, _ in v.terms})
     position = {s: i for i, s in enumerate(used)}
-    elements = [[v, []] if isinstance(v, int) else [v.const, [[position[s], c] for s, c in v.terms]] for v in fact.value]
+    elements = [
+        [v, []] if isinstance(v, int) else [v.const, [[position[s], c] for s, c in v.terms]] for v in fact.value
+    ]
     dims = [symbols.sources[s][1] for s in used]
     attrs = {"elements": elements, "dims": dims, "shape": list(fact.shape), "dtype": dtype_name}
     return attrs, [input_slots[symbols.sources[s][0]] for s in used]

@@ -19,7 +19,12 @@ def run_python(code, timeout=120):
     """Runs `code` in a fresh interpreter (nothing imported yet) from the repo root."""
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -141,7 +146,9 @@ def test_a_script_defining_a_tensorrt_plugin_runs_and_only_using_the_plugin_fail
             raise AssertionError("not called while defining")
 
         @trtp.autotune("example::elemwise_add_plugin")
-        def add_plugin_autotune(inp0: trtp.TensorDesc, outputs: Tuple[trtp.TensorDesc]) -> List[trtp.AutoTuneCombination]:
+        def add_plugin_autotune(
+            inp0: trtp.TensorDesc, outputs: Tuple[trtp.TensorDesc]
+        ) -> List[trtp.AutoTuneCombination]:
             raise AssertionError("not called while defining")
 
         print("defined:", add_plugin_desc.plugin_id, callable(add_plugin_impl))

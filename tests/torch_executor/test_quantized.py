@@ -38,10 +38,12 @@ def layer(quant, dtype, seed=0, out_features=OUT_FEATURES):
             w, s = tp.Tensor(weight), tp.Tensor(scale)
             return x @ tp.dequantize(tp.quantize(w, s, tp.int4), s, tripy_dtype)
 
-        return product, lambda: ops.dequantize(ops.quantize(weight, scale, dtype="int4", dim=None), scale, dtype=dtype, dim=None)
+        codes = lambda: ops.quantize(weight, scale, dtype="int4", dim=None)
+        return product, lambda: ops.dequantize(codes(), scale, dtype=dtype, dim=None)
     weight = torch.randn(out_features, inner, generator=generator).to(torch_dtype)  # (out, in), as tp.Linear holds it
     dim = 0 if quant == "int8" else None
-    linear = tp.Linear(inner, out_features, bias=False, dtype=tripy_dtype, quant_dtype=getattr(tp, quant), weight_quant_dim=dim)
+    quant_dtype = getattr(tp, quant)
+    linear = tp.Linear(inner, out_features, bias=False, dtype=tripy_dtype, quant_dtype=quant_dtype, weight_quant_dim=dim)
     if quant == "int8":
         scale = (weight.float().abs().amax(1) / 127).to(torch_dtype)
         linear.input_scale = None
@@ -49,7 +51,8 @@ def layer(quant, dtype, seed=0, out_features=OUT_FEATURES):
         scale = (weight.float().abs().max() / 448).to(torch_dtype)
         linear.input_scale = tp.Tensor(torch.tensor(0.01).to(torch_dtype))
     linear.weight, linear.weight_scale = tp.Tensor(weight), tp.Tensor(scale)
-    reference = lambda: ops.dequantize(ops.quantize(weight, scale, dtype=quant, dim=dim), scale, dtype=dtype, dim=dim).t()
+    codes = lambda: ops.quantize(weight, scale, dtype=quant, dim=dim)
+    reference = lambda: ops.dequantize(codes(), scale, dtype=dtype, dim=dim).t()
     return linear, reference
 
 
@@ -92,8 +95,8 @@ def check_product(quant, dtype, rows, out_features=OUT_FEATURES):
 def test_a_quantized_product_computes_the_reference_product(quant, dtype, rows, out_features):
     step = check_product(quant, dtype, rows, out_features)
     fast = dtype == "bfloat16" and matmul.cpu_has_bfloat16_arithmetic()
-    expected = {"int8": "int8_rows", "int4": "int4_groups" if out_features % 16 == 0 else None}.get(quant) if fast else None
-    assert step.attrs["kernel"] == (expected or "blocked")
+    torchs = {"int8": "int8_rows", "int4": "int4_groups" if out_features % 16 == 0 else None}.get(quant)
+    assert step.attrs["kernel"] == ((torchs if fast else None) or "blocked")
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8])

@@ -27,7 +27,9 @@ def program_of(compiled):
 
 def random_gpt(dtype, seed=0):
     """A tiny GPT-2 with random weights, lm_head tied to the token embedding as in GPT-2."""
-    config = GPTConfig(block_size=16, vocab_size=97, num_layers=2, num_heads=2, embedding_size=16, dtype=getattr(tp, dtype))
+    config = GPTConfig(
+        block_size=16, vocab_size=97, num_layers=2, num_heads=2, embedding_size=16, dtype=getattr(tp, dtype)
+    )
     model = GPT(config)
     generator = torch.Generator().manual_seed(seed)
     state = {}
@@ -82,7 +84,8 @@ def test_gpt_generation_computes_what_the_unsimplified_program_does(monkeypatch,
     for a, b in zip(ours, reference):
         assert a.dtype == b.dtype and a.shape == b.shape
         # Only a matrix product may differ, by rounding: one product over the batch instead of one per sample.
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5) if dtype == "float32" else torch.testing.assert_close(a, b)
+        tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == "float32" else {}
+        torch.testing.assert_close(a, b, **tolerance)
 
 
 def test_a_decode_step_runs_no_shape_ops_and_far_fewer_steps(monkeypatch):
@@ -142,7 +145,8 @@ def test_what_compiling_infers_holds_when_a_decode_step_runs(monkeypatch, cached
     """At several cache lengths, up to the bound."""
     program, inferred = unsimplified(monkeypatch, generate.compile_decode, random_gpt("float32"), 2)
     inputs = [torch.randint(0, 97, (2, 1), dtype=torch.int32)] + [torch.randn(2, 2, 2, cached, 8) for _ in range(2)]
-    assert check_facts(program, inferred, inputs) > 100  # the decode program is mostly shape arithmetic before simplification
+    # The decode program is mostly shape arithmetic before simplification.
+    assert check_facts(program, inferred, inputs) > 100
 
 
 @pytest.mark.parametrize("tokens", [1, 7, 16])
@@ -167,11 +171,21 @@ def _shape_play(x, y):
 
 @pytest.mark.parametrize("n", [4, 6, 10])
 def test_what_compiling_infers_holds_for_shape_heavy_frontend_code(monkeypatch, n):
-    args = [tp.InputInfo((3, tp.NamedDimension("n", 4, 6, 10)), dtype=tp.float32), tp.InputInfo(((1, 3, 3), 5), dtype=tp.float32)]
+    args = [
+        tp.InputInfo((3, tp.NamedDimension("n", 4, 6, 10)), dtype=tp.float32),
+        tp.InputInfo(((1, 3, 3), 5), dtype=tp.float32),
+    ]
     program, inferred = unsimplified(monkeypatch, lambda f: tp.compile(f, args=args), _shape_play)
     x, y = torch.randn(3, n), torch.randn(3, 5)
     assert check_facts(program, inferred, [x, y]) > 10
-    plain = Program(program.steps, program.constants, program.input_slots, program.input_specs, program.output_slots, program.output_dtypes)
+    plain = Program(
+        program.steps,
+        program.constants,
+        program.input_slots,
+        program.input_specs,
+        program.output_slots,
+        program.output_dtypes,
+    )
     simplified = program_of(tp.compile(_shape_play, args=args))
     assert len(simplified.steps) < len(plain.steps)
     memrefs = [MemRefValue(t, ScalarTypeCode.f32, PointerType.device) for t in (x, y)]
@@ -207,7 +221,8 @@ def test_a_tied_weight_is_held_once_and_read_as_a_matrix(static_rows):
         w = tp.Tensor(weight)
         return tp.gather(w, 0, idx), x @ tp.transpose(w, 0, 1)
 
-    compiled = tp.compile(embed_and_project, args=[tp.InputInfo((3,), dtype=tp.int32), tp.InputInfo(rows, dtype=tp.float32)])
+    args = [tp.InputInfo((3,), dtype=tp.int32), tp.InputInfo(rows, dtype=tp.float32)]
+    compiled = tp.compile(embed_and_project, args=args)
     program = program_of(compiled)
     storages = {t.untyped_storage().data_ptr() for t in program.constants.values()}
     assert len(storages) == 1
