@@ -1,4 +1,4 @@
-"""Products by constant weights: how Program.from_trace stores them, and how they run.
+"""Products by constant weights: how compiling stores them, and how they run.
 
 - A linear layer's weight becomes a 2-D matrix: a view of its memory, or a contiguous (in, out)
   copy where that is faster for the product's static row count (store_weight_matrices).
@@ -10,6 +10,10 @@
   converted block stays in cache (by_bfloat16_matrix). bfloat16 -> float32 is exact, and the sums
   accumulate in float32 and round once to bfloat16, as oneDNN's bfloat16 product does; only the
   order of the sums may differ.
+- On a CPU with bfloat16 arithmetic, a product of a few static rows by a bfloat16 weight reads a
+  copy that oneDNN prepacked (prepacks, prepacked_product).
+- Quantized products run by kernels chosen at compile time from the rows' dtype, the weight's shape
+  and the CPU (pack_quantized, quantized_function; see "Quantized products" below).
 """
 
 import functools
@@ -239,9 +243,9 @@ def prepacked_product(weight, rows):
 # ----------------------------------------------------------------------------------------------
 # Quantized products
 #
-# Program.from_trace turns x @ dequantize(codes, scale) by a constant weight into a step
-# QuantizedMatMul(x, *constants) whose constants are the codes, packed as the chosen kernel wants,
-# and the scales. The weight is B = (in, out) = [K, N]; its scale is one number, one per output
+# Compiling (program.fuse_quantized_products) turns x @ dequantize(codes, scale) by a constant
+# weight into a step QuantizedMatMul(x, *constants) whose constants are the codes, packed as the
+# chosen kernel wants, and the scales. The weight is B = (in, out) = [K, N]; its scale is one number, one per output
 # column ([N]), or one per group of g consecutive inputs of each column ([K / g, N]). Kernels:
 # - "int8_rows": torch's _weight_int8pack_mm, int8 codes [N, K] and a scale per column, for bfloat16
 #   rows on a CPU with bfloat16 arithmetic, K a multiple of 16;

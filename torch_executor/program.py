@@ -1,15 +1,19 @@
 """A compiled nvtripy trace: a flat list of steps over numbered value slots, run by PyTorch.
 
-Building a Program from a Trace folds every op whose inputs are all constants, so weight layout
-changes happen once, at compile time; static.py folds the shape arithmetic that static dimensions
-decide, also where it reads the shape of a tensor computed at run time, and turns what depends on
-dynamic dimensions into one ShapeValue step; matmul.py gives linear layers' weights to their
-products as 2-D matrices. Steps nothing reads, and the constants only folding needed, are then dropped.
-Binding picks the function that runs each step: fastpaths.py's where its shape arguments are
-constants, matmul.py's for a bfloat16 weight on a CPU without bfloat16 arithmetic, else ops.py's.
-A run drops each value after the step that reads it last.
-A Program serializes to bytes without pickle: a JSON header (steps, attributes, input bounds)
-followed by the constants in safetensors format.
+Compiling (compile_trace) is two stages of passes over a Draft, in order:
+- read_trace: the trace's inputs, then its ops as steps, computing at once every op whose inputs are
+  all constants, so weight layout changes (and quantizing a weight) happen once;
+- simplify: fold_shapes (static.py folds the shape arithmetic that static dimensions decide, and
+  turns what depends on dynamic dimensions into ShapeValue steps), drop_dead_steps,
+  fuse_quantized_products (x @ dequantize(quantize(W)) becomes a QuantizedMatMul step by W's codes),
+  matmul.store_weight_matrices (linear layers' weights as 2-D matrices) and prepack_bfloat16_products.
+The constants no step reads are then dropped. Tests build the plain program by leaving simplify out,
+and ask infer_facts what compiling knows of its slots.
+Binding picks the function that runs each step (Program._function): matmul.py's kernels for the
+steps compiling made and for a bfloat16 weight on a CPU without bfloat16 arithmetic, fastpaths.py's
+where shape arguments are constants, else ops.py's. A run drops each value after the step that reads
+it last. A Program serializes to bytes without pickle: a JSON header (steps, attributes, input
+bounds) followed by the constants in safetensors format.
 """
 
 import dataclasses
@@ -174,10 +178,6 @@ class Program:
         if fast is not None:
             return fast, {}, reads
         return ops.OPS.get(step.kind) or static.OPS[step.kind], step.attrs, reads
-
-    @staticmethod
-    def from_trace(trace):
-        return compile_trace(trace)
 
     # ------------------------------------------------------------------------------------------
     def check_inputs(self, memrefs):

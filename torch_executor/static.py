@@ -1,4 +1,4 @@
-"""What is known about a program's values before it runs, so that Program.from_trace can fold the
+"""What is known about a program's values before it runs, so that program.py can fold the
 shape arithmetic that static dimensions decide.
 
 With a dynamic dimension (a decode step's cache length, say), nvtripy traces every reshape, split,
