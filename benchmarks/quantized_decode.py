@@ -58,14 +58,17 @@ def resident_mb():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def median_step(start, step, prompt, tokens, rounds):
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def median_step(start, step, prompt, tokens, rounds, clock):
     times = []
     for _ in range(rounds):
         start(prompt)
         for step_tokens in tokens:
-            begin = time.perf_counter()
+            begin = clock()
             step(step_tokens)
-            times.append(time.perf_counter() - begin)
+            times.append(clock() - begin)
     return statistics.median(times)
 
 
@@ -97,9 +100,10 @@ def run_ours(args, checkpoint_dir):
             return torch.from_dlpack(logits)
 
         prompt, tokens = inputs(batch, args)
-        median_step(start, step, prompt, tokens[:2], 1)  # warm-up
-        seconds = median_step(start, step, prompt, tokens, args.rounds)
-        rows.append({"batch": batch, "ms": 1e3 * seconds, "weights_mb": torch_executor.weight_bytes(prefill, decode) / 1e6})
+        median_step(start, step, prompt, tokens[:2], 1, CLOCKS[args.clock])  # warm-up
+        seconds = median_step(start, step, prompt, tokens, args.rounds, CLOCKS[args.clock])
+        weights = torch_executor.weight_bytes(prefill, decode) / 1e6
+        rows.append({"batch": batch, "ms": 1e3 * seconds, "weights_mb": weights})
         del prefill, decode, state
     return rows
 
@@ -126,8 +130,8 @@ def run_transformers(args, checkpoint_dir):
     rows = []
     for batch in args.batches:
         prompt, tokens = inputs(batch, args)
-        median_step(start, step, prompt, tokens[:2], 1)
-        seconds = median_step(start, step, prompt, tokens, args.rounds)
+        median_step(start, step, prompt, tokens[:2], 1, CLOCKS[args.clock])
+        seconds = median_step(start, step, prompt, tokens, args.rounds, CLOCKS[args.clock])
         weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
         rows.append({"batch": batch, "ms": 1e3 * seconds, "weights_mb": weights})
     return rows
@@ -162,6 +166,9 @@ def main():
     parser.add_argument("--cache", type=int, default=32, help="tokens in the cache before the first timed step")
     parser.add_argument("--steps", type=int, default=8, help="timed decode steps a round")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--clock", choices=CLOCKS, default="cpu", help="the process's CPU time (default), or wall time"
+    )
     parser.add_argument("--mode", help=argparse.SUPPRESS)  # a child's (mode, dtype, checkpoint)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
@@ -174,14 +181,16 @@ def main():
 
     import make_tiny_checkpoint
 
-    print(f"torch {torch.__version__}, {args.threads} thread(s), CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    capability = torch.backends.cpu.get_cpu_capability()
+    print(f"torch {torch.__version__}, {args.threads} thread(s), CPU capability {capability}")
     print(f"CPU flags: {cpu_flags()}")
     print(f"load average before: {load_average()}")
     print(f"GPT2Config() shape, random weights; cache {args.cache} -> {args.cache + args.steps} tokens; median of "
-          f"{args.steps} steps x {args.rounds} rounds; calibration on {args.calib_samples} samples")
+          f"{args.steps} steps x {args.rounds} rounds, {args.clock} clock; calibration on {args.calib_samples} samples")
     torch.manual_seed(0)
     results = {}
-    header = f"{'runner':>12} {'mode':>6} {'dtype':>8} {'batch':>5} | {'ms/step':>8} {'tok/s':>8} | {'weights MB':>10} {'peak MB':>8} {'RSS MB':>7}"
+    header = (f"{'runner':>12} {'mode':>6} {'dtype':>8} {'batch':>5} | {'ms/step':>8} {'tok/s':>8} | "
+              f"{'weights MB':>10} {'peak MB':>8} {'RSS MB':>7}")
     with tempfile.TemporaryDirectory() as checkpoint:
         GPT2LMHeadModel(GPT2Config()).save_pretrained(checkpoint)
         make_tiny_checkpoint.write_tokenizer(checkpoint)
@@ -190,9 +199,9 @@ def main():
         runs = [("ours", mode, dtype) for mode in args.modes for dtype in args.dtypes]
         runs += [("transformers", "none", dtype) for dtype in args.dtypes]
         for runner, mode, dtype in runs:
-            command = [sys.executable, os.path.abspath(__file__), "--mode", "transformers" if runner != "ours" else mode,
+            command = [sys.executable, os.path.abspath(__file__), "--mode", mode if runner == "ours" else "transformers",
                        "--dtype", dtype, "--checkpoint", checkpoint, "--threads", str(args.threads),
-                       "--calib-samples", str(args.calib_samples), "--cache", str(args.cache),
+                       "--calib-samples", str(args.calib_samples), "--cache", str(args.cache), "--clock", args.clock,
                        "--steps", str(args.steps), "--rounds", str(args.rounds), "--batches", *map(str, args.batches)]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode:
@@ -202,7 +211,8 @@ def main():
             for row in report["rows"]:
                 results[runner, mode, dtype, row["batch"]] = row
                 print(f"{runner:>12} {mode:>6} {dtype:>8} {row['batch']:>5} | {row['ms']:>8.2f} "
-                      f"{1e3 * row['batch'] / row['ms']:>8.1f} | {row['weights_mb']:>10.1f} {report['peak_mb']:>8.0f} {report['resident_mb']:>7.0f}")
+                      f"{1e3 * row['batch'] / row['ms']:>8.1f} | {row['weights_mb']:>10.1f} {report['peak_mb']:>8.0f} "
+                      f"{report['resident_mb']:>7.0f}")
     print()
     print_ratios(results, args)
     print(f"load average after: {load_average()}")
@@ -217,7 +227,8 @@ def print_ratios(results, args):
 
     def ratio(text, a, b, target=None):
         if a is not None and b is not None:
-            verdict = "" if target is None else ("  (target >= %.2fx: %s)" % (target, "met" if a / b >= target else "MISSED"))
+            met = target is None or a / b >= target
+            verdict = "" if target is None else f"  (target >= {target:.2f}x: {'met' if met else 'MISSED'})"
             print(f"{text}: {a / b:.2f}x{verdict}")
 
     base = speed("ours", "none", "float32", 1)
