@@ -4,7 +4,7 @@ With the executor installed, `Trace.to_mlir` hands over a `TraceModule` instead 
 "compiling" it means turning the trace into a Program.
 """
 
-from torch_executor.program import Program
+from torch_executor import program as program_module
 from torch_executor.runtime import Executable
 
 
@@ -24,7 +24,7 @@ class TraceOperation:
 
     def program(self):
         if self._program is None:
-            self._program = Program.from_trace(self.trace)
+            self._program = program_module.compile_trace(self.trace)
         return self._program
 
     def get_asm(self, large_elements_limit=None):

@@ -1,4 +1,4 @@
-"""Products by constant weights: how Program.from_trace stores them, and how they run.
+"""Products by constant weights: how compiling stores them, and how they run.
 
 - A linear layer's weight becomes a 2-D matrix: a view of its memory, or a contiguous (in, out)
   copy where that is faster for the product's static row count (store_weight_matrices).
@@ -10,9 +10,14 @@
   converted block stays in cache (by_bfloat16_matrix). bfloat16 -> float32 is exact, and the sums
   accumulate in float32 and round once to bfloat16, as oneDNN's bfloat16 product does; only the
   order of the sums may differ.
+- On a CPU with bfloat16 arithmetic, a product of a few static rows by a bfloat16 weight reads a
+  copy that oneDNN prepacked (prepacks, prepacked_product).
+- Quantized products run by kernels chosen at compile time from the rows' dtype, the weight's shape
+  and the CPU (pack_quantized, quantized_function; see "Quantized products" below).
 """
 
 import functools
+import json
 import math
 import platform
 import weakref
@@ -76,13 +81,19 @@ def _copy_pays(dtype, rows):
     where it saves a tenth of a decode step or more. Measured on GPT-2 124M on one core of a Xeon:
     in float32 a batch-1 step takes 4% less time by the copy, batch 2 7% more, batch 8 25% less;
     in bfloat16 batch 1 27% less (torch's one-row kernel reads (in, out) rows much faster), batch 2
-    row by row (MAX_ROW_BY_ROW) 10% less. A prompt's row count is not static, and its products are
+    row by row (MAX_ROW_BY_ROW) 10% less; where oneDNN prepacks the weight (prepacks), no copy
+    is needed. A prompt's row count is not static, and its products are
     large, where the layout matters little: they use the view."""
     if rows is None:
         return False
     if dtype == torch.float32:
         return rows >= 4
-    return dtype == torch.bfloat16 and rows <= MAX_ROW_BY_ROW
+    return dtype == torch.bfloat16 and rows <= MAX_ROW_BY_ROW and not can_prepack()
+
+
+def memory_key(tensor):
+    """Where a tensor lies in memory: a key for what is made from it once and shared."""
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()))
 
 
 # Contiguous matrices made from weights, by where the weight's view lies in memory; an entry lasts
@@ -93,7 +104,7 @@ _MATRICES = weakref.WeakValueDictionary()
 def _shared_matrix(view):
     """view.contiguous(), or the equal matrix an earlier program made from the same memory. The
     memory may since have been freed and reused, so a matrix is shared only if its values are equal."""
-    key = (view.untyped_storage().data_ptr(), view.storage_offset(), tuple(view.shape), tuple(view.stride()), view.dtype)
+    key = (*memory_key(view), view.dtype)
     matrix = _MATRICES.get(key)
     if matrix is None or not torch.equal(matrix, view):
         matrix = view.contiguous()
@@ -118,16 +129,29 @@ def _is_transpose_view(tensor, view):
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_has_bfloat16_arithmetic():
-    """False only on an x86 CPU whose flags (Linux /proc/cpuinfo) lack both AVX512-BF16 and AMX-BF16."""
+def _cpu_flags():
+    """The CPU's flags (Linux /proc/cpuinfo) on x86, else None."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return True  # leave other architectures to torch
+        return None
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
     except OSError:
-        return True
+        return None
+
+
+def cpu_has_bfloat16_arithmetic():
+    """False only on an x86 CPU whose flags lack both AVX512-BF16 and AMX-BF16 (elsewhere, leave it to torch)."""
+    flags = _cpu_flags()
     return flags is None or "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_features():
+    """What decides the kernels here: e.g. 'x86_64 bf16-arithmetic mkldnn'."""
+    parts = [platform.machine().lower()]
+    parts += ["bf16-arithmetic"] if cpu_has_bfloat16_arithmetic() else []
+    parts += ["mkldnn"] if torch.backends.mkldnn.is_available() else []
+    return " ".join(parts)
 
 
 def fits(weight):
@@ -160,3 +184,184 @@ def by_bfloat16_matrix(a, b):
     for start in range(0, cols, block):
         out[:, start : start + block] = torch.mm(x, b[:, start : start + block].float())
     return out.reshape(*a.shape[:-1], cols)
+
+
+# ----------------------------------------------------------------------------------------------
+# bfloat16 products by oneDNN's prepacked weights
+
+
+PREPACK_MAX_ROWS = 16  # a decode step's rows; a prompt's row count is not static and keeps torch's product
+
+
+def prepacks(weight, rows):
+    """Whether a product of `rows` static rows by this bfloat16 matrix runs by a oneDNN-prepacked copy
+    (prepacked_product): on a CPU with bfloat16 arithmetic it reads the weight in the layout oneDNN's
+    kernel wants and takes about 0.55x F.linear's time at 1 and 8 rows (GPT-2 124M's 48 matrices, one
+    core of a Sapphire Rapids Xeon with AMX)."""
+    return (
+        weight is not None
+        and weight.dtype == torch.bfloat16
+        and weight.dim() == 2
+        and rows is not None
+        and 1 <= rows <= PREPACK_MAX_ROWS
+        and can_prepack()
+    )
+
+
+def can_prepack():
+    return cpu_has_bfloat16_arithmetic() and torch.backends.mkldnn.is_available()
+
+
+_PREPACKED = weakref.WeakValueDictionary()
+
+
+class _Held:
+    """A weak-referenceable holder of what a bound product keeps (oneDNN's opaque tensors are not)."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+
+def prepacked_product(weight, rows):
+    """(function, held tensors): x @ weight by a copy that oneDNN prepacked for `rows` rows; programs
+    compiled from the same weight (prefill and decode) share the copy while one holds it."""
+    key = (*memory_key(weight), rows)
+    held = _PREPACKED.get(key)
+    if held is None or not torch.equal(held.source, weight):
+        held = _Held(torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous(), rows))
+        held.source = weight
+        _PREPACKED[key] = held
+    packed = held.tensor
+
+    def product(a, _):
+        return torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
+
+    product.held = held
+    return product, [packed]
+
+
+# ----------------------------------------------------------------------------------------------
+# Quantized products
+#
+# Compiling (program.fuse_quantized_products) turns x @ dequantize(codes, scale) by a constant
+# weight into a step QuantizedMatMul(x, *constants) whose constants are the codes, packed as the
+# chosen kernel wants, and the scales. The weight is B = (in, out) = [K, N]; its scale is one number, one per output
+# column ([N]), or one per group of g consecutive inputs of each column ([K / g, N]). Kernels:
+# - "int8_rows": torch's _weight_int8pack_mm, int8 codes [N, K] and a scale per column, for bfloat16
+#   rows on a CPU with bfloat16 arithmetic, K a multiple of 16;
+# - "int4_groups": torch's _weight_int4pack_mm_for_cpu, codes + 8 packed by
+#   _convert_weight_to_int4pack_for_cpu and scales with zero offsets ([K / g, N, 2]), likewise,
+#   N a multiple of 16;
+# - "blocked": codes [N, K] (int8 storage for int8 and int4, float8 e4m3), dequantized to float32 a
+#   block of columns at a time, multiplied in float32 and rounded once to the rows' dtype. torch's
+#   int8 and int4 kernels take float32 rows on a slow path (4x and 20x slower than a dense float32
+#   product) and float16 rows likewise, and rounding float32 rows to bfloat16 would change results.
+# The dequantized values are those of ops.dequantize (codes times scale in float32); only the order
+# of the sums, and for int8_rows and int4_groups the rounding of each product, may differ.
+
+INT4_GROUPS = (32, 64, 128, 256)  # the group sizes _weight_int4pack_mm_for_cpu takes
+INT4_COLUMN_MULTIPLE = 16  # _convert_weight_to_int4pack_for_cpu takes no other column counts
+INT8_INNER_MULTIPLE = 16  # _weight_int8pack_mm (torch 2.13) computes wrong sums for other inner sizes
+QUANT_BLOCK_BYTES = 1 << 20  # float32 block of dequantized columns: about a core's L2 cache
+
+
+# Packed codes and scales, by the weight they were made from, the kernel and their position: programs
+# compiled from the same weights (prefill and decode) then hold one copy. An entry lasts while a
+# program holds its tensor.
+_PACKED = weakref.WeakValueDictionary()
+
+
+def pack_quantized(quant, codes_b, scale_b, rows_dtype, source):
+    """(attrs, constants) of the QuantizedMatMul step for codes_b (B's codes, [K, N]) and scale_b,
+    made from the weight at `source` (memory_key); equal to those an earlier program holds, theirs."""
+    attrs, tensors = _pack(quant, codes_b, scale_b, rows_dtype)
+    keys = [(source, quant, rows_dtype, json.dumps(attrs, sort_keys=True), i) for i in range(len(tensors))]
+    shared = [_PACKED.get(key) for key in keys]
+    if all(a is not None and torch.equal(a, b) for a, b in zip(shared, tensors)):
+        return attrs, shared
+    for key, tensor in zip(keys, tensors):
+        _PACKED[key] = tensor
+    return attrs, tensors
+
+
+def _pack(quant, codes_b, scale_b, rows_dtype):
+    inner, cols = codes_b.shape
+    group = inner // scale_b.shape[0] if scale_b.dim() == 2 else None
+    fast = rows_dtype == torch.bfloat16 and cpu_has_bfloat16_arithmetic()
+    codes_rows = codes_b.t().contiguous()  # [N, K]: a block of columns of B is a block of rows here
+    if fast and quant == "int8" and scale_b.dim() == 1 and inner % INT8_INNER_MULTIPLE == 0:
+        return {"kernel": "int8_rows"}, [codes_rows, scale_b.to(torch.bfloat16).contiguous()]
+    if fast and quant == "int4" and group in INT4_GROUPS and cols % INT4_COLUMN_MULTIPLE == 0:
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes_rows.to(torch.int32) + 8, 1)
+        scales = scale_b.to(torch.bfloat16)
+        scales_and_zeros = torch.stack([scales, torch.zeros_like(scales)], dim=-1).contiguous()
+        return {"kernel": "int4_groups", "group": group}, [packed, scales_and_zeros]
+    if scale_b.dim() == 2:
+        scaling, scale = "group", scale_b.float().contiguous()  # [K / g, N]
+    else:
+        scaling, scale = ("column" if scale_b.dim() == 1 else "tensor"), scale_b.float().contiguous()
+    if quant == "float8":
+        scale = scale * 256  # the codes' float16 reading is 2^-8 of their value (_float8_block)
+    attrs = {"kernel": "blocked", "quant": quant, "scaling": scaling, "group": group}
+    return attrs, [codes_rows, scale]
+
+
+def quantized_function(attrs):
+    """The function that runs a QuantizedMatMul step with these attributes: f(x, *constants)."""
+    kernel = attrs["kernel"]
+    if kernel == "int8_rows":
+        return _rows_call(lambda x, codes, scales: torch.ops.aten._weight_int8pack_mm(x, codes, scales))
+    if kernel == "int4_groups":
+        group = attrs["group"]
+        return _rows_call(lambda x, packed, sz: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group, sz))
+    if kernel == "blocked":
+        return _rows_call(functools.partial(_blocked, attrs["quant"], attrs["scaling"], attrs["group"]))
+    raise ValueError(f"no quantized kernel '{kernel}'")
+
+
+def _rows_call(kernel):
+    def product(a, *constants):
+        rows = a.reshape(-1, a.shape[-1])
+        if not rows.is_contiguous():
+            rows = rows.contiguous()
+        out = kernel(rows, *constants)
+        return out.reshape(*a.shape[:-1], out.shape[-1])
+
+    return product
+
+
+def _float8_block(codes):
+    """float8 e4m3 codes read as float16 bits: sign to bit 15, exponent and mantissa shifted up by 7.
+    That is 2^-8 times the code's value, subnormals included, and float16 converts fast where torch's
+    float8 conversion does not (14x slower). In place: a new tensor per operation takes 3x longer."""
+    bits = codes.view(torch.int8).to(torch.int16)  # sign-extended: bits 8-15 copy the sign
+    bits.mul_(128)  # << 7: the sign lands in bit 15, and also in bit 14, the exponent's top bit
+    bits.bitwise_and_(-16385)  # clears bit 14: e4m3's exponent has 4 bits, float16's 5
+    return bits.view(torch.float16)
+
+
+def _blocked(quant, scaling, group, x, codes, scale):
+    """x @ B for B = codes.t() * scale, in float32, a block of B's columns (codes' rows) at a time.
+    A scale per group multiplies each group's partial sums (a batched product over the groups),
+    not the block's weights: a row's sums are far fewer than a block's weights."""
+    rows_dtype, (cols, inner) = x.dtype, codes.shape
+    x = x.float()
+    rows = x.shape[0]
+    out = torch.empty(rows, cols, dtype=torch.float32)
+    if scaling == "group":
+        groups = x.view(rows, inner // group, group).transpose(0, 1)  # [G, rows, g]
+    block = max(16, QUANT_BLOCK_BYTES // (4 * inner) // 16 * 16)
+    for start in range(0, cols, block):
+        stop = min(start + block, cols)
+        part = codes[start:stop]
+        weights = _float8_block(part).float() if quant == "float8" else part.float()
+        if scaling == "group":
+            partial = torch.bmm(groups, weights.view(stop - start, -1, group).permute(1, 2, 0))  # [G, rows, block]
+            out[:, start:stop] = (partial * scale[:, None, start:stop]).sum(0)
+        elif rows == 1:  # a row's slice is contiguous: the product writes it in place
+            torch.mm(x, weights.t(), out=out[:, start:stop])
+        else:
+            out[:, start:stop] = torch.mm(x, weights.t())
+    if scaling != "group":
+        out *= scale
+    return out.to(rows_dtype)

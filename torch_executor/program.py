@@ -1,35 +1,34 @@
 """A compiled nvtripy trace: a flat list of steps over numbered value slots, run by PyTorch.
 
-Building a Program from a Trace folds every op whose inputs are all constants, so weight layout
-changes happen once, at compile time; static.py folds the shape arithmetic that static dimensions
-decide, also where it reads the shape of a tensor computed at run time, and turns what depends on
-dynamic dimensions into one ShapeValue step; matmul.py gives linear layers' weights to their
-products as 2-D matrices. Steps nothing reads, and the constants only folding needed, are then dropped.
-Binding picks the function that runs each step: fastpaths.py's where its shape arguments are
-constants, matmul.py's for a bfloat16 weight on a CPU without bfloat16 arithmetic, else ops.py's.
-A run drops each value after the step that reads it last.
-A Program serializes to bytes without pickle: a JSON header (steps, attributes, input bounds)
-followed by the constants in safetensors format.
+Compiling (compile_trace) is two stages of passes over a Draft, in order:
+- read_trace: the trace's inputs, then its ops as steps, computing at once every op whose inputs are
+  all constants, so weight layout changes (and quantizing a weight) happen once;
+- simplify: fold_shapes (static.py folds the shape arithmetic that static dimensions decide, and
+  turns what depends on dynamic dimensions into ShapeValue steps), drop_dead_steps,
+  fuse_quantized_products (x @ dequantize(quantize(W)) becomes a QuantizedMatMul step by W's codes),
+  matmul.store_weight_matrices (linear layers' weights as 2-D matrices) and prepack_bfloat16_products.
+The constants no step reads are then dropped. Tests build the plain program by leaving simplify out,
+and ask infer_facts what compiling knows of its slots.
+Binding picks the function that runs each step (Program._function): matmul.py's kernels for the
+steps compiling made and for a bfloat16 weight on a CPU without bfloat16 arithmetic, fastpaths.py's
+where shape arguments are constants, else ops.py's. A run drops each value after the step that reads
+it last. A Program serializes to bytes without pickle: a JSON header (steps, attributes, input
+bounds) followed by the constants in safetensors format.
 """
 
 import dataclasses
 import json
+import math
 import struct
 
 import safetensors.torch
 import torch
 
 from torch_executor import fastpaths, matmul, ops, static
-from torch_executor.runtime import SCALAR_TYPE_CODES, MTRTException, PointerType, ScalarTypeCode, MemRefValue
+from torch_executor.values import SCALAR_TYPE_CODES, MemRefValue, MTRTException, PointerType, ScalarTypeCode
 
 FORMAT_MAGIC = b"TRIPY-TORCH-EXECUTABLE-1\n"
 _KEYED_BY_MODULE = ("binary", "unary", "reduce")
-# Simplify programs as they are built from traces: fold shape arithmetic (static.py), drop steps
-# whose results nothing reads, store weights as matrices (matmul.py); and bind steps with constant
-# shape arguments to fast paths (fastpaths.py). Tests turn it off to compare with the program that
-# computes everything as the trace says, with ops.py's functions.
-SIMPLIFY = True
-
 
 def op_key(op):
     return op_class_key(type(op))
@@ -124,19 +123,20 @@ def _live_steps(steps, output_slots):
 
 
 class Program:
-    def __init__(self, steps, constants, input_slots, input_specs, output_slots, output_dtypes):
+    def __init__(self, steps, constants, input_slots, input_specs, output_slots, output_dtypes, fast_paths=True):
         self.steps = steps
         self.constants = constants  # {slot: torch.Tensor}
         self.input_slots = input_slots
         self.input_specs = input_specs
         self.output_slots = output_slots
         self.output_dtypes = output_dtypes  # ScalarTypeCode names
-        self.num_slots = 1 + max([*input_slots, *output_slots, *constants, *(s for st in steps for s in st.outputs)], default=-1)
-        self._bind()
+        slots = [*input_slots, *output_slots, *constants, *(s for st in steps for s in st.outputs)]
+        self.num_slots = 1 + max(slots, default=-1)
+        self._bind(fast_paths)
 
-    def _bind(self):
+    def _bind(self, fast_paths):
         for step in self.steps:
-            if step.kind not in ops.OPS and step.kind not in static.OPS:
+            if step.kind not in ops.OPS and step.kind not in static.OPS and step.kind not in COMPILED_STEPS:
                 raise MTRTException(f"The CPU executor does not implement trace op '{step.kind}'")
         # A value is dropped after the step that reads it last, unless it is a constant, an input or an
         # output: a long prompt then does not hold every layer's intermediates at once, and the
@@ -147,108 +147,37 @@ class Program:
         for slot, index in last_reader.items():
             if slot not in kept:
                 dead_after[index].append(slot)
-        self._calls = [(s.kind, *self._function(s), s.inputs, s.outputs, dead) for s, dead in zip(self.steps, dead_after)]
+        self._calls, self.read_constants = [], []
+        for step, dead in zip(self.steps, dead_after):
+            function, attrs, reads = self._function(step, fast_paths)
+            self._calls.append((step.kind, function, attrs, step.inputs, step.outputs, dead))
+            self.read_constants += reads
         self._initial_values = [None] * self.num_slots
         for slot, tensor in self.constants.items():
             self._initial_values[slot] = tensor
         self._constant_ptrs = {t.untyped_storage().data_ptr() for t in self.constants.values() if t.numel()}
         self._output_codes = [ScalarTypeCode[dtype] for dtype in self.output_dtypes]
 
-    def _function(self, step):
-        """What runs a step, and the attributes to call it with: for a product by a bfloat16 weight on
-        a CPU without bfloat16 arithmetic, matmul.py's float32 blocks; where the shape arguments are
-        constants, fastpaths.py's; else the op's function."""
+    def _function(self, step, fast_paths):
+        """What runs a step, the attributes to call it with, and the constant tensors it reads: for a
+        product by a bfloat16 weight on a CPU without bfloat16 arithmetic, matmul.py's float32 blocks;
+        for the steps compiling made (COMPILED_STEPS), matmul.py's kernels; with `fast_paths`, where
+        the shape arguments are constants, fastpaths.py's; else the op's function."""
         constants = [self.constants.get(i) for i in step.inputs]
+        reads = [t for t in constants if t is not None]
+        if step.kind == "PackedMatMul":
+            if matmul.prepacks(constants[1], step.attrs["rows"]):
+                function, held = matmul.prepacked_product(constants[1], step.attrs["rows"])
+                return function, {}, [t for t in reads if t is not constants[1]] + held
+            return ops.matrix_multiply, {}, reads  # a saved program loaded where oneDNN cannot prepack
+        if step.kind == "QuantizedMatMul":
+            return matmul.quantized_function(step.attrs), {}, reads
         if step.kind == "MatrixMultiply" and matmul.fits(constants[1]):
-            return matmul.by_bfloat16_matrix, {}
-        fast = fastpaths.bind(step.kind, step.attrs, constants) if SIMPLIFY else None
+            return matmul.by_bfloat16_matrix, {}, reads
+        fast = fastpaths.bind(step.kind, step.attrs, constants) if fast_paths else None
         if fast is not None:
-            return fast, {}
-        return ops.OPS.get(step.kind) or static.OPS[step.kind], step.attrs
-
-    # ------------------------------------------------------------------------------------------
-    @staticmethod
-    def from_trace(trace):
-        from nvtripy.backend.api.input_info import DimensionInputInfo, InputInfo
-        from nvtripy.backend.mlir.utils import convert_tripy_dtype_to_runtime_dtype
-        from nvtripy.trace.ops.constant import Constant
-
-        slot_of = {}
-
-        def slot(tensor):
-            return slot_of.setdefault(tensor.name, len(slot_of))
-
-        input_slots, input_specs = [], []
-        for inp in trace.inputs:
-            input_slots.append(slot(inp))
-            spec = InputSpec(dtype=convert_tripy_dtype_to_runtime_dtype(inp.dtype).name)
-            info = trace.input_infos.get(inp.name) if trace.input_infos else None
-            if isinstance(info, InputInfo):
-                spec.min_shape = [int(v) for v in info.shape_bounds.min]
-                spec.max_shape = [int(v) for v in info.shape_bounds.max]
-                spec.dimension_names = {int(k): v for k, v in info.dimension_names.items()}
-            elif isinstance(info, DimensionInputInfo):
-                spec.min_value = int(info.value_bounds.min[0])
-                spec.max_value = int(info.value_bounds.max[0])
-            input_specs.append(spec)
-
-        # What is known before running, slot by slot (static.py); constants' Facts are made on demand.
-        symbols = static.Symbols()
-        facts = {slot: symbols.of_input(i, spec, inp.rank) for i, (slot, spec, inp) in enumerate(zip(input_slots, input_specs, trace.inputs))}
-
-        def fact(slot):
-            return facts[slot] if slot in facts else static.of_tensor(constants[slot])
-
-        steps, constants = [], {}
-        for op in trace.ops:
-            if isinstance(op, Constant):
-                op._check_address_space()  # as in real nvtripy: only inputs may start on the device
-                constants[slot(op.outputs[0])] = op.data.tensor
-                continue
-            kind = op_key(op)
-            if kind in ops.UNSUPPORTED:
-                raise op_error(op, f"The CPU executor cannot run trace op '{kind}': {ops.UNSUPPORTED[kind]}")
-            if kind not in ops.OPS:
-                raise op_error(op, f"The CPU executor does not implement trace op '{kind}'")
-            input_dtypes = [t.dtype.name for t in op.inputs]
-            reason = ops.refusal(kind, input_dtypes)
-            if reason:
-                raise op_error(op, f"{reason}: trace op '{kind}' was given {', '.join(input_dtypes)}")
-            step = Step(kind, op_attributes(op), [slot(t) for t in op.inputs], [slot(t) for t in op.outputs])
-            if all(i in constants for i in step.inputs):
-                try:
-                    results = ops.OPS[step.kind](*[constants[i] for i in step.inputs], **step.attrs)
-                except Exception as exc:
-                    raise op_error(op, f"Trace op '{kind}' failed: {type(exc).__name__}: {exc}") from exc
-                results = results if isinstance(results, tuple) else (results,)
-                constants.update(zip(step.outputs, results))
-                continue
-            out_facts = static.infer(kind, [fact(i) for i in step.inputs], step.attrs, op.outputs, symbols.bounds)
-            if SIMPLIFY and all(f.is_constant() for f in out_facts):
-                # Shape arithmetic on static dimensions: its result is known now, whatever the inputs hold.
-                for out, f, t in zip(step.outputs, out_facts, op.outputs):
-                    constants[out] = static.to_tensor(f, ops.torch_dtype(t.dtype.name))
-                continue
-            if SIMPLIFY and len(out_facts) == 1 and static.is_affine(out_facts[0]):
-                # Shape arithmetic on dynamic dimensions: one step computes it from the input shapes,
-                # and the steps that led here are dropped below unless something else reads them.
-                attrs, inputs = static.shape_value_step(out_facts[0], op.outputs[0].dtype.name, symbols, input_slots)
-                step = Step("ShapeValue", attrs, inputs, step.outputs)
-            facts.update(zip(step.outputs, out_facts))
-            steps.append(step)
-
-        output_slots = [slot(t) for t in trace.outputs]
-        if SIMPLIFY:
-            steps = _live_steps(steps, output_slots)
-            matmul.store_weight_matrices(steps, constants, facts, new_slot=lambda key: slot_of.setdefault(key, len(slot_of)))
-        # Folding leaves the constants it started from behind (a weight before its transposition, say);
-        # only those the steps or outputs read are kept, so a saved program holds each weight once.
-        needed = {i for step in steps for i in step.inputs} | set(output_slots)
-        constants = {i: tensor for i, tensor in constants.items() if i in needed}
-        output_dtypes = [convert_tripy_dtype_to_runtime_dtype(t.dtype).name for t in trace.outputs]
-        program = Program(steps, constants, input_slots, input_specs, output_slots, output_dtypes)
-        program.facts, program.symbols = facts, symbols  # what compiling knew of each slot, for tests; not saved
-        return program
+            return fast, {}, reads
+        return ops.OPS.get(step.kind) or static.OPS[step.kind], step.attrs, reads
 
     # ------------------------------------------------------------------------------------------
     def check_inputs(self, memrefs):
@@ -325,7 +254,8 @@ class Program:
         for slot, tensor in sorted(self.constants.items()):
             lines.append(f"  %{slot} = constant {_constant_text(tensor, large_elements_limit)}")
         for step in self.steps:
-            arguments = [f"%{slot}" for slot in step.inputs] + [f"{name}={value!r}" for name, value in step.attrs.items()]
+            arguments = [f"%{slot}" for slot in step.inputs]
+            arguments += [f"{name}={value!r}" for name, value in step.attrs.items()]
             results = ", ".join(f"%{slot}" for slot in step.outputs)
             lines.append(f"  {results} = {step.kind}({', '.join(arguments)})")
         lines.append("  return " + ", ".join(f"%{slot}" for slot in self.output_slots))
@@ -364,3 +294,268 @@ class Program:
         except Exception as exc:
             raise MTRTException(f"Corrupt CPU-executor executable: {exc}") from None
         return Program(steps, constants, header["input_slots"], specs, header["output_slots"], header["output_dtypes"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Compiling: read_trace, then simplify, each a sequence of passes over a Draft.
+
+# Steps that only compiling makes, run by matmul.py's kernels: x @ B by quantized codes and their
+# scales, and x @ B for a bfloat16 B that oneDNN prepacks for the step's `rows` rows when it binds.
+COMPILED_STEPS = ("QuantizedMatMul", "PackedMatMul")
+QUANT_DTYPES = ("int8", "int4", "float8")
+
+
+@dataclasses.dataclass
+class QuantizedWeight:
+    """A folded dequantize(quantize(W, scale), scale): its float result, and the codes it came from."""
+
+    result: torch.Tensor
+    codes: torch.Tensor
+    scale: torch.Tensor
+    quant: str  # an entry of QUANT_DTYPES
+    dim: int  # the Quantize's dim: which axis a 1-D scale runs along
+    source: tuple  # where the weight W lies in memory (matmul.memory_key)
+
+
+class Draft:
+    """A program being compiled: its steps over numbered slots, the constants folded so far, each
+    computed slot's nvtripy dtype, and the quantized weights that folding dequantized (by address)."""
+
+    def __init__(self):
+        self.slot_of, self.steps, self.constants, self.dtypes, self.ranks = {}, [], {}, {}, {}
+        self.input_slots, self.input_specs, self.output_slots, self.output_dtypes = [], [], [], []
+        self.dequantized = {}  # {data_ptr: QuantizedWeight}
+        self.facts = self.symbols = None  # what static.py infers, once fold_shapes has run
+
+    def slot(self, key):
+        """The slot of a trace tensor (by name) or of a constant a pass adds (by a key of its own)."""
+        return self.slot_of.setdefault(getattr(key, "name", key), len(self.slot_of))
+
+    def program(self, fast_paths=True):
+        """The Program. Folding leaves the constants it started from behind (a weight before its
+        transposition, say); only those the steps or outputs read are kept, so a saved program holds
+        each weight once."""
+        needed = {i for step in self.steps for i in step.inputs} | set(self.output_slots)
+        constants = {i: tensor for i, tensor in self.constants.items() if i in needed}
+        return Program(
+            self.steps, constants, self.input_slots, self.input_specs, self.output_slots, self.output_dtypes, fast_paths
+        )
+
+
+def compile_trace(trace):
+    """The program nvtripy's compiler gets: the trace read, then simplified."""
+    return simplify(read_trace(trace)).program()
+
+
+def read_trace(trace):
+    """The trace as steps, computing at once every op whose inputs are all constants."""
+    draft = Draft()
+    _read_inputs(trace, draft)
+    _read_ops(trace, draft)
+    from nvtripy.backend.mlir.utils import convert_tripy_dtype_to_runtime_dtype
+
+    draft.output_slots = [draft.slot(t) for t in trace.outputs]
+    draft.output_dtypes = [convert_tripy_dtype_to_runtime_dtype(t.dtype).name for t in trace.outputs]
+    return draft
+
+
+def _read_inputs(trace, draft):
+    from nvtripy.backend.api.input_info import DimensionInputInfo, InputInfo
+    from nvtripy.backend.mlir.utils import convert_tripy_dtype_to_runtime_dtype
+
+    for inp in trace.inputs:
+        draft.input_slots.append(draft.slot(inp))
+        spec = InputSpec(dtype=convert_tripy_dtype_to_runtime_dtype(inp.dtype).name)
+        info = trace.input_infos.get(inp.name) if trace.input_infos else None
+        if isinstance(info, InputInfo):
+            spec.min_shape = [int(v) for v in info.shape_bounds.min]
+            spec.max_shape = [int(v) for v in info.shape_bounds.max]
+            spec.dimension_names = {int(k): v for k, v in info.dimension_names.items()}
+        elif isinstance(info, DimensionInputInfo):
+            spec.min_value = int(info.value_bounds.min[0])
+            spec.max_value = int(info.value_bounds.max[0])
+        draft.input_specs.append(spec)
+        draft.dtypes[draft.input_slots[-1]], draft.ranks[draft.input_slots[-1]] = inp.dtype.name, inp.rank
+
+
+def _read_ops(trace, draft):
+    from nvtripy.trace.ops.constant import Constant
+
+    quantized = {}  # {slot of a folded Quantize: (scale slot, quant dtype, dim)}
+    for op in trace.ops:
+        if isinstance(op, Constant):
+            op._check_address_space()  # as in real nvtripy: only inputs may start on the device
+            draft.constants[draft.slot(op.outputs[0])] = op.data.tensor
+            continue
+        kind = op_key(op)
+        if kind in ops.UNSUPPORTED:
+            raise op_error(op, f"The CPU executor cannot run trace op '{kind}': {ops.UNSUPPORTED[kind]}")
+        if kind not in ops.OPS:
+            raise op_error(op, f"The CPU executor does not implement trace op '{kind}'")
+        input_dtypes = [t.dtype.name for t in op.inputs]
+        reason = ops.refusal(kind, input_dtypes)
+        if reason:
+            raise op_error(op, f"{reason}: trace op '{kind}' was given {', '.join(input_dtypes)}")
+        step = Step(kind, op_attributes(op), [draft.slot(t) for t in op.inputs], [draft.slot(t) for t in op.outputs])
+        for slot, t in zip(step.outputs, op.outputs):
+            draft.dtypes[slot], draft.ranks[slot] = t.dtype.name, t.rank
+        if not all(i in draft.constants for i in step.inputs):
+            draft.steps.append(step)
+            continue
+        try:
+            results = ops.OPS[step.kind](*[draft.constants[i] for i in step.inputs], **step.attrs)
+        except Exception as exc:
+            raise op_error(op, f"Trace op '{kind}' failed: {type(exc).__name__}: {exc}") from exc
+        results = results if isinstance(results, tuple) else (results,)
+        draft.constants.update(zip(step.outputs, results))
+        _note_quantized(draft, step, quantized)
+
+
+def _note_quantized(draft, step, quantized):
+    """Remembers a folded Quantize of a weight, and a folded Dequantize of its codes by the same scale:
+    fuse_quantized_products then multiplies by the codes rather than by the float result."""
+    if step.kind == "Quantize" and step.attrs["dtype"] in QUANT_DTYPES:
+        quantized[step.outputs[0]] = (step.inputs[1], step.attrs["dtype"], step.attrs["dim"], step.inputs[0])
+    elif step.kind == "Dequantize" and step.inputs[0] in quantized:
+        scale_slot, quant, dim, source = quantized[step.inputs[0]]
+        scale = draft.constants[step.inputs[1]]
+        same_scale = scale_slot == step.inputs[1] or torch.equal(draft.constants[scale_slot], scale)
+        if not same_scale or dim != step.attrs["dim"]:
+            return
+        result = draft.constants[step.outputs[0]]
+        if result.dim() == 2 and result.numel():
+            codes, scale = draft.constants[step.inputs[0]], draft.constants[step.inputs[1]]
+            weight = QuantizedWeight(result, codes, scale, quant, dim, matmul.memory_key(draft.constants[source]))
+            draft.dequantized[result.untyped_storage().data_ptr()] = weight
+
+
+def infer_facts(draft):
+    """(facts, symbols): what static.py knows of each slot of a plain draft before it runs."""
+    return _infer(draft, rewrite=False)
+
+
+def _infer(draft, rewrite):
+    """Facts slot by slot (static.py), for constants made on demand. With `rewrite`, a step whose
+    results are all known becomes constants, and one computing an affine form of the input shapes
+    becomes one ShapeValue step."""
+    symbols = static.Symbols()
+    facts = {
+        slot: symbols.of_input(i, spec, draft.ranks[slot])
+        for i, (slot, spec) in enumerate(zip(draft.input_slots, draft.input_specs))
+    }
+
+    def fact(slot):
+        return facts[slot] if slot in facts else static.of_tensor(draft.constants[slot])
+
+    steps = []
+    for step in draft.steps:
+        outputs = [(draft.ranks[slot], draft.dtypes[slot]) for slot in step.outputs]
+        out_facts = static.infer(step.kind, [fact(i) for i in step.inputs], step.attrs, outputs, symbols.bounds)
+        if rewrite and all(f.is_constant() for f in out_facts):
+            # Shape arithmetic on static dimensions: its result is known now, whatever the inputs hold.
+            for out, f in zip(step.outputs, out_facts):
+                draft.constants[out] = static.to_tensor(f, ops.torch_dtype(draft.dtypes[out]))
+            continue
+        if rewrite and len(out_facts) == 1 and static.is_affine(out_facts[0]):
+            # Shape arithmetic on dynamic dimensions: one step computes it from the input shapes, and
+            # the steps that led here are dropped later unless something else reads them.
+            dtype = draft.dtypes[step.outputs[0]]
+            attrs, inputs = static.shape_value_step(out_facts[0], dtype, symbols, draft.input_slots)
+            step = Step("ShapeValue", attrs, inputs, step.outputs)
+        facts.update(zip(step.outputs, out_facts))
+        steps.append(step)
+    if rewrite:
+        draft.steps = steps
+    return facts, symbols
+
+
+def simplify(draft):
+    """The passes that make a plain draft fast, in order; each keeps what the program computes."""
+    fold_shapes(draft)
+    drop_dead_steps(draft)
+    fuse_quantized_products(draft)
+    matmul.store_weight_matrices(draft.steps, draft.constants, draft.facts, new_slot=draft.slot)
+    prepack_bfloat16_products(draft)
+    return draft
+
+
+def fold_shapes(draft):
+    """Folds the shape arithmetic that static dimensions decide, and turns what depends on dynamic
+    dimensions into ShapeValue steps (static.py); keeps the facts for the passes after it."""
+    draft.facts, draft.symbols = _infer(draft, rewrite=True)
+
+
+def drop_dead_steps(draft):
+    """Keeps the steps whose results the outputs depend on; ops have no side effects."""
+    draft.steps = _live_steps(draft.steps, draft.output_slots)
+
+
+def fuse_quantized_products(draft):
+    """x @ B, where B is a folded dequantize(quantize(W)) (transposed or broadcast as nvtripy's Linear
+    hands it over), becomes one QuantizedMatMul step by B's codes and scales packed for a kernel of
+    matmul.py: the program then holds and reads the codes, as a TensorRT engine holds quantized weights."""
+    for index, step in enumerate(draft.steps):
+        if step.kind != "MatrixMultiply" or step.inputs[1] not in draft.constants:
+            continue
+        found = _quantized_matrix(draft, draft.constants[step.inputs[1]])
+        rows_dtype = ops.torch_dtype(draft.dtypes[step.inputs[0]])
+        if found is None or found[0].result.dtype != rows_dtype:
+            continue
+        weight, codes_b, scale_b = found
+        attrs, tensors = matmul.pack_quantized(weight.quant, codes_b, scale_b, rows_dtype, weight.source)
+        slots = []
+        for position, tensor in enumerate(tensors):
+            slots.append(draft.slot(("quantized", step.inputs[1], attrs["kernel"], position)))
+            draft.constants[slots[-1]] = tensor
+        draft.steps[index] = Step("QuantizedMatMul", attrs, [step.inputs[0], *slots], step.outputs)
+
+
+def _quantized_matrix(draft, b):
+    """(QuantizedWeight, B's codes [K, N], B's scale) if the constant B = `b` (leading sizes 1) is a
+    dequantized weight or its transpose, with a scale per tensor, per column of B, or per group of B's
+    rows within a column; else None."""
+    if b.dim() < 2 or any(size != 1 for size in b.shape[:-2]) or not b.numel():
+        return None
+    core = b.reshape(b.shape[-2:])
+    weight = draft.dequantized.get(core.untyped_storage().data_ptr())
+    if weight is None or core.storage_offset() != weight.result.storage_offset():
+        return None
+    same = tuple(core.shape) == tuple(weight.result.shape) and core.stride() == weight.result.stride()
+    transposed = tuple(core.shape) == tuple(weight.result.shape)[::-1] and core.stride() == weight.result.stride()[::-1]
+    if not (same or transposed):
+        return None
+    codes_b = weight.codes.t() if transposed else weight.codes
+    scale = weight.scale
+    if scale.dim() == 1 and weight.dim != (0 if transposed else 1):
+        return None  # a scale per input: not one per column of B
+    if scale.dim() == 2 and transposed:
+        return None  # groups along B's columns
+    return weight, codes_b, scale
+
+
+def prepack_bfloat16_products(draft):
+    """A product of a static number of rows by a bfloat16 matrix becomes a PackedMatMul step where
+    matmul.prepacks says oneDNN's prepacked weight is faster; binding packs it."""
+    for index, step in enumerate(draft.steps):
+        if step.kind != "MatrixMultiply" or step.inputs[1] not in draft.constants or step.inputs[0] not in draft.facts:
+            continue
+        shape = draft.facts[step.inputs[0]].shape
+        rows = math.prod(shape[:-1]) if all(isinstance(d, int) for d in shape) else None
+        if len(shape) >= 2 and matmul.prepacks(draft.constants[step.inputs[1]], rows):
+            draft.steps[index] = Step("PackedMatMul", {"rows": rows}, step.inputs, step.outputs)
+
+
+def weight_bytes(programs):
+    """The bytes of the constants the programs' steps read, each storage counted once."""
+    seen, total = set(), 0
+    for program in programs:
+        for tensor in program.read_constants:
+            if tensor.is_mkldnn:
+                key, size = ("opaque", id(tensor)), tensor.numel() * tensor.element_size()
+            else:
+                storage = tensor.untyped_storage()
+                key, size = storage.data_ptr(), storage.nbytes()
+            if key not in seen:
+                seen.add(key)
+                total += size
+    return total

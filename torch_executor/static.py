@@ -1,4 +1,4 @@
-"""What is known about a program's values before it runs, so that Program.from_trace can fold the
+"""What is known about a program's values before it runs, so that program.py can fold the
 shape arithmetic that static dimensions decide.
 
 With a dynamic dimension (a decode step's cache length, say), nvtripy traces every reshape, split,
@@ -348,7 +348,8 @@ def _concatenate(inputs, attrs, ranks, bounds):
                 total = add(total, size)
             shape.append(total)
         else:  # torch.cat needs these equal
-            shape.append(next((s for s in sizes if isinstance(s, int)), next((s for s in sizes if s is not None), None)))
+            known = next((s for s in sizes if s is not None), None)
+            shape.append(next((s for s in sizes if isinstance(s, int)), known))
     value = None
     if ranks[0] == 1 and all(f.value is not None for f in inputs):
         value = tuple(v for f in inputs for v in f.value)
@@ -415,15 +416,17 @@ RULES = {
     "unary.Neg": _unary_value(lambda v: mul(v, -1)),
     "unary.Not": _unary_value(lambda v: int(not v) if isinstance(v, int) else None),
 }
-RULES.update({f"binary.{name}": _elementwise(BINARY_VALUES.get(name)) for name in ("Add", "Sub", "Mul", "Div", "FloorDiv", "Pow", "Max", "Min", "Less", "Greater", "Equal", "LogicalOr")})
-RULES.update({f"unary.{name}": _same for name in ("Exp", "Recip", "Log", "Sin", "Cos", "Sqrt", "Abs", "Tanh", "Relu", "Sigmoid", "GeluErf")})
+_BINARY = ("Add", "Sub", "Mul", "Div", "FloorDiv", "Pow", "Max", "Min", "Less", "Greater", "Equal", "LogicalOr")
+_UNARY = ("Exp", "Recip", "Log", "Sin", "Cos", "Sqrt", "Abs", "Tanh", "Relu", "Sigmoid", "GeluErf")
+RULES.update({f"binary.{name}": _elementwise(BINARY_VALUES.get(name)) for name in _BINARY})
+RULES.update({f"unary.{name}": _same for name in _UNARY})
 RULES.update({f"reduce.{name}": _reduce for name in ("Sum", "Prod", "Avg", "Max", "Min")})
 
 
 def infer(kind, inputs, attrs, outputs, bounds):
-    """The Facts of a step's outputs, from its inputs' Facts; `outputs` are the trace tensors, whose
-    rank and dtype nvtripy inferred. A rule whose answer disagrees with those ranks is not trusted."""
-    ranks = [t.rank for t in outputs]
+    """The Facts of a step's outputs, from its inputs' Facts; `outputs` are (rank, dtype name) of the
+    trace tensors, as nvtripy inferred them. A rule whose answer disagrees with those ranks is not trusted."""
+    ranks = [rank for rank, _ in outputs]
     rule = RULES.get(kind)
     try:
         facts = rule(inputs, attrs, ranks, bounds) if rule else None
@@ -434,14 +437,14 @@ def infer(kind, inputs, attrs, outputs, bounds):
     return [_checked(f, t, bounds) for f, t in zip(facts, outputs)]
 
 
-def _checked(fact, tensor, bounds):
+def _checked(fact, output, bounds):
     """Keeps elements only for a small integer or bool tensor of known size whose count they match,
     and only where they fit its type (where torch would wrap around, they are unknown)."""
     if fact.value is None:
         return fact
     from torch_executor.ops import torch_dtype
 
-    dtype = torch_dtype(tensor.dtype.name)
+    dtype = torch_dtype(output[1])
     size = math.prod(fact.shape) if all(isinstance(d, int) for d in fact.shape) else None
     if size != len(fact.value) or size > MAX_TRACKED_ELEMENTS or not _tracked(dtype):
         return Fact(fact.shape)
@@ -467,7 +470,9 @@ def shape_value_step(fact, dtype_name, symbols, input_slots):
     """(attributes, input slots) of the ShapeValue step that computes `fact`'s elements at run time."""
     used = sorted({s for v in fact.value if isinstance(v, Sym) for s, _ in v.terms})
     position = {s: i for i, s in enumerate(used)}
-    elements = [[v, []] if isinstance(v, int) else [v.const, [[position[s], c] for s, c in v.terms]] for v in fact.value]
+    elements = [
+        [v, []] if isinstance(v, int) else [v.const, [[position[s], c] for s, c in v.terms]] for v in fact.value
+    ]
     dims = [symbols.sources[s][1] for s in used]
     attrs = {"elements": elements, "dims": dims, "shape": list(fact.shape), "dtype": dtype_name}
     return attrs, [input_slots[symbols.sources[s][0]] for s in used]

@@ -2,9 +2,9 @@
 
 nvtripy imports both at load time, but touches MLIR only inside `to_mlir` methods and the
 compiler, which the executor never calls. Every such import gets an inert module whose
-attributes are inert callables. Two modules are real: the runtime API and the compiler API,
-which map to this package's `runtime` and `compiler` modules. And one refuses to be used:
-`tensorrt.plugin`, through which `tp.plugin` calls TensorRT itself.
+attributes are inert callables. Three modules are real: the runtime API and the compiler API,
+which map to this package's `runtime` and `compiler` modules, and `tensorrt.plugin`, which maps
+to `trt_plugin`: plugins can be defined there, but using one needs TensorRT.
 """
 
 import importlib.abc
@@ -16,11 +16,7 @@ STUBBED_ROOTS = ("tensorrt", "mlir_tensorrt")
 REAL_MODULES = {
     "mlir_tensorrt.runtime.api": "torch_executor.runtime",
     "mlir_tensorrt.compiler.api": "torch_executor.compiler",
-}
-# Modules that only TensorRT itself can serve; reading any attribute of one fails with this message.
-NEEDS_TENSORRT = {
-    "tensorrt.plugin": "`tp.plugin` needs TensorRT: plugins are kernels that TensorRT loads and runs, "
-    "and the CPU executor has no TensorRT to call",
+    "tensorrt.plugin": "torch_executor.trt_plugin",
 }
 
 
@@ -51,20 +47,11 @@ class InertModule(types.ModuleType):
         return Inert(f"{self.__name__}.{attr}")
 
 
-class NeedsTensorRTModule(types.ModuleType):
-    def __getattr__(self, attr):
-        if attr.startswith("__") and attr.endswith("__"):
-            raise AttributeError(attr)
-        from nvtripy.common.exception import TripyException
-
-        raise TripyException(NEEDS_TENSORRT[self.__name__])
-
-
 class _Loader(importlib.abc.Loader):
     def create_module(self, spec):
         if spec.name in REAL_MODULES:
             return importlib.import_module(REAL_MODULES[spec.name])
-        module = NeedsTensorRTModule(spec.name) if spec.name in NEEDS_TENSORRT else InertModule(spec.name)
+        module = InertModule(spec.name)
         module.__path__ = []  # a package, so that any submodule can be imported below it
         return module
 

@@ -2,15 +2,16 @@
 TensorRT instead, they are skipped, saying so."""
 
 import pathlib
-import sys
 
 import pytest
+
+import torch_executor
 
 HERE = pathlib.Path(__file__).parent
 
 
 def pytest_collection_modifyitems(config, items):
-    if getattr(sys.modules.get("nvtripy"), "_torch_executor_installed", False):
+    if torch_executor.is_installed():
         return
     skip = pytest.mark.skip(reason="nvtripy runs on TensorRT in this session; these tests are for the CPU executor")
     for item in items:

@@ -131,7 +131,9 @@ NO_TENSORRT_ENGINE = (
 NO_PLUGINS = ("trace op Plugin: TensorRT plugins need TensorRT", "cannot run trace op 'Plugin'")
 
 EXPECTED_FAILURES = {
+    # Reads the TensorRT engine inside the executable: the executor's programs are not engines.
     "nvtripy.Executable.serialized_tensorrt_engine:0": NO_TENSORRT_ENGINE,
+    # Runs a TensorRT plugin: a kernel that only TensorRT can load; defining one works, running it cannot.
     "nvtripy.plugin:0": NO_PLUGINS,
 }
 

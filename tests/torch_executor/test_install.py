@@ -19,7 +19,12 @@ def run_python(code, timeout=120):
     """Runs `code` in a fresh interpreter (nothing imported yet) from the repo root."""
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -114,6 +119,51 @@ def test_a_tensorrt_plugin_call_fails_at_once_saying_it_needs_tensorrt():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["refused, needing TensorRT: True"] * 2
+
+
+def test_a_script_defining_a_tensorrt_plugin_runs_and_only_using_the_plugin_fails():
+    result = run_python(
+        """
+        from typing import List, Tuple, Union
+
+        import backend
+        backend.select_backend("cpu", announce=False)
+        import nvtripy as tp
+        import tensorrt.plugin as trtp
+
+        @trtp.register("example::elemwise_add_plugin")
+        def add_plugin_desc(inp0: trtp.TensorDesc, block_size: int) -> trtp.TensorDesc:
+            return inp0.like()
+
+        @trtp.aot_impl("example::elemwise_add_plugin")
+        def add_plugin_aot_impl(
+            inp0: trtp.TensorDesc, block_size: int, outputs: Tuple[trtp.TensorDesc], tactic: int
+        ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
+            raise AssertionError("not called while defining")
+
+        @trtp.impl("example::elemwise_add_plugin")
+        def add_plugin_impl(inp0: trtp.Tensor, block_size: int, outputs: Tuple[trtp.Tensor], stream: int) -> None:
+            raise AssertionError("not called while defining")
+
+        @trtp.autotune("example::elemwise_add_plugin")
+        def add_plugin_autotune(
+            inp0: trtp.TensorDesc, outputs: Tuple[trtp.TensorDesc]
+        ) -> List[trtp.AutoTuneCombination]:
+            raise AssertionError("not called while defining")
+
+        print("defined:", add_plugin_desc.plugin_id, callable(add_plugin_impl))
+        add = lambda x: tp.plugin("example::elemwise_add_plugin", [x], block_size=256)
+        for use in (lambda: tp.compile(add, args=[tp.InputInfo((2, 3), dtype=tp.float32)]), lambda: add(tp.ones((2,)))):
+            try:
+                use()
+            except tp.TripyException as exc:
+                print("refused, needing TensorRT:", "needs TensorRT" in str(exc))
+        """,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines == ["defined: example::elemwise_add_plugin True"] + ["refused, needing TensorRT: True"] * 2
 
 
 def test_only_tensorrt_and_mlir_tensorrt_are_stubbed():

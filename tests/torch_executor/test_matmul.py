@@ -61,9 +61,18 @@ def test_float32_products_are_left_to_torch(no_bfloat16_arithmetic):
 
 @pytest.mark.parametrize(
     "dtype, rows, copied",
-    [("float32", 1, False), ("float32", 2, False), ("float32", 8, True), ("bfloat16", 1, True), ("bfloat16", 2, True), ("bfloat16", 8, False)],
+    [
+        ("float32", 1, False),
+        ("float32", 2, False),
+        ("float32", 8, True),
+        ("bfloat16", 1, True),
+        ("bfloat16", 2, True),
+        ("bfloat16", 8, False),
+    ],
 )
 def test_a_linear_layer_weight_is_copied_as_in_out_only_where_that_pays(dtype, rows, copied):
+    """Where oneDNN prepacks bfloat16 weights for a few rows, that copy replaces the (in, out) one."""
+    copied = copied and not (dtype == "bfloat16" and matmul.can_prepack())
     torch_dtype = getattr(torch, dtype)
     weight = torch.randn(5, 64).to(torch_dtype)  # (out, in), as tp.Linear holds it
     linear = lambda x: x @ tp.transpose(tp.Tensor(weight), 0, 1)

@@ -1,4 +1,4 @@
-"""Compile-time simplification (program.SIMPLIFY): folded shape arithmetic, ShapeValue steps, dropped
+"""Compile-time simplification (program.simplify): folded shape arithmetic, ShapeValue steps, dropped
 steps, weights stored as matrices. A simplified program must compute what the trace says, so each
 test compares it with the program built without simplification, or checks what compiling inferred
 against what a run finds."""
@@ -27,7 +27,9 @@ def program_of(compiled):
 
 def random_gpt(dtype, seed=0):
     """A tiny GPT-2 with random weights, lm_head tied to the token embedding as in GPT-2."""
-    config = GPTConfig(block_size=16, vocab_size=97, num_layers=2, num_heads=2, embedding_size=16, dtype=getattr(tp, dtype))
+    config = GPTConfig(
+        block_size=16, vocab_size=97, num_layers=2, num_heads=2, embedding_size=16, dtype=getattr(tp, dtype)
+    )
     model = GPT(config)
     generator = torch.Generator().manual_seed(seed)
     state = {}
@@ -39,13 +41,24 @@ def random_gpt(dtype, seed=0):
     return model
 
 
+def compile_plain(monkeypatch, compile_fn, *args):
+    """compile_fn(*args) with each trace read and not simplified, its steps run by ops.py's functions,
+    and the drafts it read, in order, for infer_facts."""
+    drafts = []
+
+    def plain(trace):
+        drafts.append(program_module.read_trace(trace))
+        return drafts[-1].program(fast_paths=False)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(program_module, "compile_trace", plain)
+        return compile_fn(*args), drafts
+
+
 def compile_both(monkeypatch, compile_fn, model, batch_size=1):
     """(simplified, unsimplified) compiled functions."""
     simplified = compile_fn(model, batch_size)
-    with monkeypatch.context() as patch:
-        patch.setattr(program_module, "SIMPLIFY", False)
-        plain = compile_fn(model, batch_size)
-    return simplified, plain
+    return simplified, compile_plain(monkeypatch, compile_fn, model, batch_size)[0]
 
 
 def run_generation(prefill, decode, tokens, steps):
@@ -71,7 +84,8 @@ def test_gpt_generation_computes_what_the_unsimplified_program_does(monkeypatch,
     for a, b in zip(ours, reference):
         assert a.dtype == b.dtype and a.shape == b.shape
         # Only a matrix product may differ, by rounding: one product over the batch instead of one per sample.
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5) if dtype == "float32" else torch.testing.assert_close(a, b)
+        tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == "float32" else {}
+        torch.testing.assert_close(a, b, **tolerance)
 
 
 def test_a_decode_step_runs_no_shape_ops_and_far_fewer_steps(monkeypatch):
@@ -89,12 +103,13 @@ def _evaluate(dim, symbol_values):
     return dim
 
 
-def check_facts(program, inputs):
-    """Runs the program step by step on `inputs` (torch tensors), checking every static dimension,
-    every symbolic one and every tracked element of every slot against what compiling inferred.
+def check_facts(program, inferred, inputs):
+    """Runs the plain program step by step on `inputs` (torch tensors), checking every static dimension,
+    every symbolic one and every tracked element of every slot against what infer_facts infers.
     Returns how many slots had elements to check."""
+    facts, symbols = inferred
     symbol_values = {}
-    for s, (index, dim) in program.symbols.sources.items():
+    for s, (index, dim) in symbols.sources.items():
         symbol_values[s] = inputs[index].shape[dim] if dim is not None else int(inputs[index])
     values = [None] * program.num_slots
     for slot, tensor in program.constants.items():
@@ -107,7 +122,7 @@ def check_facts(program, inputs):
         results = result if isinstance(result, tuple) else (result,)
         for slot, value in zip(outs, results):
             values[slot] = value
-            fact = program.facts[slot]
+            fact = facts[slot]
             assert len(fact.shape) == value.dim(), kind
             for dim, size in zip(fact.shape, value.shape):
                 assert dim is None or _evaluate(dim, symbol_values) == size, (kind, fact, value.shape)
@@ -120,23 +135,24 @@ def check_facts(program, inputs):
 
 
 def unsimplified(monkeypatch, compile_fn, *args):
-    with monkeypatch.context() as patch:
-        patch.setattr(program_module, "SIMPLIFY", False)
-        return program_of(compile_fn(*args))
+    """The plain program of compile_fn(*args), and what infer_facts finds of it: (facts, symbols)."""
+    compiled, drafts = compile_plain(monkeypatch, compile_fn, *args)
+    return program_of(compiled), program_module.infer_facts(drafts[-1])
 
 
 @pytest.mark.parametrize("cached", [1, 6, 15])
 def test_what_compiling_infers_holds_when_a_decode_step_runs(monkeypatch, cached):
     """At several cache lengths, up to the bound."""
-    program = unsimplified(monkeypatch, generate.compile_decode, random_gpt("float32"), 2)
+    program, inferred = unsimplified(monkeypatch, generate.compile_decode, random_gpt("float32"), 2)
     inputs = [torch.randint(0, 97, (2, 1), dtype=torch.int32)] + [torch.randn(2, 2, 2, cached, 8) for _ in range(2)]
-    assert check_facts(program, inputs) > 100  # the decode program is mostly shape arithmetic before simplification
+    # The decode program is mostly shape arithmetic before simplification.
+    assert check_facts(program, inferred, inputs) > 100
 
 
 @pytest.mark.parametrize("tokens", [1, 7, 16])
 def test_what_compiling_infers_holds_when_a_prompt_is_read(monkeypatch, tokens):
-    program = unsimplified(monkeypatch, generate.compile_prefill, random_gpt("float32"), 2)
-    assert check_facts(program, [torch.randint(0, 97, (2, tokens), dtype=torch.int32)]) > 50
+    program, inferred = unsimplified(monkeypatch, generate.compile_prefill, random_gpt("float32"), 2)
+    assert check_facts(program, inferred, [torch.randint(0, 97, (2, tokens), dtype=torch.int32)]) > 50
 
 
 def _shape_play(x, y):
@@ -155,11 +171,21 @@ def _shape_play(x, y):
 
 @pytest.mark.parametrize("n", [4, 6, 10])
 def test_what_compiling_infers_holds_for_shape_heavy_frontend_code(monkeypatch, n):
-    args = [tp.InputInfo((3, tp.NamedDimension("n", 4, 6, 10)), dtype=tp.float32), tp.InputInfo(((1, 3, 3), 5), dtype=tp.float32)]
-    program = unsimplified(monkeypatch, lambda f: tp.compile(f, args=args), _shape_play)
+    args = [
+        tp.InputInfo((3, tp.NamedDimension("n", 4, 6, 10)), dtype=tp.float32),
+        tp.InputInfo(((1, 3, 3), 5), dtype=tp.float32),
+    ]
+    program, inferred = unsimplified(monkeypatch, lambda f: tp.compile(f, args=args), _shape_play)
     x, y = torch.randn(3, n), torch.randn(3, 5)
-    assert check_facts(program, [x, y]) > 10
-    plain = Program(program.steps, program.constants, program.input_slots, program.input_specs, program.output_slots, program.output_dtypes)
+    assert check_facts(program, inferred, [x, y]) > 10
+    plain = Program(
+        program.steps,
+        program.constants,
+        program.input_slots,
+        program.input_specs,
+        program.output_slots,
+        program.output_dtypes,
+    )
     simplified = program_of(tp.compile(_shape_play, args=args))
     assert len(simplified.steps) < len(plain.steps)
     memrefs = [MemRefValue(t, ScalarTypeCode.f32, PointerType.device) for t in (x, y)]
@@ -195,7 +221,8 @@ def test_a_tied_weight_is_held_once_and_read_as_a_matrix(static_rows):
         w = tp.Tensor(weight)
         return tp.gather(w, 0, idx), x @ tp.transpose(w, 0, 1)
 
-    compiled = tp.compile(embed_and_project, args=[tp.InputInfo((3,), dtype=tp.int32), tp.InputInfo(rows, dtype=tp.float32)])
+    args = [tp.InputInfo((3,), dtype=tp.int32), tp.InputInfo(rows, dtype=tp.float32)]
+    compiled = tp.compile(embed_and_project, args=args)
     program = program_of(compiled)
     storages = {t.untyped_storage().data_ptr() for t in program.constants.values()}
     assert len(storages) == 1
@@ -251,8 +278,8 @@ def test_a_dimension_size_input_is_a_symbol_too(monkeypatch, size):
         return tp.reshape(x, (-1, s)), tp.ones((s + 1, 2))
 
     args = [tp.InputInfo(shape=(3, 4), dtype=tp.float32), tp.DimensionInputInfo(value_bounds=(1, 2, 4))]
-    program = unsimplified(monkeypatch, lambda f: tp.compile(f, args=args), ones_like_rows)
-    check_facts(program, [torch.randn(3, 4), torch.tensor(size, dtype=torch.int32)])
+    program, inferred = unsimplified(monkeypatch, lambda f: tp.compile(f, args=args), ones_like_rows)
+    check_facts(program, inferred, [torch.randn(3, 4), torch.tensor(size, dtype=torch.int32)])
     compiled = tp.compile(ones_like_rows, args=args)
     rows, ones = compiled(on_device(torch.arange(12.0).reshape(3, 4)), tp.DimensionSize(size))
     assert torch.from_dlpack(rows).shape == (12 // size, size) and torch.from_dlpack(ones).shape == (size + 1, 2)

@@ -1,0 +1,253 @@
+"""Decode speed and weight memory of quantized programs on the CPU executor, next to transformers.
+
+For a GPT-2-124M-shaped checkpoint with random weights (GPT2Config() defaults), for each quant mode
+(none, int8, int4, float8), dtype and batch size: load and (for a mode) calibrate the model with
+ModelOpt on --calib-samples samples, compile prefill and decode, prefill a random prompt of --cache
+tokens, then time --steps decode steps a round, as benchmarks/decode_step.py does. transformers'
+GPT2LMHeadModel with a DynamicCache runs in float32 and bfloat16 at the same batches.
+Each (mode, dtype) runs in a process of its own, so that its peak memory (the process's peak
+resident set: calibration, model and programs) and its resident set at the end (model and programs,
+calibration freed) are its own; the rows are printed as they finish, then the ratios
+the targets of issue 15 are about. A step's time is the median over all rounds' steps; tokens/s
+counts every sample of the batch. "weights MB" is torch_executor.weight_bytes(prefill, decode):
+the constants the two programs read, each storage once.
+Not a test: run it, read it.
+
+    python benchmarks/quantized_decode.py [--threads 1] [--modes none int8 int4 float8]
+        [--dtypes float32 bfloat16] [--batches 1 8] [--calib-samples 4]
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import backend  # noqa: E402
+
+MODES = {"none": None, "int8": "int8-weight-only", "int4": "int4-weight-only", "float8": "float8"}
+DTYPES = ("float32", "bfloat16")
+CPU_FLAGS = ("avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
+
+
+def load_average():
+    return " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" (1, 5, 15 min; {os.cpu_count()} CPUs)"
+
+
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in CPU_FLAGS)
+
+
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def resident_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def median_step(start, step, prompt, tokens, rounds, clock):
+    times = []
+    for _ in range(rounds):
+        start(prompt)
+        for step_tokens in tokens:
+            begin = clock()
+            step(step_tokens)
+            times.append(clock() - begin)
+    return statistics.median(times)
+
+
+def run_ours(args, checkpoint_dir):
+    """Rows for one (mode, dtype), all batches: in this process."""
+    import nvtripy as tp
+    import torch
+
+    import generate
+    import quantization
+    import torch_executor
+    import weight_loader
+    from checkpoint import open_checkpoint
+
+    checkpoint = open_checkpoint(checkpoint_dir)
+    mode = MODES[args.mode]
+    quant = quantization.prepare(checkpoint, quantization.QUANT_MODES[mode], None, args.calib_samples) if mode else None
+    model, _ = weight_loader.load_model(checkpoint, getattr(tp, args.dtype), quant, progress=False)
+    rows = []
+    for batch in args.batches:
+        prefill, decode = generate.compile_prefill(model, batch), generate.compile_decode(model, batch)
+        state = {}
+
+        def start(prompt):
+            _, *state["cache"] = prefill(tp.Tensor(prompt.tolist(), device=tp.device("gpu")))
+
+        def step(tokens):
+            logits, *state["cache"] = decode(tp.Tensor(tokens.tolist(), device=tp.device("gpu")), state["cache"])
+            return torch.from_dlpack(logits)
+
+        prompt, tokens = inputs(batch, args)
+        median_step(start, step, prompt, tokens[:2], 1, CLOCKS[args.clock])  # warm-up
+        seconds = median_step(start, step, prompt, tokens, args.rounds, CLOCKS[args.clock])
+        weights = torch_executor.weight_bytes(prefill, decode) / 1e6
+        rows.append({"batch": batch, "ms": 1e3 * seconds, "weights_mb": weights})
+        del prefill, decode, state
+    return rows
+
+
+def run_transformers(args, checkpoint_dir):
+    import inspect
+
+    import torch
+    from transformers import DynamicCache, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(checkpoint_dir, dtype=getattr(torch, args.dtype)).eval()
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    state = {}
+
+    def start(prompt):
+        state["cache"] = DynamicCache()
+        with torch.no_grad():
+            model(prompt.long(), use_cache=True, **{cache_arg: state["cache"]})
+
+    def step(tokens):
+        with torch.no_grad():
+            return model(tokens.long(), use_cache=True, **{cache_arg: state["cache"]}).logits
+
+    rows = []
+    for batch in args.batches:
+        prompt, tokens = inputs(batch, args)
+        median_step(start, step, prompt, tokens[:2], 1, CLOCKS[args.clock])
+        seconds = median_step(start, step, prompt, tokens, args.rounds, CLOCKS[args.clock])
+        weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
+        rows.append({"batch": batch, "ms": 1e3 * seconds, "weights_mb": weights})
+    return rows
+
+
+def inputs(batch, args):
+    import torch
+
+    generator = torch.Generator().manual_seed(batch)
+    prompt = torch.randint(0, 50257, (batch, args.cache), dtype=torch.int32, generator=generator)
+    tokens = [torch.randint(0, 50257, (batch, 1), dtype=torch.int32, generator=generator) for _ in range(args.steps)]
+    return prompt, tokens
+
+
+def child(args):
+    backend.select_backend("cpu", announce=False)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    runner = run_transformers if args.mode == "transformers" else run_ours
+    rows = runner(args, args.checkpoint)
+    print(json.dumps({"rows": rows, "peak_mb": peak_mb(), "resident_mb": resident_mb()}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument("--modes", choices=MODES, nargs="+", default=list(MODES))
+    parser.add_argument("--dtypes", choices=DTYPES, nargs="+", default=list(DTYPES))
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--calib-samples", type=int, default=4, help="calibration samples (default: %(default)s)")
+    parser.add_argument("--cache", type=int, default=32, help="tokens in the cache before the first timed step")
+    parser.add_argument("--steps", type=int, default=8, help="timed decode steps a round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--clock", choices=CLOCKS, default="cpu", help="the process's CPU time (default), or wall time"
+    )
+    parser.add_argument("--mode", help=argparse.SUPPRESS)  # a child's (mode, dtype, checkpoint)
+    parser.add_argument("--dtype", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.mode:
+        return child(args)
+
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import make_tiny_checkpoint
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    print(f"torch {torch.__version__}, {args.threads} thread(s), CPU capability {capability}")
+    print(f"CPU flags: {cpu_flags()}")
+    print(f"load average before: {load_average()}")
+    print(f"GPT2Config() shape, random weights; cache {args.cache} -> {args.cache + args.steps} tokens; median of "
+          f"{args.steps} steps x {args.rounds} rounds, {args.clock} clock; calibration on {args.calib_samples} samples")
+    torch.manual_seed(0)
+    results = {}
+    header = (f"{'runner':>12} {'mode':>6} {'dtype':>8} {'batch':>5} | {'ms/step':>8} {'tok/s':>8} | "
+              f"{'weights MB':>10} {'peak MB':>8} {'RSS MB':>7}")
+    with tempfile.TemporaryDirectory() as checkpoint:
+        GPT2LMHeadModel(GPT2Config()).save_pretrained(checkpoint)
+        make_tiny_checkpoint.write_tokenizer(checkpoint)
+        print()
+        print(header)
+        runs = [("ours", mode, dtype) for mode in args.modes for dtype in args.dtypes]
+        runs += [("transformers", "none", dtype) for dtype in args.dtypes]
+        for runner, mode, dtype in runs:
+            command = [sys.executable, os.path.abspath(__file__), "--mode", mode if runner == "ours" else "transformers",
+                       "--dtype", dtype, "--checkpoint", checkpoint, "--threads", str(args.threads),
+                       "--calib-samples", str(args.calib_samples), "--cache", str(args.cache), "--clock", args.clock,
+                       "--steps", str(args.steps), "--rounds", str(args.rounds), "--batches", *map(str, args.batches)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode:
+                print(f"{runner:>12} {mode:>6} {dtype:>8} failed:\n{done.stderr[-2000:]}")
+                continue
+            report = json.loads(done.stdout.strip().splitlines()[-1])
+            for row in report["rows"]:
+                results[runner, mode, dtype, row["batch"]] = row
+                print(f"{runner:>12} {mode:>6} {dtype:>8} {row['batch']:>5} | {row['ms']:>8.2f} "
+                      f"{1e3 * row['batch'] / row['ms']:>8.1f} | {row['weights_mb']:>10.1f} {report['peak_mb']:>8.0f} "
+                      f"{report['resident_mb']:>7.0f}")
+    print()
+    print_ratios(results, args)
+    print(f"load average after: {load_average()}")
+
+
+def print_ratios(results, args):
+    """tokens/s over tokens/s, as the targets state them."""
+
+    def speed(runner, mode, dtype, batch):
+        row = results.get((runner, mode, dtype, batch))
+        return None if row is None else batch / row["ms"]
+
+    def ratio(text, a, b, target=None):
+        if a is not None and b is not None:
+            met = target is None or a / b >= target
+            verdict = "" if target is None else f"  (target >= {target:.2f}x: {'met' if met else 'MISSED'})"
+            print(f"{text}: {a / b:.2f}x{verdict}")
+
+    base = speed("ours", "none", "float32", 1)
+    ratio("int4 bfloat16 / none float32, batch 1", speed("ours", "int4", "bfloat16", 1), base, 2.0)
+    ratio("int8 bfloat16 / none float32, batch 1", speed("ours", "int8", "bfloat16", 1), base, 1.6)
+    ratio("none bfloat16 / none float32, batch 1", speed("ours", "none", "bfloat16", 1), base, 1.4)
+    for batch in args.batches:
+        for mode in ("int8", "int4", "float8"):
+            ratio(f"{mode} float32 / none float32, batch {batch}", speed("ours", mode, "float32", batch),
+                  speed("ours", "none", "float32", batch), 1.0)
+    for batch in [b for b in args.batches if b > 1]:
+        for mode in ("int8", "int4", "float8"):
+            ratio(f"{mode} bfloat16 / none bfloat16, batch {batch}", speed("ours", mode, "bfloat16", batch),
+                  speed("ours", "none", "bfloat16", batch), 0.9)
+    for batch in args.batches:
+        for dtype in args.dtypes:
+            ratio(f"ours / transformers, none {dtype}, batch {batch}", speed("ours", "none", dtype, batch),
+                  speed("transformers", "none", dtype, batch), 0.95 if dtype == "float32" else None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Quantized weights stay quantized: a product by dequantize(quantize(W)) compiles to one
+QuantizedMatMul step by W's codes and scales, whose kernels (matmul.py) compute the reference
+product, ops.py's quantize -> dequantize -> matmul, up to floating-point rounding."""
+
+import pytest
+import torch
+
+import nvtripy as tp
+import torch_executor
+from torch_executor import matmul, ops
+from torch_executor.program import Program
+from torch_executor.values import SCALAR_TYPE_CODES, MemRefValue, PointerType
+
+ROWS_DTYPES = ("float32", "bfloat16", "float16")
+# Each rows dtype's rounding, relative to sum |x| |w|: one rounding of a dequantized weight and
+# of the result in bfloat16 and float16; float32 sums in another order.
+TOLERANCE = {"float32": 1e-5, "bfloat16": 2.0**-7, "float16": 2.0**-9}
+IN_FEATURES = {"int8": 208, "float8": 200, "int4": 384}  # int4: three groups of 128
+OUT_FEATURES = 100  # a multiple of no kernel's tile: torch's int4 kernel takes multiples of 16 only
+
+
+def on_device(t):
+    return tp.copy(tp.Tensor(t), tp.device("gpu")).eval()
+
+
+def layer(quant, dtype, seed=0, out_features=OUT_FEATURES):
+    """(function, weight as (in, out), scale, dim) of a quantized linear layer as model.py builds it:
+    tp.Linear for int8 (a scale per output) and float8 (per tensor, input quantized too), for int4
+    x @ dequantize(quantize(W)) by a weight [in, out] with a scale per 128 inputs of each output."""
+    generator = torch.Generator().manual_seed(seed)
+    torch_dtype, tripy_dtype = getattr(torch, dtype), getattr(tp, dtype)
+    inner = IN_FEATURES[quant]
+    if quant == "int4":
+        weight = torch.randn(inner, out_features, generator=generator).to(torch_dtype)
+        scale = (weight.float().view(inner // 128, 128, -1).abs().amax(1) / 7).to(torch_dtype)
+
+        def product(x):
+            w, s = tp.Tensor(weight), tp.Tensor(scale)
+            return x @ tp.dequantize(tp.quantize(w, s, tp.int4), s, tripy_dtype)
+
+        codes = lambda: ops.quantize(weight, scale, dtype="int4", dim=None)
+        return product, lambda: ops.dequantize(codes(), scale, dtype=dtype, dim=None)
+    weight = torch.randn(out_features, inner, generator=generator).to(torch_dtype)  # (out, in), as tp.Linear holds it
+    dim = 0 if quant == "int8" else None
+    quant_dtype = getattr(tp, quant)
+    linear = tp.Linear(inner, out_features, bias=False, dtype=tripy_dtype, quant_dtype=quant_dtype, weight_quant_dim=dim)
+    if quant == "int8":
+        scale = (weight.float().abs().amax(1) / 127).to(torch_dtype)
+        linear.input_scale = None
+    else:
+        scale = (weight.float().abs().max() / 448).to(torch_dtype)
+        linear.input_scale = tp.Tensor(torch.tensor(0.01).to(torch_dtype))
+    linear.weight, linear.weight_scale = tp.Tensor(weight), tp.Tensor(scale)
+    codes = lambda: ops.quantize(weight, scale, dtype=quant, dim=dim)
+    reference = lambda: ops.dequantize(codes(), scale, dtype=dtype, dim=dim).t()
+    return linear, reference
+
+
+def reference_rows(quant, dtype, x):
+    """What the float8 layer multiplies: its input quantized and dequantized per tensor (scale 0.01)."""
+    if quant != "float8":
+        return x
+    scale = torch.tensor(0.01).to(x.dtype)
+    return ops.dequantize(ops.quantize(x, scale, dtype="float8", dim=None), scale, dtype=dtype, dim=None)
+
+
+def compiled(function, rows, quant, dtype):
+    return tp.compile(function, args=[tp.InputInfo((rows, 1, IN_FEATURES[quant]), dtype=getattr(tp, dtype))])
+
+
+def quantized_steps(executable):
+    return [s for s in executable._executable.program.steps if s.kind == "QuantizedMatMul"]
+
+
+def check_product(quant, dtype, rows, out_features=OUT_FEATURES):
+    function, dequantized = layer(quant, dtype, out_features=out_features)
+    executable = compiled(function, rows, quant, dtype)
+    (step,) = quantized_steps(executable)
+    assert not any(s.kind == "MatrixMultiply" for s in executable._executable.program.steps)
+    generator = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 1, IN_FEATURES[quant], generator=generator).to(getattr(torch, dtype))
+    out = torch.from_dlpack(executable(on_device(x)))
+    assert out.dtype == x.dtype and out.shape == (rows, 1, out_features)
+    rows_ref, weight = reference_rows(quant, dtype, x).double(), dequantized().double()
+    exact = rows_ref @ weight
+    bound = TOLERANCE[dtype] * (rows_ref.abs() @ weight.abs()) + 1e-6
+    assert ((out.double() - exact).abs() <= bound).all()
+    return step
+
+
+@pytest.mark.parametrize("out_features", [OUT_FEATURES, 112])  # 112: 7 x 16
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("dtype", ROWS_DTYPES)
+@pytest.mark.parametrize("quant", ["int8", "int4", "float8"])
+def test_a_quantized_product_computes_the_reference_product(quant, dtype, rows, out_features):
+    step = check_product(quant, dtype, rows, out_features)
+    fast = dtype == "bfloat16" and matmul.cpu_has_bfloat16_arithmetic()
+    torchs = {"int8": "int8_rows", "int4": "int4_groups" if out_features % 16 == 0 else None}.get(quant)
+    assert step.attrs["kernel"] == ((torchs if fast else None) or "blocked")
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("quant", ["int8", "int4", "float8"])
+def test_the_blocked_kernel_in_several_blocks_and_a_partial_one(monkeypatch, quant, rows):
+    """Blocks of 16 columns: 100 makes six and a partial one; for bfloat16 rows too, as on a CPU
+    without bfloat16 arithmetic."""
+    monkeypatch.setattr(matmul, "QUANT_BLOCK_BYTES", 16 * 4 * IN_FEATURES[quant])
+    monkeypatch.setattr(matmul, "cpu_has_bfloat16_arithmetic", lambda: False)
+    for dtype in ROWS_DTYPES:
+        assert check_product(quant, dtype, rows).attrs["kernel"] == "blocked"
+
+
+def test_an_int8_product_torchs_kernel_cannot_take_is_blocked(monkeypatch):
+    """_weight_int8pack_mm sums wrongly unless the inner size is a multiple of 16."""
+    monkeypatch.setitem(IN_FEATURES, "int8", 200)
+    assert check_product("int8", "bfloat16", 3).attrs["kernel"] == "blocked"
+
+
+def test_float8_codes_read_as_float16_are_their_values_over_256():
+    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn)
+    values = codes.float()
+    finite = ~values.isnan()
+    read = matmul._float8_block(codes).float() * 256
+    assert torch.equal(read[finite], values[finite])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_program_holds_codes_not_float_weights(dtype):
+    """int4 at most 0.3x, int8 and float8 at most 0.5x the bytes of the float32 weight."""
+    full = 4 * 112
+    for quant, most in (("int4", 0.3), ("int8", 0.5), ("float8", 0.5)):
+        function, _ = layer(quant, dtype, out_features=112)
+        executable = compiled(function, 1, quant, dtype)
+        assert torch_executor.weight_bytes(executable) <= most * full * IN_FEATURES[quant], quant
+
+
+def test_programs_from_the_same_weights_share_their_codes():
+    """A prefill and a decode program of one model hold one copy of each packed weight."""
+    for quant in ("int8", "int4", "float8"):
+        function, _ = layer(quant, "bfloat16", out_features=112)
+        one, eight = compiled(function, 1, quant, "bfloat16"), compiled(function, 8, quant, "bfloat16")
+        assert torch_executor.weight_bytes(one, eight) == torch_executor.weight_bytes(one)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_saved_quantized_programs_compute_the_same(dtype):
+    for quant in ("int8", "int4", "float8"):
+        function, _ = layer(quant, dtype, out_features=112)
+        program = compiled(function, 3, quant, dtype)._executable.program
+        loaded = Program.deserialize(program.serialize())
+        assert [s.attrs for s in loaded.steps] == [s.attrs for s in program.steps]
+        x = torch.randn(3, 1, IN_FEATURES[quant]).to(getattr(torch, dtype))
+        memrefs = [MemRefValue(x, SCALAR_TYPE_CODES[x.dtype], PointerType.device)]
+        torch.testing.assert_close(loaded.run(memrefs)[0].tensor, program.run(memrefs)[0].tensor, rtol=0, atol=0)
