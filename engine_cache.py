@@ -135,8 +135,10 @@ def environment(backend_name):
         props = torch.cuda.get_device_properties(0)
         env["gpu"] = f"{props.name}, compute capability {props.major}.{props.minor}"
     else:
-        # The executor's program holds PyTorch tensors and names of its own ops: any CPU can load it.
+        # The executor's program holds PyTorch tensors and names of its own ops, and its weights packed
+        # for the kernels the CPU's features chose.
         env["torch"] = torch.__version__
+        env["cpu"] = torch_executor.cpu_features()
     return env
 
 

@@ -26,6 +26,7 @@ import torch
 
 import engine_cache
 import progress
+import torch_executor
 import weight_loader
 from sampling import check_finite, sample
 
@@ -84,7 +85,8 @@ def compile_with_cache(model, batch_size=1):
     start = time.perf_counter()
     with progress.step("Compiling prefill and decode"):
         prefill, decode = compile_prefill(model, batch_size), compile_decode(model, batch_size)
-    return Compiled(prefill, decode, weight_bytes=model.weight_bytes(), seconds=time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return Compiled(prefill, decode, weight_bytes=weight_bytes(model, prefill, decode), seconds=seconds)
 
 
 def compile_without_cache(checkpoint, dtype, quant, prompt_tokens, max_tokens, batch_size=1):
@@ -94,7 +96,18 @@ def compile_without_cache(checkpoint, dtype, quant, prompt_tokens, max_tokens, b
     start = time.perf_counter()
     with progress.step("Compiling the model"):
         forward = compile_forward(model, max_tokens, prompt_tokens, batch_size)
-    return Compiled(forward=forward, weight_bytes=model.weight_bytes(), seconds=time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return Compiled(forward=forward, weight_bytes=weight_bytes(model, forward), seconds=seconds)
+
+
+def weight_bytes(model, *executables):
+    """The bytes of weights the compiled functions hold, which a decode step reads. The CPU executor
+    counts the constants its programs hold (quantized weights at their codes' size). A TensorRT engine
+    cannot be asked; it holds each weight as the model stores it, a quantized one at its quantized size,
+    since TensorRT keeps quantized constants quantized: model.weight_bytes counts that."""
+    if torch_executor.is_installed():
+        return torch_executor.weight_bytes(*executables)
+    return model.weight_bytes()
 
 
 ENGINE_CACHE_FUNCTIONS = ("prefill", "decode")

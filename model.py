@@ -231,10 +231,11 @@ class GPT(tp.Module):
         return (self.lm_head(x), *cache)
 
     def weight_bytes(self):
-        """Bytes of the weights as the compiled program stores them, each counted once (the tied lm_head
-        and wte are one tensor): what a decode step reads from memory. A quantized layer keeps its
-        weight in the model's dtype and quantizes it in the traced graph; compiling folds that into
-        the constant the program reads, so those weights count at the quantized size."""
+        """Bytes of the weights as a TensorRT engine stores them, each counted once (the tied lm_head and
+        wte are one tensor): what a decode step reads from memory. A quantized layer keeps its weight in
+        the model's dtype and quantizes it in the traced graph; TensorRT folds that into a quantized
+        constant, so those weights count at the quantized size. (The CPU executor is asked instead:
+        generate.weight_bytes.)"""
         state, seen, total = self.state_dict(), set(), 0.0
         for key, weight in state.items():
             if id(weight) in seen:

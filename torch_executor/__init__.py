@@ -100,16 +100,3 @@ def _patch(nvtripy):
     trace.Trace.to_mlir = to_mlir
     memref.tolist = tolist
     stack_info.install()
-
-
-def is_installed():
-    """Whether nvtripy runs on this executor in this process."""
-    return getattr(sys.modules.get("nvtripy"), "_torch_executor_installed", False)
-
-
-def source_files():
-    """The package's source files: what a program it compiles depends on, besides nvtripy."""
-    import os
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    return [os.path.join(here, name) for name in sorted(os.listdir(here)) if name.endswith(".py")]
