@@ -31,7 +31,7 @@ case "$kind" in
   cpu)
     torch_pin="$(grep -E '^torch==' requirements-cpu.txt)"
     if [ -n "${TORCH_INDEX_URL:-}" ]; then
-      say "[2/$steps] installing $torch_pin from $TORCH_INDEX_URL (its CPU wheel is about 190 MB)"
+      say "[2/$steps] installing $torch_pin from $TORCH_INDEX_URL (the CPU wheel on PyTorch's index is about 190 MB)"
       install "$torch_pin" --index-url "$TORCH_INDEX_URL"
       say "[2/$steps] installing the rest of requirements-cpu.txt from PyPI (transformers, ModelOpt, tiktoken," \
         "numpy, pytest and their dependencies: about 115 MB)"
