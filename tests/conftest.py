@@ -64,8 +64,10 @@ def gpt2_tiktoken_cache(tmp_path_factory):
     cache = find_gpt2_tiktoken_cache()
     if cache is None:
         pytest.skip(
-            "tiktoken's gpt2 encoding is not cached here: set TIKTOKEN_CACHE_DIR to a tiktoken cache that holds it "
-            "(the tests never download it)"
+            "tiktoken's gpt2 encoding is not cached here, and the tests never download it: on a machine with "
+            "internet, fill a cache with `TIKTOKEN_CACHE_DIR=~/tiktoken-cache python -c 'import tiktoken; "
+            "tiktoken.get_encoding(\"gpt2\")'`, then run the tests with TIKTOKEN_CACHE_DIR=~/tiktoken-cache "
+            "(README.md, Tests)"
         )
     copy = tmp_path_factory.mktemp("tiktoken-cache")
     for name in GPT2_TIKTOKEN_FILES:
