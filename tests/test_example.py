@@ -15,7 +15,7 @@ import time
 import nvtripy as tp
 import pytest
 import torch
-from helpers import BACKEND, REPO_ROOT
+from helpers import BACKEND, REPO_ROOT, default_sigint
 from safetensors.torch import load_file, save_file
 from transformers import GPT2LMHeadModel
 
@@ -128,6 +128,7 @@ def test_ctrl_c_prints_what_was_generated(tiny_checkpoint, offline_env):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     # The response streams: the prompt is printed just before generation starts, and the first new
     # character as soon as it is made, while the rest is still being generated.

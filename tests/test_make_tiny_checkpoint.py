@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, default_sigint
 from safetensors import safe_open
 
 import make_tiny_checkpoint
@@ -168,7 +168,12 @@ def test_descriptions(num_parameters, description):
 
 def run_interrupted(wrapper, target, *args):
     result = subprocess.run(
-        [sys.executable, "-c", wrapper, SCRIPT, str(target), *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", wrapper, SCRIPT, str(target), *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=default_sigint,
     )
     assert result.returncode == 130, result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
