@@ -23,6 +23,7 @@ import cli
 import progress
 import quantization
 from checkpoint import open_checkpoint
+import sampling
 from sampling import Sampling, seeded_generator
 from speed_report import peak_memory_bandwidth, speed_report
 from tokenizer import escape_controls, text_stream
@@ -35,7 +36,11 @@ def parse_args(argv=None):
     parser.add_argument("--max-new-tokens", type=int, default=10, help="tokens to generate (default: %(default)s)")
     parser.add_argument("--seed", type=int, help="seeds sampling, for reproducible output (default: random)")
     parser.add_argument(
-        "--temperature", type=float, default=0.8, help="sampling temperature; 0 means greedy (default: %(default)s)"
+        "--temperature",
+        type=float,
+        default=0.8,
+        help=f"sampling temperature; 0 means greedy, else from {sampling.MIN_TEMPERATURE:g} (the logits are divided by it "
+        f"in float32, so smaller values would round to 0) to {sampling.MAX_TEMPERATURE:g} (default: %(default)s)",
     )
     parser.add_argument("--top-k", type=int, default=5, help="sample among the k likeliest tokens (default: %(default)s)")
     parser.add_argument(
@@ -83,16 +88,6 @@ def parse_args(argv=None):
         args.input_text.encode("utf-8")
     except UnicodeEncodeError as exc:  # bytes that are not UTF-8 reach Python as lone surrogates
         raise cli.UsageError(f"--input-text is not valid UTF-8 text (at character {exc.start + 1})") from None
-    if args.max_new_tokens < 1:
-        raise cli.UsageError(f"--max-new-tokens must be at least 1, not {args.max_new_tokens}")
-    if args.top_k < 1:
-        raise cli.UsageError(f"--top-k must be at least 1, not {args.top_k}")
-    if not args.temperature >= 0:  # also rejects nan
-        raise cli.UsageError(f"--temperature must be 0 (greedy) or positive, not {args.temperature}")
-    if not 0 < args.top_p <= 1:  # also rejects nan
-        raise cli.UsageError(f"--top-p must be more than 0 and at most 1, not {args.top_p}")
-    if args.num_samples < 1:
-        raise cli.UsageError(f"--num-samples must be at least 1, not {args.num_samples}")
     if args.engine_cache_dir == "":
         raise cli.UsageError("--engine-cache-dir is empty: name a directory, or pass --no-engine-cache")
     cli.check_model_arguments(args)

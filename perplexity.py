@@ -38,10 +38,6 @@ def parse_args(argv=None):
     parser.add_argument("--context", type=int, help="tokens per window (default: the model's block size)")
     parser.add_argument("--max-tokens", type=int, help="score only the text's first this many tokens (default: all)")
     args = parser.parse_args(argv)
-    for name in ("context", "max_tokens"):
-        value = getattr(args, name)
-        if value is not None and value < 2:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 2, not {value}")
     cli.check_model_arguments(args)
     return args
 

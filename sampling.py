@@ -10,6 +10,12 @@ from dataclasses import dataclass
 import torch
 
 
+# The temperatures sampling takes besides 0: the logits are divided by it in float32 once their row's
+# maximum is taken off, so none can overflow, and 1e-37 is above float32's smallest normal number.
+MIN_TEMPERATURE = 1e-37
+MAX_TEMPERATURE = 1e37
+
+
 class NonFiniteLogits(ValueError):
     """The model computed NaN or infinite logits: its weights are broken. One line, for the user."""
 
@@ -25,11 +31,13 @@ class Sampling:
 
 def sample(logits, sampling, generator):
     """The next token of each row from the last position's logits (batch, tokens, vocab): greedy for
-    temperature 0, else sampled after temperature, then top-k, then top-p."""
+    temperature 0, else sampled after temperature, then top-k, then top-p. The row's maximum is taken off
+    before dividing by the temperature (softmax does not change), so a tiny temperature cannot overflow."""
     logits = logits[:, -1, :]
     if sampling.temperature == 0:
         return torch.argmax(logits, dim=-1, keepdim=True)
-    logits = logits / sampling.temperature
+    logits = logits.float()
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / sampling.temperature
     v, _ = torch.topk(logits, min(sampling.top_k, logits.size(-1)))
     logits[logits < v[:, [-1]]] = -float("Inf")
     if sampling.top_p < 1.0:

@@ -213,13 +213,13 @@ def bad_checkpoints(tmp_path_factory, tiny_checkpoint):
 BAD_INPUTS = {
     "empty prompt": (["--input-text", ""], "--input-text is empty"),
     "beyond block size": (["--input-text", PROMPT, "--max-new-tokens", "125"], "exceeds the model's block size of 128"),
-    "no new tokens": (["--input-text", PROMPT, "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
-    "top-k 0": (["--input-text", PROMPT, "--top-k", "0"], "--top-k must be at least 1"),
-    "negative temperature": (["--input-text", PROMPT, "--temperature", "-0.5"], "--temperature must be 0"),
+    "no new tokens": (["--input-text", PROMPT, "--max-new-tokens", "0"], "--max-new-tokens must be from 1 to 1048576, not 0"),
+    "top-k 0": (["--input-text", PROMPT, "--top-k", "0"], "--top-k must be from 1 to 1048576, not 0"),
+    "negative temperature": (["--input-text", PROMPT, "--temperature", "-0.5"], "--temperature must be 0 (greedy) or from 1e-37 to 1e+37, not -0.5"),
     "missing calibration file": (["--input-text", PROMPT, "--quant-mode", "int8-weight-only", "--calib-file", "nowhere.txt"], "calibration file 'nowhere.txt' does not exist"),
     "int4 on 64 inputs": (["--input-text", PROMPT, "--quant-mode", "int4-weight-only"], "(64) is not a multiple of 128"),
     "calibration without quantization": (["--input-text", PROMPT, "--calib-samples", "3"], "give --quant-mode too"),
-    "no calibration samples": (["--input-text", PROMPT, "--quant-mode", "float8", "--calib-samples", "0"], "--calib-samples must be at least 1"),
+    "no calibration samples": (["--input-text", PROMPT, "--quant-mode", "float8", "--calib-samples", "0"], "--calib-samples must be from 1 to 100000, not 0"),
 }
 BAD_CHECKPOINTS = {
     "nowhere": "no such directory",
@@ -417,12 +417,12 @@ def test_non_finite_logits_are_one_error(tiny_checkpoint, offline_env, tmp_path)
 
 
 MORE_BAD_INPUTS = {
-    "no samples": (["--num-samples", "0"], "--num-samples must be at least 1, not 0"),
-    "negative samples": (["--num-samples", "-2"], "--num-samples must be at least 1, not -2"),
+    "no samples": (["--num-samples", "0"], "--num-samples must be from 1 to 1024, not 0"),
+    "negative samples": (["--num-samples", "-2"], "--num-samples must be from 1 to 1024, not -2"),
     "top-p 0": (["--top-p", "0"], "--top-p must be more than 0 and at most 1, not 0.0"),
     "top-p 1.5": (["--top-p", "1.5"], "--top-p must be more than 0 and at most 1, not 1.5"),
     "top-p nan": (["--top-p", "nan"], "--top-p must be more than 0 and at most 1, not nan"),
-    "no threads": (["--threads", "0"], "--threads must be at least 1, not 0"),
+    "no threads": (["--threads", "0"], "--threads must be from 1 to "),
     "empty engine cache dir": (["--engine-cache-dir", ""], "--engine-cache-dir is empty"),
     "a file as checkpoint": (["--checkpoint", "README.md"], "--checkpoint README.md is a file, not a checkpoint directory"),
 }

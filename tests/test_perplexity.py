@@ -88,7 +88,7 @@ def test_same_number_run_to_run(quant_checkpoints, text_file, offline_env):
     "args, expected",
     [
         (["--text-file", "{one_token}"], "holds 1 token(s): perplexity needs at least 2"),
-        (["--text-file", "{text}", "--context", "1"], "--context must be at least 2"),
+        (["--text-file", "{text}", "--context", "1"], "--context must be from 2 to 1048576, not 1"),
         (["--text-file", "{text}", "--calib-file", "{text}"], "give --quant-mode too"),
         (["--text-file", "{text}", "--quant-mode", "int4-weight-only"], "(64) is not a multiple of 128"),
         (["--text-file", "{text}", "--quant-mode", "float8", "--calib-file", "{one_token}.missing"], "does not exist"),
