@@ -3,8 +3,9 @@
 A checkpoint is a Hugging Face Hub id (gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, ...) or a
 local directory in transformers' format (config.json plus model.safetensors or pytorch_model.bin).
 transformers does the reading: safetensors, or torch.load with weights_only=True; nothing is unpickled.
-`open_checkpoint` reads config.json and the tokenizer and checks them against each other; everything
-after that takes the `Checkpoint` it returns instead of reading the files again.
+`open_checkpoint` reads config.json, generation_config.json (for the end-of-text ids only) and the tokenizer,
+each file checked before it is trusted (reading.py), and checks them against each other; everything after
+that takes the `Checkpoint` it returns instead of reading the files again.
 
 This module does not import nvtripy, so that the command line can report a bad checkpoint as one line
 whatever the backend.
@@ -17,13 +18,14 @@ import warnings
 from dataclasses import dataclass
 
 import huggingface_hub
-import tiktoken
 import transformers
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import progress
-from tokenizer import load_encoding
+import reading
+from reading import UnreadableFile
+from tokenizer import Tokenizer, load_encoding
 
 try:  # huggingface_hub's HTTP client: httpx2 from huggingface_hub 2 on, httpx before
     from httpx2 import ReadTimeout
@@ -46,7 +48,8 @@ class Checkpoint:
     source: str  # a Hub id or a directory
     is_local: bool  # a directory, not a Hub id
     hf_config: GPT2Config
-    encoding: tiktoken.Encoding
+    encoding: Tokenizer
+    eos_token_ids: tuple = ()  # a sample ends when it draws any of them, as in transformers' generate()
 
 
 def is_local_path(source):
@@ -58,13 +61,57 @@ def open_checkpoint(source):
     """The checkpoint's config and tokenizer, checked against each other before any weights are read."""
     is_local = is_local_path(source)
     hf_config = _read_config(source, is_local)
-    encoding = load_encoding(source, is_directory=is_local)
+    encoding = load_encoding(source, is_directory=is_local, config=hf_config)
     if encoding.n_vocab > hf_config.vocab_size:
         raise CheckpointError(
             f"the tokenizer of '{source}' ({encoding.name}) has {encoding.n_vocab} tokens, "
             f"more than the model's vocabulary of {hf_config.vocab_size}"
         )
-    return Checkpoint(source, is_local, hf_config, encoding)
+    return Checkpoint(source, is_local, hf_config, encoding, _eos_token_ids(source, is_local, hf_config, encoding.n_vocab))
+
+
+def _eos_token_ids(source, is_local, hf_config, n_vocab):
+    """The end-of-text ids, as transformers' generate() takes them: generation_config.json's eos_token_id where
+    the checkpoint has that file (a Hub id's only when cached), else config.json's; an id or a list of ids."""
+    if is_local:
+        path = os.path.join(source, "generation_config.json")
+        path = path if os.path.lexists(path) else None
+    else:
+        path = huggingface_hub.try_to_load_from_cache(source, "generation_config.json")
+        path = path if isinstance(path, str) else None
+    eos, where = hf_config.eos_token_id, "config.json"
+    if path is not None:
+        where = "generation_config.json"
+        settings = _read_json_file(source, path, where)
+        if not isinstance(settings, dict):
+            raise CheckpointError(f"the {where} of '{source}' is malformed: it holds {_json(settings)}, not an object of settings")
+        try:
+            eos = transformers.GenerationConfig.from_dict(settings).eos_token_id
+        except Exception as exc:  # transformers' own checks of the file
+            raise CheckpointError(f"the {where} of '{source}' is malformed: {_one_line(exc)}") from None
+    ids = [] if eos is None else eos if isinstance(eos, list) else [eos]
+    for token in ids:
+        if type(token) is not int or not 0 <= token < n_vocab:
+            raise CheckpointError(
+                f"the {where} of '{source}' is malformed: eos_token_id {_json(eos)} is not a token id "
+                f"of its tokenizer (0 to {n_vocab - 1})"
+            )
+    return tuple(ids)
+
+
+# The most a checkpoint's JSON file may hold: config.json and generation_config.json take a few kB, an index of shards
+# tens of kB.
+MAX_JSON_BYTES = 16 * reading.MiB
+
+
+def _read_json_file(source, path, name):
+    """The JSON value of the checkpoint's file `name` at `path`, read as reading.read_json checks it."""
+    try:
+        return reading.read_json(path, MAX_JSON_BYTES)
+    except UnreadableFile as exc:
+        if str(exc).startswith("is not JSON"):
+            raise CheckpointError(f"'{source}' is not a GPT-2 checkpoint: its {name} {exc}") from None
+        raise CheckpointError(f"the {name} of '{source}' {exc}") from None
 
 
 def _is_positive_int(value):
@@ -93,13 +140,7 @@ SETTINGS = {
 def _read_config(source, is_local):
     """The checkpoint's transformers GPT2Config, from its config.json (opened once), if this model implements it."""
     path = _checkpoint_file(source, "config.json") if is_local else _hub_file(source, "config.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            settings = json.load(f)
-    except OSError as exc:
-        raise CheckpointError(f"cannot read the config.json of '{source}': {exc.strerror or exc}") from None
-    except ValueError as exc:  # not JSON, or not UTF-8
-        raise CheckpointError(f"'{source}' is not a GPT-2 checkpoint: its config.json is not JSON ({_one_line(exc)})") from None
+    settings = _read_json_file(source, path, "config.json")
     if not isinstance(settings, dict):
         raise CheckpointError(f"the config.json of '{source}' is malformed: it holds {_json(settings)}, not an object of settings")
     if settings.get("model_type") != "gpt2":
@@ -238,7 +279,7 @@ def _checkpoint_file(directory, name):
     if not os.path.isdir(directory):
         raise CheckpointError(f"checkpoint directory '{directory}' does not exist")
     path = os.path.join(directory, name)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):  # anything else there, reading says what is wrong with it
         raise CheckpointError(f"'{directory}' is not a checkpoint directory: it has no {name}")
     return path
 

@@ -97,7 +97,7 @@ def parse_args(argv=None):
 
 def encode_prompt(args, checkpoint):
     """The prompt's token ids; prompt and new tokens must fit in the model's block."""
-    prompt = checkpoint.encoding.encode(args.input_text, allowed_special={"<|endoftext|>"})
+    prompt = checkpoint.encoding.encode(args.input_text)
     block_size = checkpoint.hf_config.n_positions
     if len(prompt) + args.max_new_tokens > block_size:
         raise cli.UsageError(
@@ -134,7 +134,7 @@ def main(argv=None):
     # Sampling runs where the logits are: on the GPU with TensorRT, as in Tripy's example, so its
     # published outputs reproduce; on the CPU otherwise.
     generator = seeded_generator(args.seed, "cuda" if backend_name == "tensorrt" else "cpu")
-    eos = None if args.ignore_eos else checkpoint.hf_config.eos_token_id
+    eos = None if args.ignore_eos else checkpoint.eos_token_ids
     steps = generate_tokens(compiled.functions, prompt, args.max_new_tokens, args.sampling, generator, checkpoint.encoding.n_vocab, num_samples, eos)
     start, step_times = print_responses(checkpoint.encoding, prompt, steps, num_samples, args.max_new_tokens)
 

@@ -53,7 +53,7 @@ def read_tokens(path, encoding, max_tokens=None):
         raise UsageError(f"--text-file '{path}' is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise UsageError(f"--text-file '{path}' cannot be read: {exc.strerror}") from None
-    tokens = encoding.encode(text, disallowed_special=())[:max_tokens]
+    tokens = encoding.encode(text)[:max_tokens]
     if len(tokens) < 2:
         raise UsageError(f"--text-file '{path}' holds {len(tokens)} token(s): perplexity needs at least 2")
     return tokens

@@ -366,7 +366,7 @@ def endoftext_checkpoint(tmp_path_factory, tiny_checkpoint):
     shutil.copytree(tiny_checkpoint, directory, dirs_exist_ok=True)
     path = os.path.join(directory, "model.safetensors")
     weights = load_file(path)
-    eos = load_encoding(directory, is_directory=True).eot_token
+    (eos,) = load_encoding(directory, is_directory=True).encode("<|endoftext|>")
     weights["transformer.ln_f.weight"] = torch.zeros_like(weights["transformer.ln_f.weight"])
     weights["transformer.ln_f.bias"] = torch.full_like(weights["transformer.ln_f.bias"], 0.1)
     weights["transformer.wte.weight"][eos] = 10.0

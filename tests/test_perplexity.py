@@ -183,3 +183,21 @@ def test_a_watched_run_says_it_compiles_and_shows_the_windows_scored(tiny_checkp
     out, err = capfd.readouterr()
     windows = int(RESULT.match(out).group("windows"))
     assert "Compiling the model ... " in err and "Scoring the windows: " in err and f"/{windows} [" in err
+
+
+def test_endoftext_in_the_text_is_the_special_token_as_in_prompts(tiny_checkpoint, tmp_path):
+    """perplexity.py read <|endoftext|> as plain text where example.py read the special token; both read it as
+    AutoTokenizer does."""
+    import example
+    from transformers import AutoTokenizer
+
+    from checkpoint import open_checkpoint
+
+    text = "Hello<|endoftext|>world"
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    checkpoint = open_checkpoint(tiny_checkpoint)
+    tokens = perplexity.read_tokens(str(tmp_path / "text.txt"), checkpoint.encoding)
+    assert tokens == AutoTokenizer.from_pretrained(tiny_checkpoint).encode(text)
+    assert checkpoint.hf_config.vocab_size - 1 in tokens  # the tiny tokenizer's <|endoftext|>
+    args = example.parse_args(["--checkpoint", tiny_checkpoint, "--input-text", text])
+    assert example.encode_prompt(args, checkpoint) == tokens
