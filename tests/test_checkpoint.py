@@ -186,3 +186,41 @@ def test_a_hub_that_cannot_be_reached_fails_in_seconds(tmp_path, endpoint):
     message, seconds = result.stdout.splitlines()
     assert message.startswith("cannot fetch 'distilgpt2' from the Hugging Face Hub") and "pass --checkpoint DIR" in message
     assert float(seconds.split()[0]) < 15, message
+
+
+def checkpoint_with(tiny_checkpoint, directory, **files):
+    """A copy of the tiny checkpoint with files written over (name: text or bytes; `__` stands for a dot)."""
+    import shutil
+
+    shutil.copytree(tiny_checkpoint, directory)
+    for name, content in files.items():
+        path = directory / name.replace("__", ".")
+        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    return str(directory)
+
+
+@pytest.mark.parametrize(
+    "generation_config, message",
+    [
+        ({"eos_token_id": 2**70}, f"eos_token_id {2**70} is not a token id of its tokenizer (0 to 320)"),
+        ({"eos_token_id": [5, 321]}, "eos_token_id [5, 321] is not a token id of its tokenizer (0 to 320)"),
+        ({"eos_token_id": -1}, "eos_token_id -1 is not a token id"),
+        ({"eos_token_id": "5"}, 'eos_token_id "5" is not a token id'),
+        ([1, 2], "it holds [1, 2], not an object of settings"),
+    ],
+)
+def test_a_bad_end_of_text_id_is_one_error(tiny_checkpoint, tmp_path, generation_config, message):
+    directory = checkpoint_with(tiny_checkpoint, tmp_path / "bad-eos", generation_config__json=json.dumps(generation_config))
+    with pytest.raises(CheckpointError) as error:
+        open_checkpoint(directory)
+    assert str(error.value).startswith(f"the generation_config.json of '{directory}' is malformed: {message}")
+
+
+def test_end_of_text_ids_come_from_generation_config_else_config(tiny_checkpoint, tmp_path):
+    assert open_checkpoint(tiny_checkpoint).eos_token_ids == (320,)
+    listed = checkpoint_with(tiny_checkpoint, tmp_path / "listed", generation_config__json='{"eos_token_id": [7, 320]}')
+    assert open_checkpoint(listed).eos_token_ids == (7, 320)
+    none = checkpoint_with(tiny_checkpoint, tmp_path / "none", generation_config__json='{"bos_token_id": 1}')
+    assert open_checkpoint(none).eos_token_ids == ()  # as transformers: the file decides, and names none
+    (tmp_path / "none" / "generation_config.json").unlink()
+    assert open_checkpoint(none).eos_token_ids == (320,)  # config.json's

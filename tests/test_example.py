@@ -90,6 +90,28 @@ def test_greedy_on_the_command_line(parity_checkpoints, offline_env):
     assert response(result) == expected
 
 
+def test_every_end_of_text_id_of_generation_config_stops_as_in_transformers(parity_checkpoints, offline_env, tmp_path):
+    """generation_config.json lists two end-of-text ids; greedy output is transformers' generate() with that
+    config, up to (not printing) the first of them it draws. Before, only config.json's one id stopped a sample."""
+    import json
+
+    source, _ = parity_checkpoints["eps"]
+    directory = str(shutil.copytree(source, tmp_path / "eos-list"))
+    encoding = load_encoding(directory, is_directory=True)
+    prompt = encoding.encode(PROMPT)
+    free = hf_greedy(directory, prompt, 20)
+    stop = next(i for i in range(3, 20) if free[i] not in free[:i])
+    later = next(t for t in free[stop + 1 :] + list(range(encoding.n_vocab)) if t not in free[: stop + 1])
+    with open(os.path.join(directory, "generation_config.json"), "w") as f:
+        json.dump({"eos_token_id": [later, free[stop]], "bos_token_id": 0}, f)
+    hf_model = GPT2LMHeadModel.from_pretrained(directory, local_files_only=True).eval()
+    assert hf_model.generation_config.eos_token_id == [later, free[stop]]
+    theirs = hf_model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=20, pad_token_id=0)[0, len(prompt) :]
+    assert theirs.tolist() == free[: stop + 1]  # ends with the end-of-text token
+    result = run_example("--checkpoint", directory, "--input-text", PROMPT, "--temperature", "0", "--max-new-tokens", "20", env=offline_env)
+    assert response(result) == encoding.decode(prompt + free[:stop])
+
+
 def test_seeded_sampling_is_reproducible_run_to_run(tiny_checkpoint, offline_env):
     args = ("--checkpoint", tiny_checkpoint, "--input-text", PROMPT, "--seed", "0", "--max-new-tokens", "20")
     first, second = run_example(*args, env=offline_env), run_example(*args, env=offline_env)
