@@ -14,12 +14,14 @@ whatever the backend.
 import json
 import math
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 
 import huggingface_hub
 import transformers
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+from safetensors import safe_open
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import progress
@@ -90,6 +92,10 @@ def _eos_token_ids(source, is_local, hf_config, n_vocab):
         except Exception as exc:  # transformers' own checks of the file
             raise CheckpointError(f"the {where} of '{source}' is malformed: {_one_line(exc)}") from None
     ids = [] if eos is None else eos if isinstance(eos, list) else [eos]
+    if ids == [GPT2Config().eos_token_id] and ids[0] >= n_vocab:
+        # transformers' default, which save_pretrained writes into both files for any GPT2Config not given one:
+        # it can never be drawn from a smaller vocabulary, and transformers only warns.
+        return ()
     for token in ids:
         if type(token) is not int or not 0 <= token < n_vocab:
             raise CheckpointError(
@@ -178,6 +184,8 @@ def read_hf_model(checkpoint, torch_dtype):
     loading info (missing, extra and mis-shaped keys, which `check_weights` reports). An unreadable
     checkpoint is a CheckpointError."""
     # transformers maps the file into memory and converts each tensor to `torch_dtype` as it reads it.
+    if checkpoint.is_local:
+        check_weight_headers(checkpoint)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. torch's notes on pickle protocols: the error says enough
@@ -229,6 +237,84 @@ def check_weights(source, expected, state, info=None, transposed=()):
                 "mis-shaped " + ", ".join(f"{key} (checkpoint {have}, expected {want})" for key, (have, want) in sorted(misshaped.items()))
             )
         raise CheckpointError(f"the weights of '{source}' do not match its GPT-2 config: {'; '.join(problems)}")
+
+
+def expected_hf_shapes(config, layers):
+    """{key: shape} of the GPT2LMHeadModel weights config.json describes, for the given layers, as stored (Conv1D (in, out))."""
+    e, inner = config.n_embd, config.n_inner or 4 * config.n_embd
+    shapes = {"transformer.wte.weight": (config.vocab_size, e), "transformer.wpe.weight": (config.n_positions, e)}
+    shapes.update({"transformer.ln_f.weight": (e,), "transformer.ln_f.bias": (e,)})
+    for i in layers:
+        for name, shape in [
+            ("ln_1.weight", (e,)), ("ln_1.bias", (e,)), ("attn.c_attn.weight", (e, 3 * e)), ("attn.c_attn.bias", (3 * e,)),
+            ("attn.c_proj.weight", (e, e)), ("attn.c_proj.bias", (e,)), ("ln_2.weight", (e,)), ("ln_2.bias", (e,)),
+            ("mlp.c_fc.weight", (e, inner)), ("mlp.c_fc.bias", (inner,)), ("mlp.c_proj.weight", (inner, e)), ("mlp.c_proj.bias", (e,)),
+        ]:
+            shapes[f"transformer.h.{i}.{name}"] = shape
+    return shapes
+
+
+def weight_files(directory):
+    """The safetensors files a checkpoint directory's weights are in: model.safetensors, or the shards its index
+    names (where they lie), or none when it has neither. A malformed index is a CheckpointError."""
+    single = os.path.join(directory, transformers.utils.SAFE_WEIGHTS_NAME)
+    index = os.path.join(directory, transformers.utils.SAFE_WEIGHTS_INDEX_NAME)
+    if os.path.lexists(single):
+        return [single]
+    if not os.path.lexists(index):
+        return []
+    name = transformers.utils.SAFE_WEIGHTS_INDEX_NAME
+    value = _read_json_file(directory, index, name)
+    weight_map = value.get("weight_map") if isinstance(value, dict) else None
+    if not (isinstance(weight_map, dict) and all(isinstance(f, str) and f for f in weight_map.values())):
+        raise CheckpointError(f"the {name} of '{directory}' is malformed: it has no weight_map of tensor names to files")
+    return sorted({os.path.join(directory, f) for f in weight_map.values()})
+
+
+def check_weight_headers(checkpoint):
+    """Refuses safetensors weights that lack what config.json describes, from the files' headers alone, before
+    transformers builds the model: a config.json claiming a million layers would take minutes and all memory first."""
+    source, config = checkpoint.source, checkpoint.hf_config
+    shapes = {}
+    for path in weight_files(source):
+        if not os.path.exists(path):
+            raise CheckpointError(f"cannot read the weights of '{source}': {path} does not exist")
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise CheckpointError(f"cannot read the weights of '{source}': {path} is not a regular file")
+        try:
+            with safe_open(path, "pt") as f:
+                shapes.update({key: tuple(f.get_slice(key).get_shape()) for key in f.keys()})
+        except Exception:  # a broken file: transformers reads it next and says what is wrong
+            return
+    if not shapes:
+        return
+    shapes = {key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}": shape for key, shape in shapes.items()}
+    held = {int(key.split(".")[2]) for key in shapes if key.startswith("transformer.h.") and key.split(".")[2].isdigit()}
+    held = sorted(i for i in held if i < config.n_layer)
+    if len(held) < config.n_layer:
+        missing = _missing_ranges(held, config.n_layer)
+        raise CheckpointError(
+            f"the weights of '{source}' do not match its GPT-2 config: config.json says n_layer {config.n_layer}, "
+            f"they hold {len(held)} layers; missing transformer.h.N for N in {missing}"
+        )
+    expected = expected_hf_shapes(config, held)
+    holders = {key: _Shape(shape) for key, shape in shapes.items() if key != "lm_head.weight"}  # tied to wte
+    check_weights(source, expected, holders)
+
+
+@dataclass(frozen=True)
+class _Shape:
+    shape: tuple  # what check_weights reads of a tensor
+
+
+def _missing_ranges(held, count):
+    """The numbers 0 to count - 1 not in `held` (sorted, each below count), as ranges: "2 to 999999"."""
+    runs, start = [], 0
+    for i in held + [count]:
+        if i > start:
+            runs.append(str(start) if i - 1 == start else f"{start} to {i - 1}")
+        start = i + 1
+    return ", ".join(runs[:5]) + (", ..." if len(runs) > 5 else "")
 
 
 def _quiet_transformers():

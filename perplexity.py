@@ -22,6 +22,7 @@ import torch
 import cli
 import progress
 import quantization
+import reading
 from checkpoint import open_checkpoint
 from cli import UsageError
 from sampling import NonFiniteLogits
@@ -29,6 +30,8 @@ from sampling import NonFiniteLogits
 # log_sum_exp_over_max's float64 blocks: small enough to stay in a processor's cache, big enough that starting
 # each operation on every thread costs little (on a busy machine, that cost dominated blocks of 2 MiB).
 BLOCK_BYTES = 16 * 2**20
+# The most --text-file may hold: about 250 million tokens, hours of scoring even for the smallest GPT-2.
+MAX_TEXT_BYTES = 1024 * reading.MiB
 
 
 def parse_args(argv=None):
@@ -43,16 +46,12 @@ def parse_args(argv=None):
 
 
 def read_tokens(path, encoding, max_tokens=None):
-    """The file's text as token ids; a missing, unreadable, non-UTF-8 or too short file is a UsageError."""
+    """The file's text as token ids; a missing, unreadable, non-UTF-8 or too short file, or one that is not a
+    regular file or holds more than MAX_TEXT_BYTES, is a UsageError."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise UsageError(f"--text-file '{path}' does not exist") from None
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"--text-file '{path}' is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise UsageError(f"--text-file '{path}' cannot be read: {exc.strerror}") from None
+        text = reading.read_text(path, MAX_TEXT_BYTES)
+    except reading.UnreadableFile as exc:
+        raise UsageError(f"--text-file '{path}' {exc}") from None
     tokens = encoding.encode(text)[:max_tokens]
     if len(tokens) < 2:
         raise UsageError(f"--text-file '{path}' holds {len(tokens)} token(s): perplexity needs at least 2")

@@ -36,14 +36,16 @@ def read_bytes(path, limit):
         raise UnreadableFile("does not exist") from None
     except OSError as exc:
         raise UnreadableFile(f"cannot be read: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as f:
+    try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise UnreadableFile(f"is {_kind(mode)}, not a regular file")
-        try:
+        with os.fdopen(os.dup(fd), "rb") as f:
             return bounded(f.read(limit + 1), limit)
-        except OSError as exc:
-            raise UnreadableFile(f"cannot be read: {exc.strerror or exc}") from None
+    except OSError as exc:
+        raise UnreadableFile(f"cannot be read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
 
 
 def bounded(data, limit):

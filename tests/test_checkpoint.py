@@ -224,3 +224,70 @@ def test_end_of_text_ids_come_from_generation_config_else_config(tiny_checkpoint
     assert open_checkpoint(none).eos_token_ids == ()  # as transformers: the file decides, and names none
     (tmp_path / "none" / "generation_config.json").unlink()
     assert open_checkpoint(none).eos_token_ids == (320,)  # config.json's
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # deeper than Python's recursion limit
+BAD_VOCABS = [  # vocab.json's text, and the end of the error line
+    ("[1, 2]", "is malformed: it holds a list, not an object"),
+    ("null", "is malformed: it holds null, not an object"),
+    (DEEP, "nests deeper than 64 levels"),
+    ('{"a": ' * 70 + "0" + "}" * 70, "nests deeper than 64 levels"),
+    ('{"a": 1, "b": 1}', 'is malformed: tokens "a" and "b" have the same id 1'),
+    ('{"a": "1"}', 'is malformed: token "a" has id "1", not a whole number >= 0'),
+    ('{"a": -3}', 'is malformed: token "a" has id -3, not a whole number >= 0'),
+    ('{"a": 1, "a": 2}', 'is malformed: it gives "a" twice'),
+]
+
+
+@pytest.mark.parametrize("vocab, message", BAD_VOCABS, ids=[m.split(":")[-1][:30] for _, m in BAD_VOCABS])
+def test_a_malformed_vocab_json_is_one_error(tiny_checkpoint, tmp_path, vocab, message):
+    from tokenizer import TokenizerError
+
+    directory = checkpoint_with(tiny_checkpoint, tmp_path / "bad-vocab", vocab__json=vocab)
+    with pytest.raises(TokenizerError) as error:
+        open_checkpoint(directory)
+    assert str(error.value) == f"the vocab.json of '{directory}' {message}"
+
+
+def test_a_vocab_json_that_is_a_fifo_is_refused_at_once(tiny_checkpoint, tmp_path):
+    """Reading it waited forever for a writer."""
+    import os
+
+    from tokenizer import TokenizerError
+
+    directory = checkpoint_with(tiny_checkpoint, tmp_path / "fifo")
+    os.remove(tmp_path / "fifo" / "vocab.json")
+    os.mkfifo(tmp_path / "fifo" / "vocab.json")
+    with pytest.raises(TokenizerError, match=r"the vocab.json of '.*' is a FIFO, not a regular file$"):
+        open_checkpoint(directory)
+
+
+@pytest.mark.parametrize("name", ["config.json", "generation_config.json", "tokenizer_config.json", "added_tokens.json"])
+def test_any_json_file_nested_past_the_recursion_limit_is_one_error(tiny_checkpoint, tmp_path, name):
+    from tokenizer import TokenizerError
+
+    directory = checkpoint_with(tiny_checkpoint, tmp_path / "deep", **{name.replace(".", "__"): DEEP})
+    with pytest.raises((CheckpointError, TokenizerError)) as error:
+        open_checkpoint(directory)
+    assert str(error.value) == f"the {name} of '{directory}' nests deeper than 64 levels"
+
+
+def test_a_config_claiming_more_layers_than_the_weights_is_refused_at_once(tiny_checkpoint, tmp_path):
+    """A million layers made transformers build the model for a minute, then fail with MemoryError."""
+    import time
+
+    from checkpoint import read_hf_model
+
+    config = json.loads(open(f"{tiny_checkpoint}/config.json").read())
+    directory = checkpoint_with(tiny_checkpoint, tmp_path / "layers", config__json=json.dumps({**config, "n_layer": 1_000_000}))
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError) as error:
+        read_hf_model(open_checkpoint(directory), None)
+    assert time.perf_counter() - start < 10
+    assert str(error.value) == (
+        f"the weights of '{directory}' do not match its GPT-2 config: config.json says n_layer 1000000, they hold 2 layers; "
+        "missing transformer.h.N for N in 2 to 999999"
+    )
+    wide = checkpoint_with(tiny_checkpoint, tmp_path / "wide", config__json=json.dumps({**config, "n_embd": 2**20, "n_head": 1}))
+    with pytest.raises(CheckpointError, match=r"mis-shaped transformer.h.0.attn.c_attn.bias \(checkpoint \(192,\), expected \(3145728,\)\)"):
+        read_hf_model(open_checkpoint(wide), None)

@@ -201,3 +201,22 @@ def test_endoftext_in_the_text_is_the_special_token_as_in_prompts(tiny_checkpoin
     assert checkpoint.hf_config.vocab_size - 1 in tokens  # the tiny tokenizer's <|endoftext|>
     args = example.parse_args(["--checkpoint", tiny_checkpoint, "--input-text", text])
     assert example.encode_prompt(args, checkpoint) == tokens
+
+
+@pytest.mark.parametrize("path, message", [("/dev/zero", "is a character device, not a regular file"), (".", "is a directory, not a regular file")])
+def test_a_text_file_that_is_not_a_regular_file_is_refused_at_once(tiny_checkpoint, path, message):
+    """--text-file /dev/zero read forever."""
+    from checkpoint import open_checkpoint
+
+    with pytest.raises(cli.UsageError) as error:
+        perplexity.read_tokens(path, open_checkpoint(tiny_checkpoint).encoding)
+    assert str(error.value) == f"--text-file '{path}' {message}"
+
+
+def test_a_text_file_larger_than_the_bound_is_refused(tiny_checkpoint, tmp_path, monkeypatch):
+    from checkpoint import open_checkpoint
+
+    (tmp_path / "big.txt").write_text("word " * 1000)
+    monkeypatch.setattr(perplexity, "MAX_TEXT_BYTES", 4096)
+    with pytest.raises(cli.UsageError, match=r"^--text-file '.*big.txt' is larger than 4096 bytes$"):
+        perplexity.read_tokens(str(tmp_path / "big.txt"), open_checkpoint(tiny_checkpoint).encoding)
