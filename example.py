@@ -22,6 +22,7 @@ import time
 import cli
 import progress
 import quantization
+import reading
 from checkpoint import open_checkpoint
 import sampling
 from sampling import Sampling, seeded_generator
@@ -31,7 +32,9 @@ from tokenizer import escape_controls, text_stream
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Completes a prompt with GPT-2 running on nvtripy.")
-    parser.add_argument("--input-text", required=True, help="the prompt to complete")
+    prompt = parser.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--input-text", metavar="TEXT", help="the prompt to complete; - reads it from standard input")
+    prompt.add_argument("--input-file", metavar="PATH", help="reads the prompt from this UTF-8 text file")
     cli.add_model_arguments(parser)
     parser.add_argument("--max-new-tokens", type=int, default=10, help="tokens to generate (default: %(default)s)")
     parser.add_argument("--seed", type=int, help="seeds sampling, for reproducible output (default: random)")
@@ -82,17 +85,43 @@ def parse_args(argv=None):
         help="where the engine cache lives (default: $TRIPY_ENGINE_CACHE_DIR, else ~/.cache/tripy-gpt2-engines)",
     )
     args = parser.parse_args(argv)
+    args.input_text = read_prompt(args)
+    if args.engine_cache_dir == "":
+        raise cli.UsageError("--engine-cache-dir is empty: name a directory, or pass --no-engine-cache")
+    cli.check_model_arguments(args)
+    args.sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    return args
+
+
+# The most a prompt read from a file or standard input may hold: far more than any GPT-2's block of tokens.
+MAX_PROMPT_BYTES = reading.MiB
+
+
+def read_prompt(args):
+    """The prompt: --input-text, or read from standard input (--input-text -) or --input-file, which must be a
+    regular file; in each case UTF-8 text, not empty, of at most MAX_PROMPT_BYTES when read."""
+    if args.input_file is not None or args.input_text == "-":
+        where = f"--input-file '{args.input_file}'" if args.input_file is not None else "the prompt on standard input"
+        try:
+            if args.input_file is not None:
+                data = reading.read_bytes(args.input_file, MAX_PROMPT_BYTES)
+            else:
+                data = reading.bounded(sys.stdin.buffer.read(MAX_PROMPT_BYTES + 1), MAX_PROMPT_BYTES)
+            text = reading.utf8_text(data)
+        except reading.UnreadableFile as exc:
+            raise cli.UsageError(f"{where} {exc}") from None
+        except OSError as exc:
+            raise cli.UsageError(f"{where} cannot be read: {exc.strerror or exc}") from None
+        if text == "":
+            raise cli.UsageError(f"{where} is empty: give a prompt to complete")
+        return text
     if args.input_text == "":
         raise cli.UsageError("--input-text is empty: give a prompt to complete")
     try:
         args.input_text.encode("utf-8")
     except UnicodeEncodeError as exc:  # bytes that are not UTF-8 reach Python as lone surrogates
         raise cli.UsageError(f"--input-text is not valid UTF-8 text (at character {exc.start + 1})") from None
-    if args.engine_cache_dir == "":
-        raise cli.UsageError("--engine-cache-dir is empty: name a directory, or pass --no-engine-cache")
-    cli.check_model_arguments(args)
-    args.sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    return args
+    return args.input_text
 
 
 def encode_prompt(args, checkpoint):

@@ -520,3 +520,53 @@ def test_long_steps_say_what_they_do_on_a_terminal(tiny_checkpoint, offline_env,
     assert status == 0
     assert re.search(r"Compiling prefill and decode \.\.\. \d+\.\d s", stderr), stderr
     assert re.search(r"Saving the compiled model to the engine cache \.\.\. \d+\.\d s", stderr), stderr
+
+
+# --- prompts from files (issue 16) -------------------------------------------------------------------
+
+
+def test_the_prompt_from_standard_input_or_a_file_is_the_same_prompt(tiny_checkpoint, offline_env, tmp_path):
+    args = ["--checkpoint", tiny_checkpoint, "--max-new-tokens", "3", "--temperature", "0"]
+    given = response(run_example(*args, "--input-text", PROMPT, env=offline_env))
+    piped = subprocess.run(
+        [sys.executable, EXAMPLE, "--backend", BACKEND, *args, "--input-text", "-"],
+        input=PROMPT, env=offline_env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert response(piped) == given
+    (tmp_path / "prompt.txt").write_text(PROMPT, encoding="utf-8")
+    assert response(run_example(*args, "--input-file", str(tmp_path / "prompt.txt"), env=offline_env)) == given
+
+
+def bad_prompt(tmp_path, monkeypatch, args, stdin=b""):
+    import io
+
+    import example
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+    with pytest.raises(example.cli.UsageError) as error:
+        example.parse_args([*args, "--checkpoint", str(tmp_path)])
+    return str(error.value)
+
+
+def test_prompt_files_are_checked_as_the_prompt_is(tmp_path, monkeypatch):
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    (tmp_path / "empty.txt").write_bytes(b"")
+    os.mkfifo(tmp_path / "fifo")
+    check = lambda *args, stdin=b"": bad_prompt(tmp_path, monkeypatch, args, stdin)
+    assert check("--input-file", str(tmp_path / "latin1.txt")) == (
+        f"--input-file '{tmp_path}/latin1.txt' is not UTF-8 text (unexpected end of data at byte 3)"
+    )
+    assert check("--input-file", str(tmp_path / "empty.txt")) == f"--input-file '{tmp_path}/empty.txt' is empty: give a prompt to complete"
+    assert check("--input-file", str(tmp_path / "fifo")) == f"--input-file '{tmp_path}/fifo' is a FIFO, not a regular file"
+    assert check("--input-file", "/dev/zero") == "--input-file '/dev/zero' is a character device, not a regular file"
+    assert check("--input-file", str(tmp_path / "nowhere")) == f"--input-file '{tmp_path}/nowhere' does not exist"
+    assert check("--input-text", "-", stdin=b"\xff") == "the prompt on standard input is not UTF-8 text (invalid start byte at byte 0)"
+    assert check("--input-text", "-") == "the prompt on standard input is empty: give a prompt to complete"
+    assert check("--input-text", "-", stdin=b"x" * (2**20 + 1)) == "the prompt on standard input is larger than 1 MiB"
+
+
+def test_one_of_input_text_and_input_file_is_given(tiny_checkpoint, offline_env, tmp_path):
+    both = run_example("--checkpoint", tiny_checkpoint, "--input-text", "a", "--input-file", "b", env=offline_env)
+    assert both.returncode == 2 and "argument --input-file: not allowed with argument --input-text" in both.stderr
+    neither = run_example("--checkpoint", tiny_checkpoint, env=offline_env)
+    assert neither.returncode == 2 and "one of the arguments --input-text --input-file is required" in neither.stderr
