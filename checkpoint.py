@@ -69,7 +69,8 @@ def open_checkpoint(source):
             f"the tokenizer of '{source}' ({encoding.name}) has {encoding.n_vocab} tokens, "
             f"more than the model's vocabulary of {hf_config.vocab_size}"
         )
-    return Checkpoint(source, is_local, hf_config, encoding, _eos_token_ids(source, is_local, hf_config, encoding.n_vocab))
+    eos_token_ids = _eos_token_ids(source, is_local, hf_config, encoding.n_vocab)
+    return Checkpoint(source, is_local, hf_config, encoding, eos_token_ids)
 
 
 def _eos_token_ids(source, is_local, hf_config, n_vocab):
@@ -86,7 +87,9 @@ def _eos_token_ids(source, is_local, hf_config, n_vocab):
         where = "generation_config.json"
         settings = _read_json_file(source, path, where)
         if not isinstance(settings, dict):
-            raise CheckpointError(f"the {where} of '{source}' is malformed: it holds {_json(settings)}, not an object of settings")
+            raise CheckpointError(
+                f"the {where} of '{source}' is malformed: it holds {_json(settings)}, not an object of settings"
+            )
         try:
             eos = transformers.GenerationConfig.from_dict(settings).eos_token_id
         except Exception as exc:  # transformers' own checks of the file
@@ -240,15 +243,19 @@ def check_weights(source, expected, state, info=None, transposed=()):
 
 
 def expected_hf_shapes(config, layers):
-    """{key: shape} of the GPT2LMHeadModel weights config.json describes, for the given layers, as stored (Conv1D (in, out))."""
+    """{key: shape} of the GPT2LMHeadModel weights config.json describes, for the given layers, as stored
+    (Conv1D weights (in, out))."""
     e, inner = config.n_embd, config.n_inner or 4 * config.n_embd
     shapes = {"transformer.wte.weight": (config.vocab_size, e), "transformer.wpe.weight": (config.n_positions, e)}
     shapes.update({"transformer.ln_f.weight": (e,), "transformer.ln_f.bias": (e,)})
     for i in layers:
         for name, shape in [
-            ("ln_1.weight", (e,)), ("ln_1.bias", (e,)), ("attn.c_attn.weight", (e, 3 * e)), ("attn.c_attn.bias", (3 * e,)),
-            ("attn.c_proj.weight", (e, e)), ("attn.c_proj.bias", (e,)), ("ln_2.weight", (e,)), ("ln_2.bias", (e,)),
-            ("mlp.c_fc.weight", (e, inner)), ("mlp.c_fc.bias", (inner,)), ("mlp.c_proj.weight", (inner, e)), ("mlp.c_proj.bias", (e,)),
+            ("ln_1.weight", (e,)), ("ln_1.bias", (e,)),
+            ("attn.c_attn.weight", (e, 3 * e)), ("attn.c_attn.bias", (3 * e,)),
+            ("attn.c_proj.weight", (e, e)), ("attn.c_proj.bias", (e,)),
+            ("ln_2.weight", (e,)), ("ln_2.bias", (e,)),
+            ("mlp.c_fc.weight", (e, inner)), ("mlp.c_fc.bias", (inner,)),
+            ("mlp.c_proj.weight", (inner, e)), ("mlp.c_proj.bias", (e,)),
         ]:
             shapes[f"transformer.h.{i}.{name}"] = shape
     return shapes
@@ -267,7 +274,7 @@ def weight_files(directory):
     value = _read_json_file(directory, index, name)
     weight_map = value.get("weight_map") if isinstance(value, dict) else None
     if not (isinstance(weight_map, dict) and all(isinstance(f, str) and f for f in weight_map.values())):
-        raise CheckpointError(f"the {name} of '{directory}' is malformed: it has no weight_map of tensor names to files")
+        raise CheckpointError(f"the {name} of '{directory}' is malformed: it has no weight_map from tensors to files")
     return sorted({os.path.join(directory, f) for f in weight_map.values()})
 
 
@@ -288,8 +295,11 @@ def check_weight_headers(checkpoint):
             return
     if not shapes:
         return
-    shapes = {key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}": shape for key, shape in shapes.items()}
-    held = {int(key.split(".")[2]) for key in shapes if key.startswith("transformer.h.") and key.split(".")[2].isdigit()}
+    # Keys as GPT2LMHeadModel names them; the Hub's gpt2 stores the transformer's without its prefix.
+    prefixed = ("transformer.", "lm_head.")
+    shapes = {key if key.startswith(prefixed) else f"transformer.{key}": shape for key, shape in shapes.items()}
+    layers = [key.split(".")[2] for key in shapes if key.startswith("transformer.h.")]
+    held = {int(layer) for layer in layers if layer.isdigit()}
     held = sorted(i for i in held if i < config.n_layer)
     if len(held) < config.n_layer:
         missing = _missing_ranges(held, config.n_layer)

@@ -42,8 +42,8 @@ def parse_args(argv=None):
         "--temperature",
         type=float,
         default=0.8,
-        help=f"sampling temperature; 0 means greedy, else from {sampling.MIN_TEMPERATURE:g} (the logits are divided by it "
-        f"in float32, so smaller values would round to 0) to {sampling.MAX_TEMPERATURE:g} (default: %(default)s)",
+        help=f"sampling temperature; 0 means greedy, else from {sampling.MIN_TEMPERATURE:g} (the logits are divided "
+        f"by it in float32, so smaller values would round to 0) to {sampling.MAX_TEMPERATURE:g} (default: %(default)s)",
     )
     parser.add_argument("--top-k", type=int, default=5, help="sample among the k likeliest tokens (default: %(default)s)")
     parser.add_argument(

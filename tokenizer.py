@@ -9,6 +9,7 @@ without tokenizer files in the local cache uses tiktoken's gpt2, which is GPT-2'
 """
 
 import codecs
+import functools
 import hashlib
 import json
 import os
@@ -21,7 +22,14 @@ import reading
 from reading import UnreadableFile
 
 # What transformers reads a tokenizer from; a directory with none of them is not a tokenizer.
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "added_tokens.json", "special_tokens_map.json", "tokenizer_config.json")
+TOKENIZER_FILES = (
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+    "added_tokens.json",
+    "special_tokens_map.json",
+    "tokenizer_config.json",
+)
 MAX_FILE_BYTES = 256 * reading.MiB  # a tokenizer.json of 250,000 tokens is about 20 MiB
 # SHA-256 of GPT-2's vocabulary and merges as bpe_digest takes them: those of tiktoken's gpt2 files.
 GPT2_BPE_SHA256 = "331a05a307d81d415199216094118740d717d0e11a5ae308e8fa0ba55974e31c"
@@ -76,7 +84,8 @@ def gpt2_encoding():
 
 
 def tiktoken_tokenizer(encoding):
-    return Tokenizer(encoding.name, encoding.n_vocab, lambda text: encoding.encode(text, allowed_special="all"), encoding.decode_single_token_bytes)
+    encode = functools.partial(encoding.encode, allowed_special="all")
+    return Tokenizer(encoding.name, encoding.n_vocab, encode, encoding.decode_single_token_bytes)
 
 
 def load_encoding(source, is_directory, config=None):
@@ -157,14 +166,17 @@ def tokenizer_from_files(directory, source, config=None):
         hf = transformers.AutoTokenizer.from_pretrained(directory, config=config, local_files_only=True)
     except Exception as exc:  # files transformers cannot make a tokenizer of
         text = " ".join(str(exc).split())[:200]
-        raise TokenizerError(f"cannot make a tokenizer of the files of '{source}': {type(exc).__name__}: {text}") from None
+        why = f"{type(exc).__name__}: {text}"
+        raise TokenizerError(f"cannot make a tokenizer of the files of '{source}': {why}") from None
     backend = getattr(hf, "backend_tokenizer", None)
     if backend is None:
         raise TokenizerError(f"the tokenizer of '{source}' ({type(hf).__name__}) is not one of the tokenizers library")
     spec = json.loads(backend.to_str())
     decoder = (spec.get("decoder") or {}).get("type")
     if decoder != "ByteLevel":
-        raise TokenizerError(f"the tokenizer of '{source}' decodes with {decoder}, not byte-level BPE, which this example streams")
+        raise TokenizerError(
+            f"the tokenizer of '{source}' decodes with {decoder}, not byte-level BPE, which this example streams"
+        )
     if bpe_digest(spec["model"]) == GPT2_BPE_SHA256 and _splits_as_gpt2(spec):
         try:
             return tiktoken_tokenizer(gpt2_encoding())
@@ -180,7 +192,8 @@ def tokenizer_from_files(directory, source, config=None):
             table[token_id] = bytes(byte_of[char] for char in token)
         else:
             raise TokenizerError(f"the tokenizer of '{source}': '{token}' is not a byte-level BPE token")
-    return Tokenizer(os.path.basename(os.path.normpath(source)), max(table, default=-1) + 1, lambda text: hf.encode(text), table.__getitem__)
+    name = os.path.basename(os.path.normpath(source))
+    return Tokenizer(name, max(table, default=-1) + 1, hf.encode, table.__getitem__)
 
 
 def bpe_digest(model):
@@ -191,17 +204,19 @@ def bpe_digest(model):
 
 
 def _splits_as_gpt2(spec):
-    """Whether a BPE of GPT-2's vocabulary and merges (the `tokenizers` JSON form `spec`) splits text as tiktoken's gpt2:
-    GPT-2's pre-tokenizer, no normalizer, nothing added to a sequence, and only <|endoftext|> added, as a special token."""
+    """Whether a BPE of GPT-2's vocabulary and merges (the `tokenizers` JSON form `spec`) splits text as
+    tiktoken's gpt2: GPT-2's pre-tokenizer, no normalizer, nothing added to a sequence, and only <|endoftext|>
+    added, as a special token."""
     post = spec.get("post_processor") or {"type": "ByteLevel"}
-    added = [(t["id"], t["content"], t["special"], t["single_word"], t["lstrip"], t["rstrip"]) for t in spec["added_tokens"]]
+    added = [(t["id"], t["content"], t["special"], t["single_word"], t["lstrip"], t["rstrip"])
+             for t in spec["added_tokens"]]
     return (
         spec.get("normalizer") is None
         and all((spec.get("pre_tokenizer") or {}).get(k) == v for k, v in GPT2_PRE_TOKENIZER.items())
         and all(spec["model"].get(k) == v for k, v in GPT2_MODEL.items())
         and not spec["model"].get("continuing_subword_prefix")
         and not spec["model"].get("end_of_word_suffix")
-        and (post["type"] == "ByteLevel" or (post["type"] == "TemplateProcessing" and post["single"] == SINGLE_SEQUENCE))
+        and (post["type"] == "ByteLevel" or post["type"] == "TemplateProcessing" and post["single"] == SINGLE_SEQUENCE)
         and added == [(GPT2_ENDOFTEXT_ID, ENDOFTEXT, True, False, False, False)]
     )
 
