@@ -210,7 +210,8 @@ def checkpoint_with(tiny_checkpoint, directory, **files):
     ],
 )
 def test_a_bad_end_of_text_id_is_one_error(tiny_checkpoint, tmp_path, generation_config, message):
-    directory = checkpoint_with(tiny_checkpoint, tmp_path / "bad-eos", generation_config__json=json.dumps(generation_config))
+    text = json.dumps(generation_config)
+    directory = checkpoint_with(tiny_checkpoint, tmp_path / "bad-eos", generation_config__json=text)
     with pytest.raises(CheckpointError) as error:
         open_checkpoint(directory)
     assert str(error.value).startswith(f"the generation_config.json of '{directory}' is malformed: {message}")
@@ -262,7 +263,10 @@ def test_a_vocab_json_that_is_a_fifo_is_refused_at_once(tiny_checkpoint, tmp_pat
         open_checkpoint(directory)
 
 
-@pytest.mark.parametrize("name", ["config.json", "generation_config.json", "tokenizer_config.json", "added_tokens.json"])
+JSON_FILES = ["config.json", "generation_config.json", "tokenizer_config.json", "added_tokens.json"]
+
+
+@pytest.mark.parametrize("name", JSON_FILES)
 def test_any_json_file_nested_past_the_recursion_limit_is_one_error(tiny_checkpoint, tmp_path, name):
     from tokenizer import TokenizerError
 
@@ -279,15 +283,18 @@ def test_a_config_claiming_more_layers_than_the_weights_is_refused_at_once(tiny_
     from checkpoint import read_hf_model
 
     config = json.loads(open(f"{tiny_checkpoint}/config.json").read())
-    directory = checkpoint_with(tiny_checkpoint, tmp_path / "layers", config__json=json.dumps({**config, "n_layer": 1_000_000}))
+    claims = json.dumps({**config, "n_layer": 1_000_000})
+    directory = checkpoint_with(tiny_checkpoint, tmp_path / "layers", config__json=claims)
     start = time.perf_counter()
     with pytest.raises(CheckpointError) as error:
         read_hf_model(open_checkpoint(directory), None)
     assert time.perf_counter() - start < 10
     assert str(error.value) == (
-        f"the weights of '{directory}' do not match its GPT-2 config: config.json says n_layer 1000000, they hold 2 layers; "
-        "missing transformer.h.N for N in 2 to 999999"
+        f"the weights of '{directory}' do not match its GPT-2 config: "
+        "config.json says n_layer 1000000, they hold 2 layers; missing transformer.h.N for N in 2 to 999999"
     )
-    wide = checkpoint_with(tiny_checkpoint, tmp_path / "wide", config__json=json.dumps({**config, "n_embd": 2**20, "n_head": 1}))
-    with pytest.raises(CheckpointError, match=r"mis-shaped transformer.h.0.attn.c_attn.bias \(checkpoint \(192,\), expected \(3145728,\)\)"):
+    claims = json.dumps({**config, "n_embd": 2**20, "n_head": 1})
+    wide = checkpoint_with(tiny_checkpoint, tmp_path / "wide", config__json=claims)
+    misshaped = r"mis-shaped transformer.h.0.attn.c_attn.bias \(checkpoint \(192,\), expected \(3145728,\)\)"
+    with pytest.raises(CheckpointError, match=misshaped):
         read_hf_model(open_checkpoint(wide), None)

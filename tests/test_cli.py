@@ -69,7 +69,10 @@ OUT_OF_RANGE = [  # example.py's or perplexity.py's arguments, and the error lin
     (["--top-p", "nan"], "--top-p must be more than 0 and at most 1, not nan"),
     (["--temperature", "1e-40"], "--temperature must be 0 (greedy) or from 1e-37 to 1e+37, not 1e-40"),
     (["--temperature", "inf"], "--temperature must be 0 (greedy) or from 1e-37 to 1e+37, not inf"),
-    (["--quant-mode", "float8", "--calib-samples", "10000000"], "--calib-samples must be from 1 to 100000, not 10000000"),
+    (
+        ["--quant-mode", "float8", "--calib-samples", "10000000"],
+        "--calib-samples must be from 1 to 100000, not 10000000",
+    ),
     (["--context", "1"], "--context must be from 2 to 1048576, not 1"),
     (["--max-tokens", str(2**50)], f"--max-tokens must be from 2 to {2**40}, not {2**50}"),
 ]

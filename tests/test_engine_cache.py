@@ -154,14 +154,15 @@ def test_every_shard_an_index_names_is_in_the_key_wherever_it_lies(tiny_checkpoi
     shutil.copyfile(os.path.join(tiny_checkpoint, "config.json"), directory / "config.json")
     weights = load_file(os.path.join(tiny_checkpoint, "model.safetensors"))
     names = sorted(weights)
-    save_file({k: weights[k] for k in names[:5]}, str(directory / "model-00001-of-00002.safetensors"), metadata={"format": "pt"})
+    first = "model-00001-of-00002.safetensors"
+    save_file({k: weights[k] for k in names[:5]}, str(directory / first), metadata={"format": "pt"})
     save_file({k: weights[k] for k in names[5:]}, str(elsewhere / "shard.safetensors"), metadata={"format": "pt"})
-    weight_map = {k: "model-00001-of-00002.safetensors" for k in names[:5]} | {k: "../elsewhere/shard.safetensors" for k in names[5:]}
+    weight_map = {k: first for k in names[:5]} | {k: "../elsewhere/shard.safetensors" for k in names[5:]}
     (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     local = Checkpoint(str(directory), True, hf_config=None, encoding=None)
     cache_dir = str(tmp_path / "engines")
     before = engine_cache.checkpoint_identity(local, cache_dir)
-    assert set(before) == {"config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors", "../elsewhere/shard.safetensors"}
+    assert set(before) == {"config.json", "model.safetensors.index.json", first, "../elsewhere/shard.safetensors"}
     save_file({k: weights[k] + 1 for k in names[5:]}, str(elsewhere / "shard.safetensors"), metadata={"format": "pt"})
     after = engine_cache.checkpoint_identity(local, cache_dir)
     assert after["../elsewhere/shard.safetensors"] != before["../elsewhere/shard.safetensors"]

@@ -203,7 +203,10 @@ def test_endoftext_in_the_text_is_the_special_token_as_in_prompts(tiny_checkpoin
     assert example.encode_prompt(args, checkpoint) == tokens
 
 
-@pytest.mark.parametrize("path, message", [("/dev/zero", "is a character device, not a regular file"), (".", "is a directory, not a regular file")])
+NOT_REGULAR = [("/dev/zero", "is a character device, not a regular file"), (".", "is a directory, not a regular file")]
+
+
+@pytest.mark.parametrize("path, message", NOT_REGULAR)
 def test_a_text_file_that_is_not_a_regular_file_is_refused_at_once(tiny_checkpoint, path, message):
     """--text-file /dev/zero read forever."""
     from checkpoint import open_checkpoint

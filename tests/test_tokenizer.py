@@ -13,7 +13,10 @@ import tokenizer
 from tokenizer import TokenizerError
 
 # tiktoken's cached gpt2 files, by what they are: GPT-2's vocab.json and merges.txt under OpenAI's names.
-GPT2_FILES = {"encoder.json": "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6", "vocab.bpe": "6d1cbeee0f20b3d9449abfede4726ed8212e3aee"}
+GPT2_FILES = {
+    "encoder.json": "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6",
+    "vocab.bpe": "6d1cbeee0f20b3d9449abfede4726ed8212e3aee",
+}
 
 TEXTS = [
     "Hello, my name is",
@@ -39,6 +42,11 @@ def test_endoftext_is_a_special_token(tiny_checkpoint):
     assert encoding.encode("a<|endoftext|>b")[1] == vocab["<|endoftext|>"]
 
 
+def both_tokenizers(directory):
+    """This program's tokenizer of a checkpoint directory, and transformers' AutoTokenizer."""
+    return tokenizer.load_encoding(str(directory), is_directory=True), AutoTokenizer.from_pretrained(str(directory))
+
+
 def bpe_checkpoint(directory, vocab, merges, **files):
     """A checkpoint directory holding only a config and the tokenizer files given."""
     directory.mkdir()
@@ -58,7 +66,7 @@ def byte_vocab(*tokens):
 def test_merges_are_applied_in_their_order_as_transformers_does(tmp_path):
     """tiktoken merges any pair that makes a token: it made [abc] of "abc", where merges.txt makes [a, bc]."""
     directory = bpe_checkpoint(tmp_path / "abc", byte_vocab("bc", "ab", "abc"), ["b c", "a b", "ab c"])
-    ours, theirs = tokenizer.load_encoding(directory, is_directory=True), AutoTokenizer.from_pretrained(directory)
+    ours, theirs = both_tokenizers(directory)
     assert ours.encode("abc") == theirs.encode("abc") == [ord("a") - 33, 256]
     assert ours.encode("abc abcab") == theirs.encode("abc abcab")
 
@@ -68,7 +76,7 @@ def test_out_of_order_merges_tokenize_as_transformers_does(tiny_checkpoint, tmp_
     merges = (directory / "merges.txt").read_text(encoding="utf-8").splitlines()
     merges[1], merges[2] = merges[2], merges[1]
     (directory / "merges.txt").write_text("\n".join(merges) + "\n", encoding="utf-8")
-    ours, theirs = tokenizer.load_encoding(str(directory), is_directory=True), AutoTokenizer.from_pretrained(str(directory))
+    ours, theirs = both_tokenizers(directory)
     for text in TEXTS:
         assert ours.encode(text) == theirs.encode(text), text
 
@@ -82,7 +90,7 @@ def test_added_and_special_tokens_are_honoured(tmp_path):
         special_tokens_map__json={"eos_token": "<|endoftext|>", "pad_token": "<pad>"},
         tokenizer_config__json={"add_prefix_space": True},
     )
-    ours, theirs = tokenizer.load_encoding(directory, is_directory=True), AutoTokenizer.from_pretrained(directory)
+    ours, theirs = both_tokenizers(directory)
     for text in ["ab<tool>ab", "x<pad>y<|endoftext|>", "plain ab text"]:
         assert ours.encode(text) == theirs.encode(text), text
     assert ours.decode(ours.encode("ab<tool>ab")) == theirs.decode(theirs.encode("ab<tool>ab"))
@@ -95,7 +103,7 @@ def test_a_tokenizer_json_decides(tiny_checkpoint, tmp_path):
     hf = AutoTokenizer.from_pretrained(str(directory))
     hf.add_tokens(["<new>"])
     hf.backend_tokenizer.save(str(directory / "tokenizer.json"))
-    ours, theirs = tokenizer.load_encoding(str(directory), is_directory=True), AutoTokenizer.from_pretrained(str(directory))
+    ours, theirs = both_tokenizers(directory)
     assert ours.encode("Hello<new>there") == theirs.encode("Hello<new>there")
     assert ours.encode("<new>") == [321] and ours.n_vocab == 322
 
@@ -107,14 +115,14 @@ def test_gpt2s_own_files_use_tiktoken_with_the_same_ids(gpt2_tiktoken_cache, mon
     GPT2Config().save_pretrained(str(directory))
     shutil.copyfile(os.path.join(gpt2_tiktoken_cache, GPT2_FILES["encoder.json"]), directory / "vocab.json")
     shutil.copyfile(os.path.join(gpt2_tiktoken_cache, GPT2_FILES["vocab.bpe"]), directory / "merges.txt")
-    ours, theirs = tokenizer.load_encoding(str(directory), is_directory=True), AutoTokenizer.from_pretrained(str(directory))
+    ours, theirs = both_tokenizers(directory)
     assert ours.name == "gpt2"  # tiktoken's
     for text in TEXTS + ["x<|endoftext|>y"]:
         assert ours.encode(text) == theirs.encode(text), text
     # One merge fewer is no longer GPT-2's: the tokenizers library, still equal to transformers.
     lines = (directory / "merges.txt").read_text(encoding="utf-8").splitlines()
     (directory / "merges.txt").write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
-    ours, theirs = tokenizer.load_encoding(str(directory), is_directory=True), AutoTokenizer.from_pretrained(str(directory))
+    ours, theirs = both_tokenizers(directory)
     assert ours.name == "gpt2-files"
     for text in TEXTS:
         assert ours.encode(text) == theirs.encode(text), text
