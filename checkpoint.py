@@ -3,8 +3,9 @@
 A checkpoint is a Hugging Face Hub id (gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, ...) or a
 local directory in transformers' format (config.json plus model.safetensors or pytorch_model.bin).
 transformers does the reading: safetensors, or torch.load with weights_only=True; nothing is unpickled.
-`open_checkpoint` reads config.json and the tokenizer and checks them against each other; everything
-after that takes the `Checkpoint` it returns instead of reading the files again.
+`open_checkpoint` reads config.json, generation_config.json (for the end-of-text ids only) and the tokenizer,
+each file checked before it is trusted (reading.py), and checks them against each other; everything after
+that takes the `Checkpoint` it returns instead of reading the files again.
 
 This module does not import nvtripy, so that the command line can report a bad checkpoint as one line
 whatever the backend.
@@ -13,18 +14,21 @@ whatever the backend.
 import json
 import math
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 
 import huggingface_hub
-import tiktoken
 import transformers
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+from safetensors import safe_open
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import progress
+import reading
 from errors import UserError
-from tokenizer import load_encoding
+from reading import UnreadableFile
+from tokenizer import Tokenizer, load_encoding
 
 try:  # huggingface_hub's HTTP client: httpx2 from huggingface_hub 2 on, httpx before
     from httpx2 import ReadTimeout
@@ -47,7 +51,8 @@ class Checkpoint:
     source: str  # a Hub id or a directory
     is_local: bool  # a directory, not a Hub id
     hf_config: GPT2Config
-    encoding: tiktoken.Encoding
+    encoding: Tokenizer
+    eos_token_ids: tuple = ()  # a sample ends when it draws any of them, as in transformers' generate()
 
 
 def is_local_path(source):
@@ -59,13 +64,64 @@ def open_checkpoint(source):
     """The checkpoint's config and tokenizer, checked against each other before any weights are read."""
     is_local = is_local_path(source)
     hf_config = _read_config(source, is_local)
-    encoding = load_encoding(source, is_directory=is_local)
+    encoding = load_encoding(source, is_directory=is_local, config=hf_config)
     if encoding.n_vocab > hf_config.vocab_size:
         raise CheckpointError(
             f"the tokenizer of '{source}' ({encoding.name}) has {encoding.n_vocab} tokens, "
             f"more than the model's vocabulary of {hf_config.vocab_size}"
         )
-    return Checkpoint(source, is_local, hf_config, encoding)
+    eos_token_ids = _eos_token_ids(source, is_local, hf_config, encoding.n_vocab)
+    return Checkpoint(source, is_local, hf_config, encoding, eos_token_ids)
+
+
+def _eos_token_ids(source, is_local, hf_config, n_vocab):
+    """The end-of-text ids, as transformers' generate() takes them: generation_config.json's eos_token_id where
+    the checkpoint has that file (a Hub id's only when cached), else config.json's; an id or a list of ids."""
+    if is_local:
+        path = os.path.join(source, "generation_config.json")
+        path = path if os.path.lexists(path) else None
+    else:
+        path = huggingface_hub.try_to_load_from_cache(source, "generation_config.json")
+        path = path if isinstance(path, str) else None
+    eos, where = hf_config.eos_token_id, "config.json"
+    if path is not None:
+        where = "generation_config.json"
+        settings = _read_json_file(source, path, where)
+        if not isinstance(settings, dict):
+            raise CheckpointError(
+                f"the {where} of '{source}' is malformed: it holds {_json(settings)}, not an object of settings"
+            )
+        try:
+            eos = transformers.GenerationConfig.from_dict(settings).eos_token_id
+        except Exception as exc:  # transformers' own checks of the file
+            raise CheckpointError(f"the {where} of '{source}' is malformed: {_one_line(exc)}") from None
+    ids = [] if eos is None else eos if isinstance(eos, list) else [eos]
+    if ids == [GPT2Config().eos_token_id] and ids[0] >= n_vocab:
+        # transformers' default, which save_pretrained writes into both files for any GPT2Config not given one:
+        # it can never be drawn from a smaller vocabulary, and transformers only warns.
+        return ()
+    for token in ids:
+        if type(token) is not int or not 0 <= token < n_vocab:
+            raise CheckpointError(
+                f"the {where} of '{source}' is malformed: eos_token_id {_json(eos)} is not a token id "
+                f"of its tokenizer (0 to {n_vocab - 1})"
+            )
+    return tuple(ids)
+
+
+# The most a checkpoint's JSON file may hold: config.json and generation_config.json take a few kB, an index of shards
+# tens of kB.
+MAX_JSON_BYTES = 16 * reading.MiB
+
+
+def _read_json_file(source, path, name):
+    """The JSON value of the checkpoint's file `name` at `path`, read as reading.read_json checks it."""
+    try:
+        return reading.read_json(path, MAX_JSON_BYTES)
+    except UnreadableFile as exc:
+        if str(exc).startswith("is not JSON"):
+            raise CheckpointError(f"'{source}' is not a GPT-2 checkpoint: its {name} {exc}") from None
+        raise CheckpointError(f"the {name} of '{source}' {exc}") from None
 
 
 def _is_positive_int(value):
@@ -94,13 +150,7 @@ SETTINGS = {
 def _read_config(source, is_local):
     """The checkpoint's transformers GPT2Config, from its config.json (opened once), if this model implements it."""
     path = _checkpoint_file(source, "config.json") if is_local else _hub_file(source, "config.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            settings = json.load(f)
-    except OSError as exc:
-        raise CheckpointError(f"cannot read the config.json of '{source}': {exc.strerror or exc}") from None
-    except ValueError as exc:  # not JSON, or not UTF-8
-        raise CheckpointError(f"'{source}' is not a GPT-2 checkpoint: its config.json is not JSON ({_one_line(exc)})") from None
+    settings = _read_json_file(source, path, "config.json")
     if not isinstance(settings, dict):
         raise CheckpointError(f"the config.json of '{source}' is malformed: it holds {_json(settings)}, not an object of settings")
     if settings.get("model_type") != "gpt2":
@@ -138,6 +188,8 @@ def read_hf_model(checkpoint, torch_dtype):
     loading info (missing, extra and mis-shaped keys, which `check_weights` reports). An unreadable
     checkpoint is a CheckpointError."""
     # transformers maps the file into memory and converts each tensor to `torch_dtype` as it reads it.
+    if checkpoint.is_local:
+        check_weight_headers(checkpoint)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. torch's notes on pickle protocols: the error says enough
@@ -191,6 +243,91 @@ def check_weights(source, expected, state, info=None, transposed=()):
         raise CheckpointError(f"the weights of '{source}' do not match its GPT-2 config: {'; '.join(problems)}")
 
 
+def expected_hf_shapes(config, layers):
+    """{key: shape} of the GPT2LMHeadModel weights config.json describes, for the given layers, as stored
+    (Conv1D weights (in, out))."""
+    e, inner = config.n_embd, config.n_inner or 4 * config.n_embd
+    shapes = {"transformer.wte.weight": (config.vocab_size, e), "transformer.wpe.weight": (config.n_positions, e)}
+    shapes.update({"transformer.ln_f.weight": (e,), "transformer.ln_f.bias": (e,)})
+    for i in layers:
+        for name, shape in [
+            ("ln_1.weight", (e,)), ("ln_1.bias", (e,)),
+            ("attn.c_attn.weight", (e, 3 * e)), ("attn.c_attn.bias", (3 * e,)),
+            ("attn.c_proj.weight", (e, e)), ("attn.c_proj.bias", (e,)),
+            ("ln_2.weight", (e,)), ("ln_2.bias", (e,)),
+            ("mlp.c_fc.weight", (e, inner)), ("mlp.c_fc.bias", (inner,)),
+            ("mlp.c_proj.weight", (inner, e)), ("mlp.c_proj.bias", (e,)),
+        ]:
+            shapes[f"transformer.h.{i}.{name}"] = shape
+    return shapes
+
+
+def weight_files(directory):
+    """The safetensors files a checkpoint directory's weights are in: model.safetensors, or the shards its index
+    names (where they lie), or none when it has neither. A malformed index is a CheckpointError."""
+    single = os.path.join(directory, transformers.utils.SAFE_WEIGHTS_NAME)
+    index = os.path.join(directory, transformers.utils.SAFE_WEIGHTS_INDEX_NAME)
+    if os.path.lexists(single):
+        return [single]
+    if not os.path.lexists(index):
+        return []
+    name = transformers.utils.SAFE_WEIGHTS_INDEX_NAME
+    value = _read_json_file(directory, index, name)
+    weight_map = value.get("weight_map") if isinstance(value, dict) else None
+    if not (isinstance(weight_map, dict) and all(isinstance(f, str) and f for f in weight_map.values())):
+        raise CheckpointError(f"the {name} of '{directory}' is malformed: it has no weight_map from tensors to files")
+    return sorted({os.path.join(directory, f) for f in weight_map.values()})
+
+
+def check_weight_headers(checkpoint):
+    """Refuses safetensors weights that lack what config.json describes, from the files' headers alone, before
+    transformers builds the model: a config.json claiming a million layers would take minutes and all memory first."""
+    source, config = checkpoint.source, checkpoint.hf_config
+    shapes = {}
+    for path in weight_files(source):
+        if not os.path.exists(path):
+            raise CheckpointError(f"cannot read the weights of '{source}': {path} does not exist")
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise CheckpointError(f"cannot read the weights of '{source}': {path} is not a regular file")
+        try:
+            with safe_open(path, "pt") as f:
+                shapes.update({key: tuple(f.get_slice(key).get_shape()) for key in f.keys()})
+        except Exception:  # a broken file: transformers reads it next and says what is wrong
+            return
+    if not shapes:
+        return
+    # Keys as GPT2LMHeadModel names them; the Hub's gpt2 stores the transformer's without its prefix.
+    prefixed = ("transformer.", "lm_head.")
+    shapes = {key if key.startswith(prefixed) else f"transformer.{key}": shape for key, shape in shapes.items()}
+    layers = [key.split(".")[2] for key in shapes if key.startswith("transformer.h.")]
+    held = {int(layer) for layer in layers if layer.isdigit()}
+    held = sorted(i for i in held if i < config.n_layer)
+    if len(held) < config.n_layer:
+        missing = _missing_ranges(held, config.n_layer)
+        raise CheckpointError(
+            f"the weights of '{source}' do not match its GPT-2 config: config.json says n_layer {config.n_layer}, "
+            f"they hold {len(held)} layers; missing transformer.h.N for N in {missing}"
+        )
+    expected = expected_hf_shapes(config, held)
+    holders = {key: _Shape(shape) for key, shape in shapes.items() if key != "lm_head.weight"}  # tied to wte
+    check_weights(source, expected, holders)
+
+
+@dataclass(frozen=True)
+class _Shape:
+    shape: tuple  # what check_weights reads of a tensor
+
+
+def _missing_ranges(held, count):
+    """The numbers 0 to count - 1 not in `held` (sorted, each below count), as ranges: "2 to 999999"."""
+    runs, start = [], 0
+    for i in held + [count]:
+        if i > start:
+            runs.append(str(start) if i - 1 == start else f"{start} to {i - 1}")
+        start = i + 1
+    return ", ".join(runs[:5]) + (", ..." if len(runs) > 5 else "")
+
+
 def _quiet_transformers():
     # Missing, extra and mis-shaped weights are reported by this module, in one message;
     # transformers' own warnings, hub retries and progress bars would only repeat them.
@@ -239,7 +376,7 @@ def _checkpoint_file(directory, name):
     if not os.path.isdir(directory):
         raise CheckpointError(f"checkpoint directory '{directory}' does not exist")
     path = os.path.join(directory, name)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):  # anything else there, reading says what is wrong with it
         raise CheckpointError(f"'{directory}' is not a checkpoint directory: it has no {name}")
     return path
 

@@ -51,6 +51,32 @@ class _CheckedStdout:
         return getattr(self._stream, name)
 
 
+# The temperatures sampling takes besides 0: sampling.sample divides the logits by it in float32 once their
+# row's maximum is taken off, so none can overflow, and 1e-37 is above float32's smallest normal number.
+MIN_TEMPERATURE = 1e-37
+MAX_TEMPERATURE = 1e37
+# More threads than this only wait for cores; a huge count makes libgomp allocate a stack for each (GBs).
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+# Whole numbers up to this (a million and more) stand for "no limit that matters" below.
+MANY = 2**20
+
+# Each numeric option of example.py and perplexity.py: the lowest and highest value it takes, checked by
+# check_ranges before anything heavy runs; for those in LOW_EXCLUDED the lowest value is not taken.
+OPTION_RANGES = {
+    "seed": (0, 2**64 - 1),  # what torch.Generator.manual_seed takes
+    "threads": (1, MAX_THREADS),
+    "num_samples": (1, 1024),
+    "max_new_tokens": (1, MANY),  # the model's block size bounds it further, once the checkpoint is read
+    "top_k": (1, MANY),
+    "top_p": (0.0, 1.0),
+    "temperature": (MIN_TEMPERATURE, MAX_TEMPERATURE),  # or 0, greedy
+    "calib_samples": (1, 100_000),
+    "context": (2, MANY),
+    "max_tokens": (2, 2**40),
+}
+LOW_EXCLUDED = ("top_p",)
+
+
 def run_command(main):
     """Runs `main` as a command: bad input is one `error:` line on stderr and exit status 2; Ctrl-C is
     exit status 130; a reader that closes the pipe ends it quietly, as it ends other Unix tools; an
@@ -132,20 +158,36 @@ def add_model_arguments(parser):
         "--threads",
         type=int,
         default=DEFAULT_THREADS,
-        help="CPU threads for PyTorch: the CPU executor's arithmetic and sampling (default: %(default)s; "
+        help="CPU threads for PyTorch: the CPU executor's arithmetic and sampling, at most 4 per core "
+        f"({MAX_THREADS} here) (default: %(default)s; "
         "a second thread helps little on a 2-core machine and costs much when the other core is busy)",
     )
 
 
+def check_ranges(args):
+    """Refuses a numeric option outside its range (OPTION_RANGES), naming the range."""
+    for name, (low, high) in OPTION_RANGES.items():
+        value = getattr(args, name, None)
+        if value is None or (name == "temperature" and value == 0):
+            continue
+        exclusive = name in LOW_EXCLUDED
+        if not ((low < value if exclusive else low <= value) and value <= high):  # a nan fits no range
+            says = f"more than {low:g} and at most {high:g}" if exclusive else f"from {_number(low)} to {_number(high)}"
+            if name == "temperature":
+                says = f"0 (greedy) or {says}"
+            raise UsageError(f"--{name.replace('_', '-')} must be {says}, not {value}")
+
+
+def _number(value):
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def check_model_arguments(args):
+    check_ranges(args)
     if args.quant_mode is None and (args.calib_file is not None or args.calib_samples != CALIB_SAMPLES):
         raise UsageError("--calib-file and --calib-samples calibrate a quantized model: give --quant-mode too")
-    if args.calib_samples < 1:
-        raise UsageError(f"--calib-samples must be at least 1, not {args.calib_samples}")
     if args.checkpoint is not None:
         if os.path.isfile(args.checkpoint):
             raise UsageError(f"--checkpoint {args.checkpoint} is a file, not a checkpoint directory")
         if not os.path.isdir(args.checkpoint):
             raise UsageError(f"--checkpoint {args.checkpoint}: no such directory")
-    if args.threads < 1:
-        raise UsageError(f"--threads must be at least 1, not {args.threads}")

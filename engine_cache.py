@@ -36,10 +36,12 @@ import nvtripy as tp
 import torch
 
 import progress
+import reading
 import torch_executor
 
 ENTRY_FORMAT = 2  # bump when the layout of an entry changes
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".index.json")  # what transformers reads weights from
+MAX_INDEX_BYTES = 16 * 2**20  # a weight index lists each tensor's shard: tens of kB for GPT-2 XL
 # The source files whose code decides what is compiled: a change to any of them changes the key.
 SOURCE_FILES = ("model.py", "generate.py", "checkpoint.py", "weight_loader.py", "quantization.py", "quant_modes.py")
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -72,16 +74,14 @@ def sha256_of_file(path):
 
 
 def file_digest(path, memo):
-    """A content hash of a checkpoint file. A file in a Hugging Face cache is a link to a blob named by
-    its hash (SHA-256 for large files, git's SHA-1 for small ones), so that name is used as it is. Other
-    files are hashed again whenever their stamp changes, and `memo` keeps {path: stamp and digest}.
+    """A content hash of a checkpoint file (links followed), hashed again whenever its stamp changes; `memo`
+    keeps {real path: stamp and digest}. A Hugging Face cache's blobs/<hash> name is not trusted: a blob
+    rewritten in place keeps its name.
 
     The stamp holds the change time, which every write sets to the clock and nothing can set back: a
     file rewritten in place with its old size and modification time (cp -p, touch -r, rsync --times)
     still gets a new stamp."""
     real = os.path.realpath(path)
-    if os.path.basename(os.path.dirname(real)) == "blobs" and len(os.path.basename(real)) in (40, 64):
-        return os.path.basename(real)
     stat = os.stat(real)
     stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
     known = memo.get(real)
@@ -102,14 +102,20 @@ def checkpoint_directory(checkpoint):
 
 
 def checkpoint_identity(checkpoint, cache_dir):
-    """{file name: content digest} of config.json and the weight files, or None if the weights are not
-    on this machine yet. Tokenizer files do not change an engine, so they are left out."""
+    """{file name: content digest} of config.json and the weight files, each shard an index names among them
+    (by the name it gives, wherever the shard lies), or None if the weights are not on this machine yet.
+    Tokenizer files do not change an engine, so they are left out."""
     directory = checkpoint_directory(checkpoint)
     if directory is None or not os.path.isdir(directory):
         return None
-    names = sorted(n for n in os.listdir(directory) if n == "config.json" or n.endswith(WEIGHT_FILE_SUFFIXES))
+    names = {n for n in os.listdir(directory) if n == "config.json" or n.endswith(WEIGHT_FILE_SUFFIXES)}
     if not any(n.endswith(WEIGHT_FILE_SUFFIXES) for n in names):
         return None
+    for index in [n for n in names if n.endswith(".index.json")]:
+        names |= index_shards(os.path.join(directory, index))
+    if not all(os.path.exists(os.path.join(directory, n)) for n in names):
+        return None  # a shard not downloaded yet
+    names = sorted(names)
     memo_path = os.path.join(cache_dir, "file-digests.json")
     read = _read_json(memo_path, default={})
     # Records as file_digest keeps them; what older versions of this program kept is dropped.
@@ -121,6 +127,15 @@ def checkpoint_identity(checkpoint, cache_dir):
         except OSError:
             pass  # the memo only saves time
     return identity
+
+
+def index_shards(path):
+    """The shard files a weight index names, as it names them; none when it cannot be read (loading says why)."""
+    try:
+        weight_map = reading.read_json(path, MAX_INDEX_BYTES).get("weight_map")
+        return {name for name in weight_map.values() if isinstance(name, str) and name}
+    except (reading.UnreadableFile, AttributeError):
+        return set()
 
 
 def environment(backend_name):

@@ -22,18 +22,25 @@ import time
 import backend
 import cli
 import progress
+import reading
 from speed_report import peak_memory_bandwidth, speed_report
 from tokenizer import escape_controls, text_stream
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Completes a prompt with GPT-2 running on nvtripy.")
-    parser.add_argument("--input-text", required=True, help="the prompt to complete")
+    prompt = parser.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--input-text", metavar="TEXT", help="the prompt to complete; - reads it from standard input")
+    prompt.add_argument("--input-file", metavar="PATH", help="reads the prompt from this UTF-8 text file")
     cli.add_model_arguments(parser)
     parser.add_argument("--max-new-tokens", type=int, default=10, help="tokens to generate (default: %(default)s)")
     parser.add_argument("--seed", type=int, help="seeds sampling, for reproducible output (default: random)")
     parser.add_argument(
-        "--temperature", type=float, default=0.8, help="sampling temperature; 0 means greedy (default: %(default)s)"
+        "--temperature",
+        type=float,
+        default=0.8,
+        help=f"sampling temperature; 0 means greedy, else from {cli.MIN_TEMPERATURE:g} (the logits are divided "
+        f"by it in float32, so smaller values would round to 0) to {cli.MAX_TEMPERATURE:g} (default: %(default)s)",
     )
     parser.add_argument("--top-k", type=int, default=5, help="sample among the k likeliest tokens (default: %(default)s)")
     parser.add_argument(
@@ -75,31 +82,47 @@ def parse_args(argv=None):
         help="where the engine cache lives (default: $TRIPY_ENGINE_CACHE_DIR, else ~/.cache/tripy-gpt2-engines)",
     )
     args = parser.parse_args(argv)
-    if args.input_text == "":
-        raise cli.UsageError("--input-text is empty: give a prompt to complete")
-    try:
-        args.input_text.encode("utf-8")
-    except UnicodeEncodeError as exc:  # bytes that are not UTF-8 reach Python as lone surrogates
-        raise cli.UsageError(f"--input-text is not valid UTF-8 text (at character {exc.start + 1})") from None
-    if args.max_new_tokens < 1:
-        raise cli.UsageError(f"--max-new-tokens must be at least 1, not {args.max_new_tokens}")
-    if args.top_k < 1:
-        raise cli.UsageError(f"--top-k must be at least 1, not {args.top_k}")
-    if not args.temperature >= 0:  # also rejects nan
-        raise cli.UsageError(f"--temperature must be 0 (greedy) or positive, not {args.temperature}")
-    if not 0 < args.top_p <= 1:  # also rejects nan
-        raise cli.UsageError(f"--top-p must be more than 0 and at most 1, not {args.top_p}")
-    if args.num_samples < 1:
-        raise cli.UsageError(f"--num-samples must be at least 1, not {args.num_samples}")
+    args.input_text = read_prompt(args)
     if args.engine_cache_dir == "":
         raise cli.UsageError("--engine-cache-dir is empty: name a directory, or pass --no-engine-cache")
     cli.check_model_arguments(args)
     return args
 
 
+# The most a prompt read from a file or standard input may hold: far more than any GPT-2's block of tokens.
+MAX_PROMPT_BYTES = reading.MiB
+
+
+def read_prompt(args):
+    """The prompt: --input-text, or read from standard input (--input-text -) or --input-file, which must be a
+    regular file; in each case UTF-8 text, not empty, of at most MAX_PROMPT_BYTES when read."""
+    if args.input_file is not None or args.input_text == "-":
+        where = f"--input-file '{args.input_file}'" if args.input_file is not None else "the prompt on standard input"
+        try:
+            if args.input_file is not None:
+                data = reading.read_bytes(args.input_file, MAX_PROMPT_BYTES)
+            else:
+                data = reading.bounded(sys.stdin.buffer.read(MAX_PROMPT_BYTES + 1), MAX_PROMPT_BYTES)
+            text = reading.utf8_text(data)
+        except reading.UnreadableFile as exc:
+            raise cli.UsageError(f"{where} {exc}") from None
+        except OSError as exc:
+            raise cli.UsageError(f"{where} cannot be read: {exc.strerror or exc}") from None
+        if text == "":
+            raise cli.UsageError(f"{where} is empty: give a prompt to complete")
+        return text
+    if args.input_text == "":
+        raise cli.UsageError("--input-text is empty: give a prompt to complete")
+    try:
+        args.input_text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # bytes that are not UTF-8 reach Python as lone surrogates
+        raise cli.UsageError(f"--input-text is not valid UTF-8 text (at character {exc.start + 1})") from None
+    return args.input_text
+
+
 def encode_prompt(args, checkpoint):
     """The prompt's token ids; prompt and new tokens must fit in the model's block."""
-    prompt = checkpoint.encoding.encode(args.input_text, allowed_special={"<|endoftext|>"})
+    prompt = checkpoint.encoding.encode(args.input_text)
     block_size = checkpoint.hf_config.n_positions
     if len(prompt) + args.max_new_tokens > block_size:
         raise cli.UsageError(
@@ -156,7 +179,7 @@ def generate_tokens(args, compiled, prompt, sampling, generator, checkpoint):
     """The generation path asked for, as a generator of each step's new tokens."""
     import generate
 
-    eos = None if args.ignore_eos else checkpoint.hf_config.eos_token_id
+    eos = None if args.ignore_eos else checkpoint.eos_token_ids
     path = generate.generate_without_cache if args.no_kv_cache else generate.generate
     vocab_size = checkpoint.encoding.n_vocab
     return path(compiled, prompt, args.max_new_tokens, sampling, generator, vocab_size, args.num_samples, eos)

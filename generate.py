@@ -181,7 +181,8 @@ def generate(
     batch: the first from prefill's logits, each next from one decode step. `compiled` holds prefill and
     decode, compiled for that batch size.
 
-    A sample ends when it draws eos_token_id (None: never), which is not yielded: from then on its
+    A sample ends when it draws eos_token_id, or any id of a list of them as transformers' generate()
+    takes them (None or an empty list: never), which is not yielded: from then on its
     place holds None, and generation stops when every sample has ended. A model's vocabulary may be
     padded beyond its tokenizer's; ids from vocab_size on are never chosen. The next step runs only
     when the next tokens are asked for, so a consumer can show each token at once.
@@ -217,6 +218,7 @@ def next_tokens(logits, sampling, generator, vocab_size, eos_token_id, ended, po
     logits = logits[..., :vocab_size]
     check_finite(logits, position)
     tokens = sample(logits, sampling, generator)[:, 0]
-    if eos_token_id is not None:
-        ended = ended | (tokens.cpu() == eos_token_id)
+    eos = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    if eos:
+        ended = ended | torch.isin(tokens.cpu(), torch.tensor(eos, dtype=tokens.dtype))
     return tokens, ended

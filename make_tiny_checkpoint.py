@@ -25,6 +25,8 @@ import shutil
 import sys
 import tempfile
 
+from safetensors import SafetensorError
+
 from tokenizer import ENDOFTEXT, bytes_to_unicode
 
 # The tokenizer's merges are learned from this text with byte-level BPE, as GPT-2's were from WebText.
@@ -262,6 +264,8 @@ def main(argv=None):
         )
     except OSError as exc:
         raise UsageError(f"cannot write {args.directory}: {exc.strerror or exc}") from None
+    except SafetensorError as exc:  # safetensors' I/O errors (a full disk) are not OSErrors
+        raise UsageError(f"cannot write {args.directory}: {str(exc).split('I/O error: ')[-1]}") from None
     print(f"Wrote {describe(model.num_parameters())} to {args.directory}")
 
 

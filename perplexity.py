@@ -23,12 +23,15 @@ import torch
 import backend
 import cli
 import progress
+import reading
 from cli import UsageError
 from sampling import NonFiniteLogits
 
 # log_sum_exp_over_max's float64 blocks: small enough to stay in a processor's cache, big enough that starting
 # each operation on every thread costs little (on a busy machine, that cost dominated blocks of 2 MiB).
 BLOCK_BYTES = 16 * 2**20
+# The most --text-file may hold: about 250 million tokens, hours of scoring even for the smallest GPT-2.
+MAX_TEXT_BYTES = 1024 * reading.MiB
 
 
 def parse_args(argv=None):
@@ -38,26 +41,18 @@ def parse_args(argv=None):
     parser.add_argument("--context", type=int, help="tokens per window (default: the model's block size)")
     parser.add_argument("--max-tokens", type=int, help="score only the text's first this many tokens (default: all)")
     args = parser.parse_args(argv)
-    for name in ("context", "max_tokens"):
-        value = getattr(args, name)
-        if value is not None and value < 2:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 2, not {value}")
     cli.check_model_arguments(args)
     return args
 
 
 def read_tokens(path, encoding, max_tokens=None):
-    """The file's text as token ids; a missing, unreadable, non-UTF-8 or too short file is a UsageError."""
+    """The file's text as token ids; a missing, unreadable, non-UTF-8 or too short file, or one that is not a
+    regular file or holds more than MAX_TEXT_BYTES, is a UsageError."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise UsageError(f"--text-file '{path}' does not exist") from None
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"--text-file '{path}' is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise UsageError(f"--text-file '{path}' cannot be read: {exc.strerror}") from None
-    tokens = encoding.encode(text, disallowed_special=())[:max_tokens]
+        text = reading.read_text(path, MAX_TEXT_BYTES)
+    except reading.UnreadableFile as exc:
+        raise UsageError(f"--text-file '{path}' {exc}") from None
+    tokens = encoding.encode(text)[:max_tokens]
     if len(tokens) < 2:
         raise UsageError(f"--text-file '{path}' holds {len(tokens)} token(s): perplexity needs at least 2")
     return tokens

@@ -158,7 +158,7 @@ def calibration_data(encoding, calib_file, num_samples, max_length=CALIB_MAX_LEN
     separator = encoding.encode("\n\n")
     stream = []
     for text in load_calibration_texts(calib_file):
-        stream += encoding.encode(text, disallowed_special=()) + separator
+        stream += encoding.encode(text) + separator
         if len(stream) >= num_samples * max_length:
             break
     samples = [stream[i : i + max_length] for i in range(0, min(len(stream), num_samples * max_length), max_length)]

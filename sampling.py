@@ -25,11 +25,13 @@ class Sampling:
 
 def sample(logits, sampling, generator):
     """The next token of each row from the last position's logits (batch, tokens, vocab): greedy for
-    temperature 0, else sampled after temperature, then top-k, then top-p."""
+    temperature 0, else sampled after temperature, then top-k, then top-p. The row's maximum is taken off
+    before dividing by the temperature (softmax does not change), so a tiny temperature cannot overflow."""
     logits = logits[:, -1, :]
     if sampling.temperature == 0:
         return torch.argmax(logits, dim=-1, keepdim=True)
-    logits = logits / sampling.temperature
+    logits = logits.float()
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / sampling.temperature
     v, _ = torch.topk(logits, min(sampling.top_k, logits.size(-1)))
     logits[logits < v[:, [-1]]] = -float("Inf")
     if sampling.top_p < 1.0:

@@ -3,6 +3,7 @@ tiktoken's gpt2 encoding is cached. Tests import it as `helpers`; conftest.py ho
 
 import hashlib
 import os
+import signal
 import sys
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,6 +54,12 @@ def write_random_checkpoint(directory, seed=0, layer_norm_epsilon=1e-5, **shape)
     model.save_pretrained(directory)
     return model.eval()
 
+
+def default_sigint():
+    """For subprocess's preexec_fn: a child the test interrupts gets SIGINT's default action back. A job
+    started in the background (`cmd &` in a script) inherits SIGINT ignored, and Python then never
+    installs its KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def holds_gpt2_encoding(cache):

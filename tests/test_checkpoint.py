@@ -186,3 +186,115 @@ def test_a_hub_that_cannot_be_reached_fails_in_seconds(tmp_path, endpoint):
     message, seconds = result.stdout.splitlines()
     assert message.startswith("cannot fetch 'distilgpt2' from the Hugging Face Hub") and "pass --checkpoint DIR" in message
     assert float(seconds.split()[0]) < 15, message
+
+
+def checkpoint_with(tiny_checkpoint, directory, **files):
+    """A copy of the tiny checkpoint with files written over (name: text or bytes; `__` stands for a dot)."""
+    import shutil
+
+    shutil.copytree(tiny_checkpoint, directory)
+    for name, content in files.items():
+        path = directory / name.replace("__", ".")
+        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    return str(directory)
+
+
+@pytest.mark.parametrize(
+    "generation_config, message",
+    [
+        ({"eos_token_id": 2**70}, f"eos_token_id {2**70} is not a token id of its tokenizer (0 to 320)"),
+        ({"eos_token_id": [5, 321]}, "eos_token_id [5, 321] is not a token id of its tokenizer (0 to 320)"),
+        ({"eos_token_id": -1}, "eos_token_id -1 is not a token id"),
+        ({"eos_token_id": "5"}, 'eos_token_id "5" is not a token id'),
+        ([1, 2], "it holds [1, 2], not an object of settings"),
+    ],
+)
+def test_a_bad_end_of_text_id_is_one_error(tiny_checkpoint, tmp_path, generation_config, message):
+    text = json.dumps(generation_config)
+    directory = checkpoint_with(tiny_checkpoint, tmp_path / "bad-eos", generation_config__json=text)
+    with pytest.raises(CheckpointError) as error:
+        open_checkpoint(directory)
+    assert str(error.value).startswith(f"the generation_config.json of '{directory}' is malformed: {message}")
+
+
+def test_end_of_text_ids_come_from_generation_config_else_config(tiny_checkpoint, tmp_path):
+    assert open_checkpoint(tiny_checkpoint).eos_token_ids == (320,)
+    listed = checkpoint_with(tiny_checkpoint, tmp_path / "listed", generation_config__json='{"eos_token_id": [7, 320]}')
+    assert open_checkpoint(listed).eos_token_ids == (7, 320)
+    none = checkpoint_with(tiny_checkpoint, tmp_path / "none", generation_config__json='{"bos_token_id": 1}')
+    assert open_checkpoint(none).eos_token_ids == ()  # as transformers: the file decides, and names none
+    (tmp_path / "none" / "generation_config.json").unlink()
+    assert open_checkpoint(none).eos_token_ids == (320,)  # config.json's
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # deeper than Python's recursion limit
+BAD_VOCABS = [  # vocab.json's text, and the end of the error line
+    ("[1, 2]", "is malformed: it holds a list, not an object"),
+    ("null", "is malformed: it holds null, not an object"),
+    (DEEP, "nests deeper than 64 levels"),
+    ('{"a": ' * 70 + "0" + "}" * 70, "nests deeper than 64 levels"),
+    ('{"a": 1, "b": 1}', 'is malformed: tokens "a" and "b" have the same id 1'),
+    ('{"a": "1"}', 'is malformed: token "a" has id "1", not a whole number >= 0'),
+    ('{"a": -3}', 'is malformed: token "a" has id -3, not a whole number >= 0'),
+    ('{"a": 1, "a": 2}', 'is malformed: it gives "a" twice'),
+]
+
+
+@pytest.mark.parametrize("vocab, message", BAD_VOCABS, ids=[m.split(":")[-1][:30] for _, m in BAD_VOCABS])
+def test_a_malformed_vocab_json_is_one_error(tiny_checkpoint, tmp_path, vocab, message):
+    from tokenizer import TokenizerError
+
+    directory = checkpoint_with(tiny_checkpoint, tmp_path / "bad-vocab", vocab__json=vocab)
+    with pytest.raises(TokenizerError) as error:
+        open_checkpoint(directory)
+    assert str(error.value) == f"the vocab.json of '{directory}' {message}"
+
+
+def test_a_vocab_json_that_is_a_fifo_is_refused_at_once(tiny_checkpoint, tmp_path):
+    """Reading it waited forever for a writer."""
+    import os
+
+    from tokenizer import TokenizerError
+
+    directory = checkpoint_with(tiny_checkpoint, tmp_path / "fifo")
+    os.remove(tmp_path / "fifo" / "vocab.json")
+    os.mkfifo(tmp_path / "fifo" / "vocab.json")
+    with pytest.raises(TokenizerError, match=r"the vocab.json of '.*' is a FIFO, not a regular file$"):
+        open_checkpoint(directory)
+
+
+JSON_FILES = ["config.json", "generation_config.json", "tokenizer_config.json", "added_tokens.json"]
+
+
+@pytest.mark.parametrize("name", JSON_FILES)
+def test_any_json_file_nested_past_the_recursion_limit_is_one_error(tiny_checkpoint, tmp_path, name):
+    from tokenizer import TokenizerError
+
+    directory = checkpoint_with(tiny_checkpoint, tmp_path / "deep", **{name.replace(".", "__"): DEEP})
+    with pytest.raises((CheckpointError, TokenizerError)) as error:
+        open_checkpoint(directory)
+    assert str(error.value) == f"the {name} of '{directory}' nests deeper than 64 levels"
+
+
+def test_a_config_claiming_more_layers_than_the_weights_is_refused_at_once(tiny_checkpoint, tmp_path):
+    """A million layers made transformers build the model for a minute, then fail with MemoryError."""
+    import time
+
+    from checkpoint import read_hf_model
+
+    config = json.loads(open(f"{tiny_checkpoint}/config.json").read())
+    claims = json.dumps({**config, "n_layer": 1_000_000})
+    directory = checkpoint_with(tiny_checkpoint, tmp_path / "layers", config__json=claims)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError) as error:
+        read_hf_model(open_checkpoint(directory), None)
+    assert time.perf_counter() - start < 10
+    assert str(error.value) == (
+        f"the weights of '{directory}' do not match its GPT-2 config: "
+        "config.json says n_layer 1000000, they hold 2 layers; missing transformer.h.N for N in 2 to 999999"
+    )
+    claims = json.dumps({**config, "n_embd": 2**20, "n_head": 1})
+    wide = checkpoint_with(tiny_checkpoint, tmp_path / "wide", config__json=claims)
+    misshaped = r"mis-shaped transformer.h.0.attn.c_attn.bias \(checkpoint \(192,\), expected \(3145728,\)\)"
+    with pytest.raises(CheckpointError, match=misshaped):
+        read_hf_model(open_checkpoint(wide), None)

@@ -85,3 +85,47 @@ def test_a_closed_pipe_ends_quietly_and_a_full_disk_is_one_error_line():
         result = subprocess.run([sys.executable, "-c", script], stdout=full, stderr=subprocess.PIPE, text=True, cwd=cli.__file__.rsplit("/", 1)[0])
     assert result.returncode == 2
     assert result.stderr == "error: cannot write the output: No space left on device\n"
+
+
+OUT_OF_RANGE = [  # example.py's or perplexity.py's arguments, and the error line
+    (["--seed", "-1"], "--seed must be from 0 to 18446744073709551615, not -1"),
+    (["--seed", str(2**64)], f"--seed must be from 0 to 18446744073709551615, not {2**64}"),
+    (["--threads", "1000000000"], f"--threads must be from 1 to {cli.MAX_THREADS}, not 1000000000"),
+    (["--num-samples", "100000"], "--num-samples must be from 1 to 1024, not 100000"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be from 1 to 1048576, not 0"),
+    (["--top-k", str(2**40)], f"--top-k must be from 1 to 1048576, not {2**40}"),
+    (["--top-p", "0"], "--top-p must be more than 0 and at most 1, not 0.0"),
+    (["--top-p", "nan"], "--top-p must be more than 0 and at most 1, not nan"),
+    (["--temperature", "1e-40"], "--temperature must be 0 (greedy) or from 1e-37 to 1e+37, not 1e-40"),
+    (["--temperature", "inf"], "--temperature must be 0 (greedy) or from 1e-37 to 1e+37, not inf"),
+    (
+        ["--quant-mode", "float8", "--calib-samples", "10000000"],
+        "--calib-samples must be from 1 to 100000, not 10000000",
+    ),
+    (["--context", "1"], "--context must be from 2 to 1048576, not 1"),
+    (["--max-tokens", str(2**50)], f"--max-tokens must be from 2 to {2**40}, not {2**50}"),
+]
+
+
+@pytest.mark.parametrize("args, message", OUT_OF_RANGE, ids=[" ".join(args) for args, _ in OUT_OF_RANGE])
+def test_numeric_options_out_of_range_are_refused_before_any_work(args, message):
+    import example
+    import perplexity
+
+    command = perplexity if args[0] in ("--context", "--max-tokens") else example
+    given = ["--text-file", "t.txt"] if command is perplexity else ["--input-text", "Hi"]
+    with pytest.raises(cli.UsageError) as error:
+        command.parse_args([*given, "--checkpoint", "/nowhere", *args])  # the range is checked first
+    assert str(error.value) == message
+
+
+def test_the_temperature_range_keeps_sampling_finite():
+    """Dividing logits of 300 by 1e-37 overflowed float32, and softmax then gave nan."""
+    import torch
+
+    from cli import MIN_TEMPERATURE
+    from sampling import Sampling, sample
+
+    logits = torch.tensor([[[300.0, -20.0, 299.99]]])
+    for seed, temperature in enumerate((MIN_TEMPERATURE, 1e-30, 1e-6)):
+        assert sample(logits.clone(), Sampling(temperature, top_k=3), torch.Generator().manual_seed(seed)).item() == 0

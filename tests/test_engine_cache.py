@@ -7,6 +7,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,8 +91,8 @@ def test_the_command_line_reuses_the_engine_on_its_second_run(tiny_checkpoint, o
 
 
 def test_checkpoint_files_are_identified_by_content(tiny_checkpoint, tmp_path, monkeypatch):
-    """A directory's files are hashed once (then remembered by size, time and inode); a Hub cache's are
-    named by their hashes already; tokenizer files are left out; with no weights yet there is no identity."""
+    """A directory's files are hashed once (then remembered by size, times and inode), a Hub cache's blobs too;
+    tokenizer files are left out; with no weights yet there is no identity."""
     import huggingface_hub
 
     hashed = []
@@ -115,14 +116,56 @@ def test_checkpoint_files_are_identified_by_content(tiny_checkpoint, tmp_path, m
         (snapshot / name).symlink_to(f"../../blobs/{blob}")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
     hub = lambda repo: Checkpoint(repo, False, hf_config=None, encoding=None)
+    # By content, not by the blob's name: a blob rewritten in place keeps its name.
     assert engine_cache.checkpoint_identity(hub("org/tiny"), cache_dir) == {
-        "config.json": "c" * 40,
-        "model.safetensors": "5" * 64,
+        "config.json": "sha256 of " + "c" * 40,
+        "model.safetensors": "sha256 of " + "5" * 64,
     }
-    assert len(hashed) == 2  # nothing more was hashed
+    assert len(hashed) == 4
+    assert engine_cache.checkpoint_identity(hub("org/tiny"), cache_dir) and len(hashed) == 4  # remembered
     (snapshot / "model.safetensors").unlink()
     assert engine_cache.checkpoint_identity(hub("org/tiny"), cache_dir) is None  # weights not downloaded yet
     assert engine_cache.checkpoint_identity(hub("org/absent"), cache_dir) is None
+
+
+def test_a_rewritten_hub_blob_changes_the_key(tiny_checkpoint, tmp_path):
+    """A blob is named by the hash of what was downloaded; rewritten in place, it kept its name, and the old engine
+    was served for new weights."""
+    snapshot = tmp_path / "models--org--tiny" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    blob = tmp_path / "models--org--tiny" / "blobs" / ("5" * 64)
+    blob.parent.mkdir()
+    shutil.copyfile(os.path.join(tiny_checkpoint, "model.safetensors"), blob)
+    (snapshot / "model.safetensors").symlink_to(blob)
+    shutil.copyfile(os.path.join(tiny_checkpoint, "config.json"), snapshot / "config.json")
+    local = Checkpoint(str(snapshot), True, hf_config=None, encoding=None)
+    before = engine_cache.checkpoint_identity(local, str(tmp_path / "engines"))
+    weights = load_file(str(blob))
+    weights["transformer.ln_f.bias"] += 1
+    save_file(weights, str(blob), metadata={"format": "pt"})
+    after = engine_cache.checkpoint_identity(local, str(tmp_path / "engines"))
+    assert after["model.safetensors"] != before["model.safetensors"] and after["config.json"] == before["config.json"]
+
+
+def test_every_shard_an_index_names_is_in_the_key_wherever_it_lies(tiny_checkpoint, tmp_path):
+    directory, elsewhere = tmp_path / "sharded", tmp_path / "elsewhere"
+    directory.mkdir()
+    elsewhere.mkdir()
+    shutil.copyfile(os.path.join(tiny_checkpoint, "config.json"), directory / "config.json")
+    weights = load_file(os.path.join(tiny_checkpoint, "model.safetensors"))
+    names = sorted(weights)
+    first = "model-00001-of-00002.safetensors"
+    save_file({k: weights[k] for k in names[:5]}, str(directory / first), metadata={"format": "pt"})
+    save_file({k: weights[k] for k in names[5:]}, str(elsewhere / "shard.safetensors"), metadata={"format": "pt"})
+    weight_map = {k: first for k in names[:5]} | {k: "../elsewhere/shard.safetensors" for k in names[5:]}
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    local = Checkpoint(str(directory), True, hf_config=None, encoding=None)
+    cache_dir = str(tmp_path / "engines")
+    before = engine_cache.checkpoint_identity(local, cache_dir)
+    assert set(before) == {"config.json", "model.safetensors.index.json", first, "../elsewhere/shard.safetensors"}
+    save_file({k: weights[k] + 1 for k in names[5:]}, str(elsewhere / "shard.safetensors"), metadata={"format": "pt"})
+    after = engine_cache.checkpoint_identity(local, cache_dir)
+    assert after["../elsewhere/shard.safetensors"] != before["../elsewhere/shard.safetensors"]
 
 
 def base_parts(directory, cache_dir):

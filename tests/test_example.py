@@ -15,7 +15,7 @@ import time
 import nvtripy as tp
 import pytest
 import torch
-from helpers import BACKEND, REPO_ROOT
+from helpers import BACKEND, REPO_ROOT, default_sigint
 from safetensors.torch import load_file, save_file
 from transformers import GPT2LMHeadModel
 
@@ -90,6 +90,29 @@ def test_greedy_on_the_command_line(parity_checkpoints, offline_env):
     assert response(result) == expected
 
 
+def test_every_end_of_text_id_of_generation_config_stops_as_in_transformers(parity_checkpoints, offline_env, tmp_path):
+    """generation_config.json lists two end-of-text ids; greedy output is transformers' generate() with that
+    config, up to (not printing) the first of them it draws. Before, only config.json's one id stopped a sample."""
+    import json
+
+    source, _ = parity_checkpoints["eps"]
+    directory = str(shutil.copytree(source, tmp_path / "eos-list"))
+    encoding = load_encoding(directory, is_directory=True)
+    prompt = encoding.encode(PROMPT)
+    free = hf_greedy(directory, prompt, 20)
+    stop = next(i for i in range(3, 20) if free[i] not in free[:i])
+    later = next(t for t in free[stop + 1 :] + list(range(encoding.n_vocab)) if t not in free[: stop + 1])
+    with open(os.path.join(directory, "generation_config.json"), "w") as f:
+        json.dump({"eos_token_id": [later, free[stop]], "bos_token_id": 0}, f)
+    hf_model = GPT2LMHeadModel.from_pretrained(directory, local_files_only=True).eval()
+    assert hf_model.generation_config.eos_token_id == [later, free[stop]]
+    theirs = hf_model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=20, pad_token_id=0)
+    theirs = theirs[0, len(prompt) :]
+    assert theirs.tolist() == free[: stop + 1]  # ends with the end-of-text token
+    result = run_example("--checkpoint", directory, "--input-text", PROMPT, "--temperature", "0", "--max-new-tokens", "20", env=offline_env)
+    assert response(result) == encoding.decode(prompt + free[:stop])
+
+
 def test_seeded_sampling_is_reproducible_run_to_run(tiny_checkpoint, offline_env):
     args = ("--checkpoint", tiny_checkpoint, "--input-text", PROMPT, "--seed", "0", "--max-new-tokens", "20")
     first, second = run_example(*args, env=offline_env), run_example(*args, env=offline_env)
@@ -128,6 +151,7 @@ def test_ctrl_c_prints_what_was_generated(tiny_checkpoint, offline_env):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     # The response streams: the prompt is printed just before generation starts, and the first new
     # character as soon as it is made, while the rest is still being generated.
@@ -212,13 +236,16 @@ def bad_checkpoints(tmp_path_factory, tiny_checkpoint):
 BAD_INPUTS = {
     "empty prompt": (["--input-text", ""], "--input-text is empty"),
     "beyond block size": (["--input-text", PROMPT, "--max-new-tokens", "125"], "exceeds the model's block size of 128"),
-    "no new tokens": (["--input-text", PROMPT, "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
-    "top-k 0": (["--input-text", PROMPT, "--top-k", "0"], "--top-k must be at least 1"),
-    "negative temperature": (["--input-text", PROMPT, "--temperature", "-0.5"], "--temperature must be 0"),
+    "no new tokens": (["--input-text", PROMPT, "--max-new-tokens", "0"], "--max-new-tokens must be from 1 to 1048576"),
+    "top-k 0": (["--input-text", PROMPT, "--top-k", "0"], "--top-k must be from 1 to 1048576, not 0"),
+    "negative temperature": (["--input-text", PROMPT, "--temperature", "-0.5"], "--temperature must be 0 (greedy)"),
     "missing calibration file": (["--input-text", PROMPT, "--quant-mode", "int8-weight-only", "--calib-file", "nowhere.txt"], "calibration file 'nowhere.txt' does not exist"),
     "int4 on 64 inputs": (["--input-text", PROMPT, "--quant-mode", "int4-weight-only"], "(64) is not a multiple of 128"),
     "calibration without quantization": (["--input-text", PROMPT, "--calib-samples", "3"], "give --quant-mode too"),
-    "no calibration samples": (["--input-text", PROMPT, "--quant-mode", "float8", "--calib-samples", "0"], "--calib-samples must be at least 1"),
+    "no calibration samples": (
+        ["--input-text", PROMPT, "--quant-mode", "float8", "--calib-samples", "0"],
+        "--calib-samples must be from 1 to 100000, not 0",
+    ),
 }
 BAD_CHECKPOINTS = {
     "nowhere": "no such directory",
@@ -365,7 +392,7 @@ def endoftext_checkpoint(tmp_path_factory, tiny_checkpoint):
     shutil.copytree(tiny_checkpoint, directory, dirs_exist_ok=True)
     path = os.path.join(directory, "model.safetensors")
     weights = load_file(path)
-    eos = load_encoding(directory, is_directory=True).eot_token
+    (eos,) = load_encoding(directory, is_directory=True).encode("<|endoftext|>")
     weights["transformer.ln_f.weight"] = torch.zeros_like(weights["transformer.ln_f.weight"])
     weights["transformer.ln_f.bias"] = torch.full_like(weights["transformer.ln_f.bias"], 0.1)
     weights["transformer.wte.weight"][eos] = 10.0
@@ -416,12 +443,12 @@ def test_non_finite_logits_are_one_error(tiny_checkpoint, offline_env, tmp_path)
 
 
 MORE_BAD_INPUTS = {
-    "no samples": (["--num-samples", "0"], "--num-samples must be at least 1, not 0"),
-    "negative samples": (["--num-samples", "-2"], "--num-samples must be at least 1, not -2"),
+    "no samples": (["--num-samples", "0"], "--num-samples must be from 1 to 1024, not 0"),
+    "negative samples": (["--num-samples", "-2"], "--num-samples must be from 1 to 1024, not -2"),
     "top-p 0": (["--top-p", "0"], "--top-p must be more than 0 and at most 1, not 0.0"),
     "top-p 1.5": (["--top-p", "1.5"], "--top-p must be more than 0 and at most 1, not 1.5"),
     "top-p nan": (["--top-p", "nan"], "--top-p must be more than 0 and at most 1, not nan"),
-    "no threads": (["--threads", "0"], "--threads must be at least 1, not 0"),
+    "no threads": (["--threads", "0"], "--threads must be from 1 to "),
     "empty engine cache dir": (["--engine-cache-dir", ""], "--engine-cache-dir is empty"),
     "a file as checkpoint": (["--checkpoint", "README.md"], "--checkpoint README.md is a file, not a checkpoint directory"),
 }
@@ -497,3 +524,55 @@ def test_long_steps_say_what_they_do_on_a_terminal(tiny_checkpoint, offline_env,
     assert status == 0
     assert re.search(r"Compiling prefill and decode \.\.\. \d+\.\d s", stderr), stderr
     assert re.search(r"Saving the compiled model to the engine cache \.\.\. \d+\.\d s", stderr), stderr
+
+
+# --- prompts from files (issue 16) -------------------------------------------------------------------
+
+
+def test_the_prompt_from_standard_input_or_a_file_is_the_same_prompt(tiny_checkpoint, offline_env, tmp_path):
+    args = ["--checkpoint", tiny_checkpoint, "--max-new-tokens", "3", "--temperature", "0"]
+    given = response(run_example(*args, "--input-text", PROMPT, env=offline_env))
+    piped = subprocess.run(
+        [sys.executable, EXAMPLE, "--backend", BACKEND, *args, "--input-text", "-"],
+        input=PROMPT, env=offline_env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert response(piped) == given
+    (tmp_path / "prompt.txt").write_text(PROMPT, encoding="utf-8")
+    assert response(run_example(*args, "--input-file", str(tmp_path / "prompt.txt"), env=offline_env)) == given
+
+
+def bad_prompt(tmp_path, monkeypatch, args, stdin=b""):
+    import io
+
+    import example
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+    with pytest.raises(example.cli.UsageError) as error:
+        example.parse_args([*args, "--checkpoint", str(tmp_path)])
+    return str(error.value)
+
+
+def test_prompt_files_are_checked_as_the_prompt_is(tmp_path, monkeypatch):
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    (tmp_path / "empty.txt").write_bytes(b"")
+    os.mkfifo(tmp_path / "fifo")
+    check = lambda *args, stdin=b"": bad_prompt(tmp_path, monkeypatch, args, stdin)
+    assert check("--input-file", str(tmp_path / "latin1.txt")) == (
+        f"--input-file '{tmp_path}/latin1.txt' is not UTF-8 text (unexpected end of data at byte 3)"
+    )
+    empty, fifo = str(tmp_path / "empty.txt"), str(tmp_path / "fifo")
+    assert check("--input-file", empty) == f"--input-file '{empty}' is empty: give a prompt to complete"
+    assert check("--input-file", fifo) == f"--input-file '{fifo}' is a FIFO, not a regular file"
+    assert check("--input-file", "/dev/zero") == "--input-file '/dev/zero' is a character device, not a regular file"
+    assert check("--input-file", str(tmp_path / "nowhere")) == f"--input-file '{tmp_path}/nowhere' does not exist"
+    not_utf8 = "the prompt on standard input is not UTF-8 text (invalid start byte at byte 0)"
+    assert check("--input-text", "-", stdin=b"\xff") == not_utf8
+    assert check("--input-text", "-") == "the prompt on standard input is empty: give a prompt to complete"
+    assert check("--input-text", "-", stdin=b"x" * (2**20 + 1)) == "the prompt on standard input is larger than 1 MiB"
+
+
+def test_one_of_input_text_and_input_file_is_given(tiny_checkpoint, offline_env, tmp_path):
+    both = run_example("--checkpoint", tiny_checkpoint, "--input-text", "a", "--input-file", "b", env=offline_env)
+    assert both.returncode == 2 and "argument --input-file: not allowed with argument --input-text" in both.stderr
+    neither = run_example("--checkpoint", tiny_checkpoint, env=offline_env)
+    assert neither.returncode == 2 and "one of the arguments --input-text --input-file is required" in neither.stderr

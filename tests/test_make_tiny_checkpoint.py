@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, default_sigint
 from safetensors import safe_open
 
 import make_tiny_checkpoint
@@ -168,7 +168,12 @@ def test_descriptions(num_parameters, description):
 
 def run_interrupted(wrapper, target, *args):
     result = subprocess.run(
-        [sys.executable, "-c", wrapper, SCRIPT, str(target), *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", wrapper, SCRIPT, str(target), *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=default_sigint,
     )
     assert result.returncode == 130, result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
@@ -184,3 +189,36 @@ def test_ctrl_c_keeps_the_earlier_checkpoint(wrapper, earlier_checkpoint, tmp_pa
     before = contents(earlier_checkpoint)
     run_interrupted(wrapper, earlier_checkpoint, "--seed", "1")
     assert os.listdir(tmp_path) == ["checkpoint"] and contents(earlier_checkpoint) == before
+
+
+def test_a_full_disk_is_one_error_line_and_leaves_nothing(tmp_path):
+    """On a 64 kB tmpfs (mounted here, where the tests run as root; skipped elsewhere): the weights do not fit.
+    safetensors' "No space left on device" was a traceback."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        result = run(str(disk / "checkpoint"))
+        assert result.returncode == 2 and result.stdout == ""
+        assert result.stderr == f"error: cannot write {disk}/checkpoint: No space left on device (os error 28)\n"
+        assert os.listdir(disk) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_while_saving_the_weights_is_one_error(tmp_path, monkeypatch):
+    """ENOSPC simulated in-process: safetensors writes part of the file, then fails as it does on a full disk."""
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    def save_file_on_a_full_disk(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"\0" * 100)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", save_file_on_a_full_disk)
+    with pytest.raises(make_tiny_checkpoint.UsageError) as error:
+        make_tiny_checkpoint.main([str(tmp_path / "new" / "checkpoint")])
+    assert str(error.value) == f"cannot write {tmp_path}/new/checkpoint: No space left on device (os error 28)"
+    assert os.listdir(tmp_path) == []

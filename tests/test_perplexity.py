@@ -89,7 +89,7 @@ def test_same_number_run_to_run(quant_checkpoints, text_file, offline_env):
     "args, expected",
     [
         (["--text-file", "{one_token}"], "holds 1 token(s): perplexity needs at least 2"),
-        (["--text-file", "{text}", "--context", "1"], "--context must be at least 2"),
+        (["--text-file", "{text}", "--context", "1"], "--context must be from 2 to 1048576, not 1"),
         (["--text-file", "{text}", "--calib-file", "{text}"], "give --quant-mode too"),
         (["--text-file", "{text}", "--quant-mode", "int4-weight-only"], "(64) is not a multiple of 128"),
         (["--text-file", "{text}", "--quant-mode", "float8", "--calib-file", "{one_token}.missing"], "does not exist"),
@@ -184,3 +184,43 @@ def test_a_watched_run_says_it_compiles_and_shows_the_windows_scored(tiny_checkp
     out, err = capfd.readouterr()
     windows = int(RESULT.match(out).group("windows"))
     assert "Compiling the model ... " in err and "Scoring the windows: " in err and f"/{windows} [" in err
+
+
+def test_endoftext_in_the_text_is_the_special_token_as_in_prompts(tiny_checkpoint, tmp_path):
+    """perplexity.py read <|endoftext|> as plain text where example.py read the special token; both read it as
+    AutoTokenizer does."""
+    import example
+    from transformers import AutoTokenizer
+
+    from checkpoint import open_checkpoint
+
+    text = "Hello<|endoftext|>world"
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    checkpoint = open_checkpoint(tiny_checkpoint)
+    tokens = perplexity.read_tokens(str(tmp_path / "text.txt"), checkpoint.encoding)
+    assert tokens == AutoTokenizer.from_pretrained(tiny_checkpoint).encode(text)
+    assert checkpoint.hf_config.vocab_size - 1 in tokens  # the tiny tokenizer's <|endoftext|>
+    args = example.parse_args(["--checkpoint", tiny_checkpoint, "--input-text", text])
+    assert example.encode_prompt(args, checkpoint) == tokens
+
+
+NOT_REGULAR = [("/dev/zero", "is a character device, not a regular file"), (".", "is a directory, not a regular file")]
+
+
+@pytest.mark.parametrize("path, message", NOT_REGULAR)
+def test_a_text_file_that_is_not_a_regular_file_is_refused_at_once(tiny_checkpoint, path, message):
+    """--text-file /dev/zero read forever."""
+    from checkpoint import open_checkpoint
+
+    with pytest.raises(cli.UsageError) as error:
+        perplexity.read_tokens(path, open_checkpoint(tiny_checkpoint).encoding)
+    assert str(error.value) == f"--text-file '{path}' {message}"
+
+
+def test_a_text_file_larger_than_the_bound_is_refused(tiny_checkpoint, tmp_path, monkeypatch):
+    from checkpoint import open_checkpoint
+
+    (tmp_path / "big.txt").write_text("word " * 1000)
+    monkeypatch.setattr(perplexity, "MAX_TEXT_BYTES", 4096)
+    with pytest.raises(cli.UsageError, match=r"^--text-file '.*big.txt' is larger than 4096 bytes$"):
+        perplexity.read_tokens(str(tmp_path / "big.txt"), open_checkpoint(tiny_checkpoint).encoding)
