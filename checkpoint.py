@@ -6,9 +6,6 @@ transformers does the reading: safetensors, or torch.load with weights_only=True
 `open_checkpoint` reads config.json, generation_config.json (for the end-of-text ids only) and the tokenizer,
 each file checked before it is trusted (reading.py), and checks them against each other; everything after
 that takes the `Checkpoint` it returns instead of reading the files again.
-
-This module does not import nvtripy, so that the command line can report a bad checkpoint as one line
-whatever the backend.
 """
 
 import json

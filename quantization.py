@@ -23,6 +23,7 @@ from typing import Optional
 
 import torch
 
+import reading
 from errors import UserError
 from quant_modes import CALIB_MAX_LENGTH, CALIB_SAMPLES, PER_CHANNEL, QUANT_MODES, QuantMode  # noqa: F401 (for callers)
 
@@ -34,6 +35,8 @@ FOLDABLE_PRE_QUANT_SCALES = {"attn.c_attn": "ln_1", "mlp.c_fc": "ln_2"}
 # Calibration samples run through ModelOpt in batches of 16. AWQ (int4) searches its scales once per
 # batch, so few large batches calibrate much faster than many small ones.
 CALIB_BATCH_SIZE = 16
+# Calibration reads a few thousand tokens; a file larger than this is a mistake, not a corpus to read whole.
+MAX_CALIBRATION_FILE_BYTES = 256 * reading.MiB
 
 
 def unquantizable_reason(mode, hf_config, name="this model"):
@@ -84,23 +87,16 @@ def calibration_source(calib_file=None):
 def load_calibration_texts(calib_file=None):
     """Calibration samples: paragraphs (separated by blank lines) of a UTF-8 text file, or the default corpus.
 
-    Raises CalibrationDataError (a ValueError) with one clear message when the file is missing,
-    unreadable or holds no text.
+    Raises CalibrationDataError (a ValueError) with one clear message when the file is missing, not a
+    regular file, larger than MAX_CALIBRATION_FILE_BYTES, not UTF-8, or holds no text.
     """
     if calib_file is None:
         return default_calibration_texts()
     path = os.fspath(calib_file)
-    if not os.path.exists(path):
-        raise CalibrationDataError(f"calibration file '{path}' does not exist")
-    if not os.path.isfile(path):
-        raise CalibrationDataError(f"calibration file '{path}' is not a regular file")
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except UnicodeDecodeError as exc:
-        raise CalibrationDataError(f"calibration file '{path}' is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except OSError as exc:
-        raise CalibrationDataError(f"calibration file '{path}' cannot be read: {exc.strerror}") from exc
+        text = reading.read_text(path, MAX_CALIBRATION_FILE_BYTES)
+    except reading.UnreadableFile as exc:
+        raise CalibrationDataError(f"calibration file '{path}' {exc}") from None
     paragraphs = [p.strip() for p in text.replace("\r\n", "\n").split("\n\n")]
     samples = [p for p in paragraphs if p]
     if not samples:

@@ -341,7 +341,7 @@ def test_float8_on_the_command_line_with_a_calibration_file(quant_checkpoints, o
     assert quantized_response(result, "float8", 3, 192, f"'{calib_file}'").startswith(PROMPT)
 
 
-@pytest.mark.parametrize("content, expected", [("", "holds no text"), ("\n \n\n", "holds no text"), (None, "is not a regular file")])
+@pytest.mark.parametrize("content, expected", [("", "holds no text"), ("\n \n\n", "holds no text"), (None, "is a directory, not a regular file")])
 def test_bad_calibration_file(tiny_checkpoint, offline_env, tmp_path, content, expected):
     path = tmp_path / "calib"
     path.mkdir() if content is None else path.write_text(content)

@@ -2,6 +2,7 @@
 
 import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -28,8 +29,16 @@ def run_python(code, timeout=120):
     )
 
 
-def test_the_installed_nvtripy_version_passes():
-    torch_executor.check_nvtripy_version()
+@pytest.mark.parametrize("version", ["0.1.7", "0.1.70", "0.1.7.post1", "0.1.6"])
+def test_only_the_exact_supported_version_passes(monkeypatch, version):
+    """Asked of the installed distribution's metadata, whatever is imported: 0.1.7 passes, and neither a
+    version that starts with it nor an older one does."""
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: version)
+    if version == torch_executor.SUPPORTED_NVTRIPY_VERSION:
+        torch_executor.check_nvtripy_version()
+        return
+    with pytest.raises(torch_executor.ExecutorError, match=f"but {re.escape(version)} is installed"):
+        torch_executor.check_nvtripy_version()
 
 
 def test_another_nvtripy_version_is_refused(monkeypatch):
