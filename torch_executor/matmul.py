@@ -342,8 +342,11 @@ def _float8_block(codes):
 
 def _blocked(quant, scaling, group, x, codes, scale):
     """x @ B for B = codes.t() * scale, in float32, a block of B's columns (codes' rows) at a time.
-    A scale per group multiplies each group's partial sums (a batched product over the groups),
-    not the block's weights: a row's sums are far fewer than a block's weights."""
+    A scale per column multiplies the sums; a scale per group each group's partial sums (a batched
+    product over the groups), not the block's weights: a row's sums are far fewer than a block's
+    weights. float8 weights are dequantized as ops.dequantize does, scale and all, so the sums are
+    those of the reference product: the next layer quantizes them to float8 again, where a sum
+    rounded otherwise can change a code."""
     rows_dtype, (cols, inner) = x.dtype, codes.shape
     x = x.float()
     rows = x.shape[0]
@@ -354,7 +357,10 @@ def _blocked(quant, scaling, group, x, codes, scale):
     for start in range(0, cols, block):
         stop = min(start + block, cols)
         part = codes[start:stop]
-        weights = _float8_block(part).float() if quant == "float8" else part.float()
+        if quant == "float8":  # exactly ops.dequantize's weights: a float8 layer rounds its products to float8 again
+            weights = _float8_block(part).float().mul_(scale)
+        else:
+            weights = part.float()
         if scaling == "group":
             partial = torch.bmm(groups, weights.view(stop - start, -1, group).permute(1, 2, 0))  # [G, rows, block]
             out[:, start:stop] = (partial * scale[:, None, start:stop]).sum(0)
@@ -362,6 +368,6 @@ def _blocked(quant, scaling, group, x, codes, scale):
             torch.mm(x, weights.t(), out=out[:, start:stop])
         else:
             out[:, start:stop] = torch.mm(x, weights.t())
-    if scaling != "group":
+    if scaling != "group" and quant != "float8":
         out *= scale
     return out.to(rows_dtype)
