@@ -216,7 +216,7 @@ _PREPACKED = weakref.WeakValueDictionary()
 
 
 class _Held:
-    """A weak-referenceable holder of what a bound product keeps (oneDNN's opaque tensors are not)."""
+    """A prepacked weight and the weight it was made from, which the cache compares before sharing."""
 
     def __init__(self, tensor):
         self.tensor = tensor
@@ -245,8 +245,9 @@ def prepacked_product(weight, rows):
 #
 # Compiling (program.fuse_quantized_products) turns x @ dequantize(codes, scale) by a constant
 # weight into a step QuantizedMatMul(x, *constants) whose constants are the codes, packed as the
-# chosen kernel wants, and the scales. The weight is B = (in, out) = [K, N]; its scale is one number, one per output
-# column ([N]), or one per group of g consecutive inputs of each column ([K / g, N]). Kernels:
+# chosen kernel wants, and the scales. The weight is B = (in, out) = [K, N]; its scale is one
+# number, one per output column ([N]), or one per group of g consecutive inputs of each column
+# ([K / g, N]). Kernels:
 # - "int8_rows": torch's _weight_int8pack_mm, int8 codes [N, K] and a scale per column, for bfloat16
 #   rows on a CPU with bfloat16 arithmetic, K a multiple of 16;
 # - "int4_groups": torch's _weight_int4pack_mm_for_cpu, codes + 8 packed by
@@ -301,7 +302,7 @@ def _pack(quant, codes_b, scale_b, rows_dtype):
     else:
         scaling, scale = ("column" if scale_b.dim() == 1 else "tensor"), scale_b.float().contiguous()
     if quant == "float8":
-        scale = scale * 256  # the codes' float16 reading is 2^-8 of their value (_float8_block)
+        scale = (scale * 256).reshape(-1)  # the codes' float16 reading is 2^-8 of their value (_float8_block)
     attrs = {"kernel": "blocked", "quant": quant, "scaling": scaling, "group": group}
     return attrs, [codes_rows, scale]
 
@@ -357,8 +358,8 @@ def _blocked(quant, scaling, group, x, codes, scale):
     for start in range(0, cols, block):
         stop = min(start + block, cols)
         part = codes[start:stop]
-        if quant == "float8":  # exactly ops.dequantize's weights: a float8 layer rounds its products to float8 again
-            weights = _float8_block(part).float().mul_(scale)
+        if quant == "float8":  # exactly ops.dequantize's weights: a float8 layer rounds its sums to float8 again
+            weights = torch.mul(_float8_block(part), scale)  # float16 by a float32 [1]: float32 in one pass
         else:
             weights = part.float()
         if scaling == "group":
