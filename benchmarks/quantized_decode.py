@@ -199,7 +199,8 @@ def main():
         runs = [("ours", mode, dtype) for mode in args.modes for dtype in args.dtypes]
         runs += [("transformers", "none", dtype) for dtype in args.dtypes]
         for runner, mode, dtype in runs:
-            command = [sys.executable, os.path.abspath(__file__), "--mode", mode if runner == "ours" else "transformers",
+            child_mode = mode if runner == "ours" else "transformers"
+            command = [sys.executable, os.path.abspath(__file__), "--mode", child_mode,
                        "--dtype", dtype, "--checkpoint", checkpoint, "--threads", str(args.threads),
                        "--calib-samples", str(args.calib_samples), "--cache", str(args.cache), "--clock", args.clock,
                        "--steps", str(args.steps), "--rounds", str(args.rounds), "--batches", *map(str, args.batches)]

@@ -216,7 +216,7 @@ _PREPACKED = weakref.WeakValueDictionary()
 
 
 class _Held:
-    """A weak-referenceable holder of what a bound product keeps (oneDNN's opaque tensors are not)."""
+    """A prepacked weight and the weight it was made from, which the cache compares before sharing."""
 
     def __init__(self, tensor):
         self.tensor = tensor
@@ -245,8 +245,9 @@ def prepacked_product(weight, rows):
 #
 # Compiling (program.fuse_quantized_products) turns x @ dequantize(codes, scale) by a constant
 # weight into a step QuantizedMatMul(x, *constants) whose constants are the codes, packed as the
-# chosen kernel wants, and the scales. The weight is B = (in, out) = [K, N]; its scale is one number, one per output
-# column ([N]), or one per group of g consecutive inputs of each column ([K / g, N]). Kernels:
+# chosen kernel wants, and the scales. The weight is B = (in, out) = [K, N]; its scale is one
+# number, one per output column ([N]), or one per group of g consecutive inputs of each column
+# ([K / g, N]). Kernels:
 # - "int8_rows": torch's _weight_int8pack_mm, int8 codes [N, K] and a scale per column, for bfloat16
 #   rows on a CPU with bfloat16 arithmetic, K a multiple of 16;
 # - "int4_groups": torch's _weight_int4pack_mm_for_cpu, codes + 8 packed by
@@ -301,7 +302,7 @@ def _pack(quant, codes_b, scale_b, rows_dtype):
     else:
         scaling, scale = ("column" if scale_b.dim() == 1 else "tensor"), scale_b.float().contiguous()
     if quant == "float8":
-        scale = scale * 256  # the codes' float16 reading is 2^-8 of their value (_float8_block)
+        scale = (scale * 256).reshape(-1)  # the codes' float16 reading is 2^-8 of their value (_float8_block)
     attrs = {"kernel": "blocked", "quant": quant, "scaling": scaling, "group": group}
     return attrs, [codes_rows, scale]
 
@@ -342,8 +343,11 @@ def _float8_block(codes):
 
 def _blocked(quant, scaling, group, x, codes, scale):
     """x @ B for B = codes.t() * scale, in float32, a block of B's columns (codes' rows) at a time.
-    A scale per group multiplies each group's partial sums (a batched product over the groups),
-    not the block's weights: a row's sums are far fewer than a block's weights."""
+    A scale per column multiplies the sums; a scale per group each group's partial sums (a batched
+    product over the groups), not the block's weights: a row's sums are far fewer than a block's
+    weights. float8 weights are dequantized as ops.dequantize does, scale and all, so the sums are
+    those of the reference product: the next layer quantizes them to float8 again, where a sum
+    rounded otherwise can change a code."""
     rows_dtype, (cols, inner) = x.dtype, codes.shape
     x = x.float()
     rows = x.shape[0]
@@ -354,7 +358,10 @@ def _blocked(quant, scaling, group, x, codes, scale):
     for start in range(0, cols, block):
         stop = min(start + block, cols)
         part = codes[start:stop]
-        weights = _float8_block(part).float() if quant == "float8" else part.float()
+        if quant == "float8":  # exactly ops.dequantize's weights: a float8 layer rounds its sums to float8 again
+            weights = _float8_block(part).float().mul_(scale)  # 1.3x faster than one mixed-dtype multiply
+        else:
+            weights = part.float()
         if scaling == "group":
             partial = torch.bmm(groups, weights.view(stop - start, -1, group).permute(1, 2, 0))  # [G, rows, block]
             out[:, start:stop] = (partial * scale[:, None, start:stop]).sum(0)
@@ -362,6 +369,6 @@ def _blocked(quant, scaling, group, x, codes, scale):
             torch.mm(x, weights.t(), out=out[:, start:stop])
         else:
             out[:, start:stop] = torch.mm(x, weights.t())
-    if scaling != "group":
+    if scaling != "group" and quant != "float8":
         out *= scale
     return out.to(rows_dtype)

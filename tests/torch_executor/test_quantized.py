@@ -43,7 +43,9 @@ def layer(quant, dtype, seed=0, out_features=OUT_FEATURES):
     weight = torch.randn(out_features, inner, generator=generator).to(torch_dtype)  # (out, in), as tp.Linear holds it
     dim = 0 if quant == "int8" else None
     quant_dtype = getattr(tp, quant)
-    linear = tp.Linear(inner, out_features, bias=False, dtype=tripy_dtype, quant_dtype=quant_dtype, weight_quant_dim=dim)
+    linear = tp.Linear(
+        inner, out_features, bias=False, dtype=tripy_dtype, quant_dtype=quant_dtype, weight_quant_dim=dim
+    )
     if quant == "int8":
         scale = (weight.float().abs().amax(1) / 127).to(torch_dtype)
         linear.input_scale = None
