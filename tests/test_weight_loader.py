@@ -156,7 +156,7 @@ import functools  # noqa: E402
 import quantization  # noqa: E402
 from helpers import QUANT_CONFIGS  # noqa: E402
 from quantization import QUANT_MODES  # noqa: E402
-from quantization_fixtures import calibration_batches  # noqa: E402
+from quantization_fixtures import ActivationTieProbe, calibration_batches, reference_gpt2_logits  # noqa: E402
 
 # max |Tripy logit - ModelOpt logit| / max |ModelOpt logit|, for the same calibration and input. In
 # float32 the two compute the same products in another order: fp32 rounding (measured <= 9e-7). In
@@ -229,13 +229,16 @@ def test_float8_logits_match_modelopt_until_an_activation_tie(quant_checkpoints,
     directory = quant_checkpoints[name]
     modelopt = modelopt_model(directory, "float8")
     ids = eval_ids(modelopt.config.vocab_size, 0)
-    with torch.no_grad():
-        theirs = modelopt(ids).logits
+    # Where the ties are: the reference forward quantizes as Tripy does (x / scale) and meets them.
+    probe = ActivationTieProbe(modelopt, ids)
+    state = quantization.tripy_quantized_state_dict(modelopt, QUANT_MODES["float8"])
+    reference_gpt2_logits(state, modelopt.config, "float8", ids, tie_probe=probe)
+    theirs = probe.modelopt_logits
     ours = tripy_logits(quantized_gpt(directory, "float8"), ids)
     agree = (ours - theirs).abs().amax(-1) <= FP32_TOLERANCE * theirs.abs().max()  # [batch, position]
-    before_first_tie = [len(row) if row.all() else int((~row).nonzero()[0, 0]) for row in agree]
-    print(f"{name} float8: {before_first_tie} positions agree before a tie; overall {relative_error(ours, theirs):.1e}")
-    assert sum(before_first_tie) >= ids.numel() // 4  # ties are rare: most positions precede any
+    print(f"{name} float8: first ties at {probe.first_tie}; overall {relative_error(ours, theirs):.1e}")
+    for row, first_tie in zip(agree, probe.first_tie):
+        assert row[:first_tie].all()
     assert relative_error(ours, theirs) <= FLOAT8_DRIFT
 
 

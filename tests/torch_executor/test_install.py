@@ -136,7 +136,7 @@ def test_a_script_defining_a_tensorrt_plugin_runs_and_only_using_the_plugin_fail
         from typing import List, Tuple, Union
 
         import backend
-        backend.select_backend("cpu", announce=False)
+        backend.select_backend("cpu")
         import nvtripy as tp
         import tensorrt.plugin as trtp
 
