@@ -48,7 +48,9 @@ class Backend:
             return
         need = quant_mode.min_compute_capability if quant_mode else None
         if need and have < need:
-            runs = [str(m) for m in QUANT_MODES.values() if not m.min_compute_capability or have >= m.min_compute_capability]
+            runs = [
+                str(m) for m in QUANT_MODES.values() if not m.min_compute_capability or have >= m.min_compute_capability
+            ]
             raise BackendError(
                 f"--quant-mode {quant_mode} needs a GPU of compute capability {need[0]}.{need[1]} or newer with "
                 f"TensorRT; this one has {have[0]}.{have[1]} ({' and '.join(runs)} run on it, and every mode runs "

@@ -53,7 +53,8 @@ class Checkpoint:
 
 
 def is_local_path(source):
-    """A directory, or a name only a path can have, is a checkpoint directory; else it is a Hub id (name or org/name)."""
+    """A directory, or a name only a path can have, is a checkpoint directory; else it is a Hub id
+    (name or org/name)."""
     return os.path.isdir(source) or source.startswith((".", "/", "~")) or source.count("/") > 1
 
 
@@ -149,7 +150,9 @@ def _read_config(source, is_local):
     path = _checkpoint_file(source, "config.json") if is_local else _hub_file(source, "config.json")
     settings = _read_json_file(source, path, "config.json")
     if not isinstance(settings, dict):
-        raise CheckpointError(f"the config.json of '{source}' is malformed: it holds {_json(settings)}, not an object of settings")
+        raise CheckpointError(
+            f"the config.json of '{source}' is malformed: it holds {_json(settings)}, not an object of settings"
+        )
     if settings.get("model_type") != "gpt2":
         says = f"says model_type '{settings['model_type']}'" if "model_type" in settings else "has no model_type"
         raise CheckpointError(f"'{source}' is not a GPT-2 checkpoint: its config.json {says}")
@@ -235,7 +238,10 @@ def check_weights(source, expected, state, info=None, transposed=()):
             problems.append(f"extra {', '.join(sorted(extra))}")
         if misshaped:
             problems.append(
-                "mis-shaped " + ", ".join(f"{key} (checkpoint {have}, expected {want})" for key, (have, want) in sorted(misshaped.items()))
+                "mis-shaped "
+                + ", ".join(
+                    f"{key} (checkpoint {have}, expected {want})" for key, (have, want) in sorted(misshaped.items())
+                )
             )
         raise CheckpointError(f"the weights of '{source}' do not match its GPT-2 config: {'; '.join(problems)}")
 
@@ -248,12 +254,18 @@ def expected_hf_shapes(config, layers):
     shapes.update({"transformer.ln_f.weight": (e,), "transformer.ln_f.bias": (e,)})
     for i in layers:
         for name, shape in [
-            ("ln_1.weight", (e,)), ("ln_1.bias", (e,)),
-            ("attn.c_attn.weight", (e, 3 * e)), ("attn.c_attn.bias", (3 * e,)),
-            ("attn.c_proj.weight", (e, e)), ("attn.c_proj.bias", (e,)),
-            ("ln_2.weight", (e,)), ("ln_2.bias", (e,)),
-            ("mlp.c_fc.weight", (e, inner)), ("mlp.c_fc.bias", (inner,)),
-            ("mlp.c_proj.weight", (inner, e)), ("mlp.c_proj.bias", (e,)),
+            ("ln_1.weight", (e,)),
+            ("ln_1.bias", (e,)),
+            ("attn.c_attn.weight", (e, 3 * e)),
+            ("attn.c_attn.bias", (3 * e,)),
+            ("attn.c_proj.weight", (e, e)),
+            ("attn.c_proj.bias", (e,)),
+            ("ln_2.weight", (e,)),
+            ("ln_2.bias", (e,)),
+            ("mlp.c_fc.weight", (e, inner)),
+            ("mlp.c_fc.bias", (inner,)),
+            ("mlp.c_proj.weight", (inner, e)),
+            ("mlp.c_proj.bias", (e,)),
         ]:
             shapes[f"transformer.h.{i}.{name}"] = shape
     return shapes
@@ -352,7 +364,9 @@ def _from_pretrained(cls, checkpoint, **kwargs):
     """cls.from_pretrained, from the local Hub cache when the weights are there (no network needed), else downloaded."""
     _quiet_transformers()
     source = checkpoint.source
-    if checkpoint.is_local or any(isinstance(huggingface_hub.try_to_load_from_cache(source, name), str) for name in WEIGHT_FILES):
+    if checkpoint.is_local or any(
+        isinstance(huggingface_hub.try_to_load_from_cache(source, name), str) for name in WEIGHT_FILES
+    ):
         try:
             with progress.step(f"Reading the weights of '{source}'"):
                 return cls.from_pretrained(source, local_files_only=True, **kwargs)

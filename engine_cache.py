@@ -144,7 +144,8 @@ def environment(backend_name):
     if backend_name == "tensorrt":
         env["tensorrt"] = _version("tensorrt") or __import__("tensorrt").__version__
         env["mlir-tensorrt"] = sorted(
-            f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
+            f"{d.metadata['Name']}=={d.version}"
+            for d in importlib.metadata.distributions()
             if (d.metadata["Name"] or "").lower().replace("_", "-").startswith("mlir-tensorrt")
         )
         props = torch.cuda.get_device_properties(0)
@@ -229,7 +230,9 @@ def save(cache_dir, parts, executables, info):
     entry = os.path.join(cache_dir, entry_key(parts))
     try:
         os.makedirs(cache_dir, exist_ok=True)
-        staging, lock = _new_staging(lambda: tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.path.basename(entry)}-", dir=cache_dir))
+        staging, lock = _new_staging(
+            lambda: tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.path.basename(entry)}-", dir=cache_dir)
+        )
     except OSError as exc:
         warn(f"cannot write to the engine cache {cache_dir} ({exc}); the compiled engines are not saved")
         return None

@@ -42,7 +42,9 @@ def parse_args(argv=None):
         help=f"sampling temperature; 0 means greedy, else from {cli.MIN_TEMPERATURE:g} (the logits are divided "
         f"by it in float32, so smaller values would round to 0) to {cli.MAX_TEMPERATURE:g} (default: %(default)s)",
     )
-    parser.add_argument("--top-k", type=int, default=5, help="sample among the k likeliest tokens (default: %(default)s)")
+    parser.add_argument(
+        "--top-k", type=int, default=5, help="sample among the k likeliest tokens (default: %(default)s)"
+    )
     parser.add_argument(
         "--top-p",
         type=float,
@@ -234,7 +236,9 @@ def report(compiled, quant, start, step_times, num_samples, chosen):
     if compiled.from_engine_cache:
         lines.append(f"Loaded the compiled model from the engine cache in {compiled.seconds:.2f} seconds.")
     else:
-        saved = f" Saving it to the engine cache took {compiled.save_seconds:.2f} seconds." if compiled.save_seconds else ""
+        saved = (
+            f" Saving it to the engine cache took {compiled.save_seconds:.2f} seconds." if compiled.save_seconds else ""
+        )
         lines.append(f"Compilation took {compiled.seconds:.2f} seconds.{saved}")
     peak = peak_memory_bandwidth() if chosen.name == "tensorrt" else None
     return lines + speed_report(start, step_times, compiled.weight_bytes, num_samples, peak)

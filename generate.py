@@ -174,9 +174,7 @@ def decode_one_token(compiled_decode, tokens, cache):
     return torch.from_dlpack(logits), cache
 
 
-def generate(
-    compiled, prompt, max_new_tokens, sampling, generator, vocab_size=None, num_samples=1, eos_token_id=None
-):
+def generate(compiled, prompt, max_new_tokens, sampling, generator, vocab_size=None, num_samples=1, eos_token_id=None):
     """Yields, step by step, the new token of each of num_samples samples of the prompt, generated as one
     batch: the first from prefill's logits, each next from one decode step. `compiled` holds prefill and
     decode, compiled for that batch size.

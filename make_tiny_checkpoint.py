@@ -38,7 +38,9 @@ It is here so that the whole program runs, from the tokenizer to the engine, wit
 NUM_MERGES = 64
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 # The other files save_pretrained writes: what an earlier checkpoint of this script's may hold besides the tokenizer.
-MODEL_FILE = re.compile(r"config\.json|generation_config\.json|model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json")
+MODEL_FILE = re.compile(
+    r"config\.json|generation_config\.json|model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json"
+)
 # Up to this many parameters a checkpoint is "tiny": the default has 0.13M, GPT-2's smallest 124M.
 TINY_PARAMETERS = 10_000_000
 
@@ -145,7 +147,9 @@ def check_target(path, name, files):
     if os.path.lexists(path) and not os.path.isdir(path):
         raise UsageError(f"{name} exists and is not a directory")
     if os.path.isdir(path) and os.listdir(path) and not is_earlier_checkpoint(path, files):
-        raise UsageError(f"{name} is not empty and is not a checkpoint this script wrote; choose another directory or remove it")
+        raise UsageError(
+            f"{name} is not empty and is not a checkpoint this script wrote; choose another directory or remove it"
+        )
 
 
 def random_model(seed, **config):
@@ -159,7 +163,11 @@ def random_model(seed, **config):
     torch.manual_seed(seed)
     try:
         return GPT2LMHeadModel(GPT2Config(**config)).eval()
-    except (ValueError, RuntimeError, MemoryError) as exc:  # what our checks let through, such as a model too big for memory
+    except (
+        ValueError,
+        RuntimeError,
+        MemoryError,
+    ) as exc:  # what our checks let through, such as a model too big for memory
         raise UsageError(f"transformers cannot make this model: {str(exc).strip().splitlines()[0]}") from None
 
 
@@ -182,7 +190,9 @@ def write_into_place(directory, write):
     created, staging = [], None
     try:
         created = make_parents(directory)
-        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", suffix=".partial", dir=os.path.dirname(directory))
+        staging = tempfile.mkdtemp(
+            prefix=f".{os.path.basename(directory)}.", suffix=".partial", dir=os.path.dirname(directory)
+        )
         new, old = os.path.join(staging, "new"), os.path.join(staging, "old")
         os.mkdir(new)  # not the staging directory itself: mkdtemp's is readable by its owner only
         write(new)
@@ -204,7 +214,14 @@ def write_into_place(directory, write):
 
 
 def make_checkpoint(
-    directory, num_layers=2, num_heads=2, embedding_size=64, block_size=128, vocab_size=None, layer_norm_epsilon=1e-5, seed=0
+    directory,
+    num_layers=2,
+    num_heads=2,
+    embedding_size=64,
+    block_size=128,
+    vocab_size=None,
+    layer_norm_epsilon=1e-5,
+    seed=0,
 ):
     """A random GPT2LMHeadModel saved with save_pretrained, plus the tiny tokenizer; returns the model.
     Bad arguments raise UsageError before anything is written; see write_into_place for how it is written."""
@@ -244,7 +261,9 @@ def describe(num_parameters):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("directory", nargs="?", default="checkpoints/tiny-gpt2", help="where to write it (default: %(default)s)")
+    parser.add_argument(
+        "directory", nargs="?", default="checkpoints/tiny-gpt2", help="where to write it (default: %(default)s)"
+    )
     parser.add_argument("--num-layers", type=int, default=2, help="default: %(default)s")
     parser.add_argument("--num-heads", type=int, default=2, help="default: %(default)s")
     parser.add_argument("--embedding-size", type=int, default=64, help="default: %(default)s")
@@ -260,7 +279,13 @@ def main(argv=None):
         raise UsageError("the directory name is empty")
     try:
         model = make_checkpoint(
-            args.directory, args.num_layers, args.num_heads, args.embedding_size, args.block_size, args.vocab_size, seed=args.seed
+            args.directory,
+            args.num_layers,
+            args.num_heads,
+            args.embedding_size,
+            args.block_size,
+            args.vocab_size,
+            seed=args.seed,
         )
     except OSError as exc:
         raise UsageError(f"cannot write {args.directory}: {exc.strerror or exc}") from None

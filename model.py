@@ -114,7 +114,9 @@ class CausalSelfAttention(tp.Module):
         self.head_size = config.embedding_size // config.num_heads
         self.embedding_size = config.embedding_size
         # Query, key and value projections for all heads, in one matrix as GPT-2 stores them.
-        self.c_attn = linear_layer(config, config.embedding_size, 3 * config.embedding_size, config.bias, fed_by_layer_norm=True)
+        self.c_attn = linear_layer(
+            config, config.embedding_size, 3 * config.embedding_size, config.bias, fed_by_layer_norm=True
+        )
         self.c_proj = linear_layer(config, config.embedding_size, config.embedding_size, config.bias)
         # Quantized models in half precision attend in float32: quantization already costs accuracy,
         # and scores, softmax and weighted sum cost little next to the linear layers. The KV cache
@@ -148,7 +150,9 @@ class CausalSelfAttention(tp.Module):
 class MLP(tp.Module):
     def __init__(self, config):
         super().__init__()
-        self.c_fc = linear_layer(config, config.embedding_size, 4 * config.embedding_size, config.bias, fed_by_layer_norm=True)
+        self.c_fc = linear_layer(
+            config, config.embedding_size, 4 * config.embedding_size, config.bias, fed_by_layer_norm=True
+        )
         self.c_proj = linear_layer(config, 4 * config.embedding_size, config.embedding_size, config.bias)
 
     def forward(self, x):

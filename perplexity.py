@@ -35,7 +35,9 @@ MAX_TEXT_BYTES = 1024 * reading.MiB
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Perplexity of a text file under GPT-2 on nvtripy, full precision or quantized.")
+    parser = argparse.ArgumentParser(
+        description="Perplexity of a text file under GPT-2 on nvtripy, full precision or quantized."
+    )
     parser.add_argument("--text-file", required=True, metavar="PATH", help="the UTF-8 text to score")
     cli.add_model_arguments(parser)
     parser.add_argument("--context", type=int, help="tokens per window (default: the model's block size)")
@@ -70,7 +72,9 @@ def log_sum_exp_over_max(rows, maxima):
     perplexity is near its 50257 tokens, so four decimals take ten significant digits, where float32
     holds seven. The float64 copy is made a block of rows at a time (BLOCK_BYTES); a whole window's,
     1024 x 50257 x 8 bytes, goes out to memory and back, which took longer than the model."""
-    block = len(rows) if rows.is_cuda else max(1, BLOCK_BYTES // (8 * rows.shape[1]))  # a GPU: one block, its memory is fast
+    block = (
+        len(rows) if rows.is_cuda else max(1, BLOCK_BYTES // (8 * rows.shape[1]))
+    )  # a GPU: one block, its memory is fast
     buffer = torch.empty(min(block, len(rows)), rows.shape[1], dtype=torch.float64, device=rows.device)
     sums = torch.empty(len(rows), dtype=torch.float64, device=rows.device)
     for start in range(0, len(rows), block):
@@ -138,7 +142,8 @@ def main(argv=None):
         compiled_forward = generate.compile_forward(model, context, len(chunks[0]))
     with progress.bar(chunks, "Scoring the windows", unit="window") as shown_chunks:
         window_logits = (
-            generate.forward_logits(compiled_forward, torch.tensor([chunk], dtype=torch.int32)) for chunk in shown_chunks
+            generate.forward_logits(compiled_forward, torch.tensor([chunk], dtype=torch.int32))
+            for chunk in shown_chunks
         )
         ppl, scored = perplexity(chunks, window_logits, checkpoint.encoding.n_vocab)
     seconds = time.perf_counter() - start

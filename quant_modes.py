@@ -47,18 +47,34 @@ QUANT_MODES = {
     mode.name: mode
     for mode in (
         QuantMode(
-            "int8-weight-only", "int8", weight_bits=8, maxbound=127.0, granularity=PER_CHANNEL,
+            "int8-weight-only",
+            "int8",
+            weight_bits=8,
+            maxbound=127.0,
+            granularity=PER_CHANNEL,
             modelopt_config="INT8_DEFAULT_CFG",
         ),
         # AWQ's int4: blocks of 128 consecutive inputs share a scale (INT4_AWQ_CFG's block_sizes {-1: 128}).
         QuantMode(
-            "int4-weight-only", "int4", weight_bits=4, maxbound=7.0, granularity=PER_BLOCK,
-            modelopt_config="INT4_AWQ_CFG", block_size=128, awq=True,
+            "int4-weight-only",
+            "int4",
+            weight_bits=4,
+            maxbound=7.0,
+            granularity=PER_BLOCK,
+            modelopt_config="INT4_AWQ_CFG",
+            block_size=128,
+            awq=True,
         ),
         # e4m3 weights and inputs, on Ada (8.9) or Hopper (9.0) GPUs.
         QuantMode(
-            "float8", "float8", weight_bits=8, maxbound=448.0, granularity=PER_TENSOR,
-            modelopt_config="FP8_DEFAULT_CFG", quantizes_inputs=True, quantizes_lm_head=True,
+            "float8",
+            "float8",
+            weight_bits=8,
+            maxbound=448.0,
+            granularity=PER_TENSOR,
+            modelopt_config="FP8_DEFAULT_CFG",
+            quantizes_inputs=True,
+            quantizes_lm_head=True,
             min_compute_capability=(8, 9),
         ),
     )

@@ -27,7 +27,6 @@ import reading
 from errors import UserError
 from quant_modes import CALIB_MAX_LENGTH, CALIB_SAMPLES, PER_CHANNEL, QUANT_MODES, QuantMode  # noqa: F401 (for callers)
 
-
 # AWQ scales that can be folded exactly into the LayerNorm that feeds only that linear layer:
 # LayerNorm(x) * s == LayerNorm with weight * s and bias * s.
 FOLDABLE_PRE_QUANT_SCALES = {"attn.c_attn": "ln_1", "mlp.c_fc": "ln_2"}

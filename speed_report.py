@@ -59,7 +59,8 @@ def speed_report(start, steps, weight_bytes, num_samples=1, peak_bandwidth=None)
         per = f"{steps_per_s:.2f} steps/s"
     line = f"Weight bandwidth: {bytes_text(bandwidth)}/s ({bytes_text(weight_bytes)} of weights x {per})"
     if peak_bandwidth:
-        line += f", {100 * bandwidth / peak_bandwidth[0]:.1f}% of the GPU's peak {peak_bandwidth[0] / 1e12:.2f} TB/s ({peak_bandwidth[1]})"
+        peak, how_found = peak_bandwidth
+        line += f", {100 * bandwidth / peak:.1f}% of the GPU's peak {peak / 1e12:.2f} TB/s ({how_found})"
     return lines + [line + "."]
 
 

@@ -41,6 +41,7 @@ SINGLE_SEQUENCE = [{"Sequence": {"id": "A", "type_id": 0}}]  # a post-processor 
 
 from errors import UserError
 
+
 class TokenizerError(UserError):
     """A tokenizer that cannot be loaded or used. The message is one line, meant for the user."""
 
@@ -209,8 +210,9 @@ def _splits_as_gpt2(spec):
     tiktoken's gpt2: GPT-2's pre-tokenizer, no normalizer, nothing added to a sequence, and only <|endoftext|>
     added, as a special token."""
     post = spec.get("post_processor") or {"type": "ByteLevel"}
-    added = [(t["id"], t["content"], t["special"], t["single_word"], t["lstrip"], t["rstrip"])
-             for t in spec["added_tokens"]]
+    added = [
+        (t["id"], t["content"], t["special"], t["single_word"], t["lstrip"], t["rstrip"]) for t in spec["added_tokens"]
+    ]
     return (
         spec.get("normalizer") is None
         and all((spec.get("pre_tokenizer") or {}).get(k) == v for k, v in GPT2_PRE_TOKENIZER.items())

@@ -53,7 +53,9 @@ class Ours:
     def start(self, prompt):
         import torch
 
-        logits, *self.cache = self.prefill(self.tp.Tensor(prompt.to(torch.int32).tolist(), device=self.tp.device("gpu")))
+        logits, *self.cache = self.prefill(
+            self.tp.Tensor(prompt.to(torch.int32).tolist(), device=self.tp.device("gpu"))
+        )
         return torch.from_dlpack(logits)
 
     def step(self, tokens):
@@ -113,7 +115,9 @@ def main():
     parser.add_argument("--cache", type=int, default=64, help="tokens in the cache before the first timed step")
     parser.add_argument("--steps", type=int, default=16, help="timed decode steps a round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds each of ours and transformers, taking turns")
-    parser.add_argument("--clock", choices=CLOCKS, default="wall", help="wall time, or the process's CPU time (default: %(default)s)")
+    parser.add_argument(
+        "--clock", choices=CLOCKS, default="wall", help="wall time, or the process's CPU time (default: %(default)s)"
+    )
     args = parser.parse_args()
 
     backend.select_backend("cpu")
@@ -123,16 +127,24 @@ def main():
     import make_tiny_checkpoint
 
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    )
     print(f"load average before: {load_average()}")
-    print(f"GPT2Config() shape, random weights; cache {args.cache} -> {args.cache + args.steps} tokens; "
-          f"median of {args.steps} steps x {args.rounds} rounds; {args.clock} clock")
+    print(
+        f"GPT2Config() shape, random weights; cache {args.cache} -> {args.cache + args.steps} tokens; "
+        f"median of {args.steps} steps x {args.rounds} rounds; {args.clock} clock"
+    )
 
     torch.manual_seed(0)
     hf_fp32 = GPT2LMHeadModel(GPT2Config()).eval()
     vocab = hf_fp32.config.vocab_size
     results = {}
-    header = f"{'dtype':>8} {'batch':>5} | {'ours ms':>8} {'hf ms':>8} | {'ours tok/s':>10} {'hf tok/s':>9} | {'ours/hf':>7} | {'max|dlogit|':>11}"
+    header = (
+        f"{'dtype':>8} {'batch':>5} | {'ours ms':>8} {'hf ms':>8} | {'ours tok/s':>10} {'hf tok/s':>9} | "
+        f"{'ours/hf':>7} | {'max|dlogit|':>11}"
+    )
     with tempfile.TemporaryDirectory() as checkpoint:
         hf_fp32.save_pretrained(checkpoint)
         make_tiny_checkpoint.write_tokenizer(checkpoint)  # token ids are made directly; this avoids a download
@@ -157,8 +169,10 @@ def main():
                 ours_s, hf_s = statistics.median(our_times), statistics.median(hf_times)
                 results[dtype, batch] = batch / ours_s, batch / hf_s
                 diff = (our_logits - hf_logits).abs().max().item()
-                print(f"{dtype:>8} {batch:>5} | {1e3 * ours_s:>8.2f} {1e3 * hf_s:>8.2f} | {batch / ours_s:>10.1f} "
-                      f"{batch / hf_s:>9.1f} | {hf_s / ours_s:>6.2f}x | {diff:>11.2e}")
+                print(
+                    f"{dtype:>8} {batch:>5} | {1e3 * ours_s:>8.2f} {1e3 * hf_s:>8.2f} | {batch / ours_s:>10.1f} "
+                    f"{batch / hf_s:>9.1f} | {hf_s / ours_s:>6.2f}x | {diff:>11.2e}"
+                )
                 del ours
 
     print()
@@ -167,12 +181,16 @@ def main():
     for dtype in args.dtypes:
         for batch in batches[1:]:
             if (dtype, batches[0]) in results:
-                print(f"ours {dtype} batch {batch} / batch {batches[0]} tokens/s: "
-                      f"{results[dtype, batch][0] / results[dtype, batches[0]][0]:.2f}x")
+                print(
+                    f"ours {dtype} batch {batch} / batch {batches[0]} tokens/s: "
+                    f"{results[dtype, batch][0] / results[dtype, batches[0]][0]:.2f}x"
+                )
     for batch in batches:
         if ("bfloat16", batch) in results and ("float32", batch) in results:
-            print(f"ours batch {batch} bfloat16 / float32 tokens/s: "
-                  f"{results['bfloat16', batch][0] / results['float32', batch][0]:.2f}x")
+            print(
+                f"ours batch {batch} bfloat16 / float32 tokens/s: "
+                f"{results['bfloat16', batch][0] / results['float32', batch][0]:.2f}x"
+            )
     print(f"load average after: {load_average()}")
 
 

@@ -65,9 +65,15 @@ def main():
     parser.add_argument("--backend", choices=backend.CHOICES, default="auto")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--prompt-tokens", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3, help="runs of the KV-cache and transformers timings (medians are shown)")
-    parser.add_argument("--part", choices=("all", "basics", "sweep", "memory"), default="all", help="what to run (default: all)")
-    parser.add_argument("--sweep-dtypes", nargs="+", default=SWEEP_DTYPES, help="dtypes of the sweep and the memory part")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of the KV-cache and transformers timings (medians are shown)"
+    )
+    parser.add_argument(
+        "--part", choices=("all", "basics", "sweep", "memory"), default="all", help="what to run (default: all)"
+    )
+    parser.add_argument(
+        "--sweep-dtypes", nargs="+", default=SWEEP_DTYPES, help="dtypes of the sweep and the memory part"
+    )
     args = parser.parse_args()
 
     backend_name = backend.select_backend(args.backend).name
@@ -117,12 +123,20 @@ def basics(args, checkpoint, hf_model, prompt, backend_name, dtype, torch_dtype,
     start = time.perf_counter()
     kv = generate.load_or_compile(checkpoint, dtype, None, backend_name, use_engine_cache=False)
     kv_compile_s = time.perf_counter() - start  # includes reading the weights
-    recompute = generate.compile_without_cache(checkpoint, dtype, None, args.prompt_tokens, args.prompt_tokens + max(NEW_TOKENS))
+    recompute = generate.compile_without_cache(
+        checkpoint, dtype, None, args.prompt_tokens, args.prompt_tokens + max(NEW_TOKENS)
+    )
     recompute_compile_s = recompute.seconds
     weight_bytes = kv.weight_bytes
     hf_model = hf_model.to(device=device, dtype=torch_dtype)
-    print(f"model: GPT2Config() shape, random weights, {weight_bytes / 1e9:.3f} GB; prompt of {len(prompt)} tokens; greedy")
-    print(f"compile: prefill + decode {kv_compile_s:.2f} s (with loading the weights); recompute model {recompute_compile_s:.2f} s")
+    print(
+        f"model: GPT2Config() shape, random weights, {weight_bytes / 1e9:.3f} GB; "
+        f"prompt of {len(prompt)} tokens; greedy"
+    )
+    print(
+        f"compile: prefill + decode {kv_compile_s:.2f} s (with loading the weights); "
+        f"recompute model {recompute_compile_s:.2f} s"
+    )
     greedy = Sampling(temperature=0.0, top_k=1)
 
     def cached(n):
@@ -134,7 +148,9 @@ def basics(args, checkpoint, hf_model, prompt, backend_name, dtype, torch_dtype,
     def hf(n):
         with torch.no_grad():
             idx = torch.tensor([prompt], device=device)
-            yield from hf_model.generate(idx, do_sample=False, max_new_tokens=n, min_new_tokens=n, pad_token_id=0)[0, len(prompt) :]
+            yield from hf_model.generate(idx, do_sample=False, max_new_tokens=n, min_new_tokens=n, pad_token_id=0)[
+                0, len(prompt) :
+            ]
 
     for fn in (cached, recomputed, hf):  # warm-up
         list(fn(4))
@@ -155,7 +171,9 @@ def basics(args, checkpoint, hf_model, prompt, backend_name, dtype, torch_dtype,
     print(f"one decode step: token {a} vs token {b}")
     kv_a, kv_b = step_ms(kv_runs, a), step_ms(kv_runs, b)
     re_a, re_b = step_ms(re_runs, a), step_ms(re_runs, b)
-    print(f"  KV cache : {kv_a:8.2f} ms vs {kv_b:8.2f} ms: token {b} costs {kv_b / kv_a:.2f}x token {a} (target <= 1.3x)")
+    print(
+        f"  KV cache : {kv_a:8.2f} ms vs {kv_b:8.2f} ms: token {b} costs {kv_b / kv_a:.2f}x token {a} (target <= 1.3x)"
+    )
     print(f"  recompute: {re_a:8.2f} ms vs {re_b:8.2f} ms: token {b} costs {re_b / re_a:.2f}x token {a}")
     n = max(NEW_TOKENS)
 
@@ -171,17 +189,24 @@ def basics(args, checkpoint, hf_model, prompt, backend_name, dtype, torch_dtype,
     ours_ttft = statistics.median(times[0] - start for start, times in ours_runs)
     hf_decode = statistics.median(rate for rate, _ in hf_runs)
     hf_ttft = statistics.median(ttft for _, ttft in hf_runs)
-    print(f"transformers generate() on {device} in {torch_dtype}, {n} new tokens, its KV cache; medians of {args.repeats} runs:")
-    print(f"  decode tokens/s: ours {ours_decode:.2f}, transformers {hf_decode:.2f}: ours / transformers = {ours_decode / hf_decode:.2f}"
-          " (target >= 0.5 on the CPU executor)")
+    print(
+        f"transformers generate() on {device} in {torch_dtype}, {n} new tokens, its KV cache; "
+        f"medians of {args.repeats} runs:"
+    )
+    print(
+        f"  decode tokens/s: ours {ours_decode:.2f}, transformers {hf_decode:.2f}: "
+        f"ours / transformers = {ours_decode / hf_decode:.2f}"
+        " (target >= 0.5 on the CPU executor)"
+    )
     print(f"  time to first token: ours {1e3 * ours_ttft:.1f} ms, transformers {1e3 * hf_ttft:.1f} ms")
     print(f"  weight bandwidth (weights x decode tokens/s): ours {weight_bytes * ours_decode / 1e9:.2f} GB/s")
     if on_gpu:
         peak, how_found = speed_report.peak_memory_bandwidth()
         if peak:
-            print(f"  = {100 * weight_bytes * ours_decode / peak:.1f}% of the GPU's peak {peak / 1e12:.2f} TB/s ({how_found})")
-
-
+            print(
+                f"  = {100 * weight_bytes * ours_decode / peak:.1f}% of the GPU's peak "
+                f"{peak / 1e12:.2f} TB/s ({how_found})"
+            )
 
 
 def batch_sweep(args, checkpoint, hf_model, prompt, backend_name, device, sync):
@@ -200,13 +225,17 @@ def batch_sweep(args, checkpoint, hf_model, prompt, backend_name, device, sync):
     for dtype_name in args.sweep_dtypes:
         theirs_model = hf_model.to(device=device, dtype=getattr(torch, dtype_name))
         for batch in BATCHES:
-            kv = generate.load_or_compile(checkpoint, getattr(tp, dtype_name), None, backend_name, use_engine_cache=False, batch_size=batch)
+            kv = generate.load_or_compile(
+                checkpoint, getattr(tp, dtype_name), None, backend_name, use_engine_cache=False, batch_size=batch
+            )
             ours = lambda: generate.generate(kv, prompt, n, greedy, torch.Generator(device), num_samples=batch)
             idx = torch.tensor([prompt] * batch, device=device)
 
             def theirs(tokens):
                 with torch.no_grad():
-                    yield from theirs_model.generate(idx, do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens, pad_token_id=0)
+                    yield from theirs_model.generate(
+                        idx, do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens, pad_token_id=0
+                    )
 
             list(ours())  # warm-up
             list(theirs(2))
@@ -219,7 +248,8 @@ def batch_sweep(args, checkpoint, hf_model, prompt, backend_name, device, sync):
             ours_rate, theirs_rate = statistics.median(ours_rates), statistics.median(theirs_rates)
             results[dtype_name, batch] = ours_rate
             print(
-                f"{dtype_name:>9} {batch:>7} | {ours_rate:>9.1f} | {theirs_rate:>12.1f} | {ours_rate / theirs_rate:>13.2f} | "
+                f"{dtype_name:>9} {batch:>7} | {ours_rate:>9.1f} | {theirs_rate:>12.1f} | "
+                f"{ours_rate / theirs_rate:>13.2f} | "
                 f"{ours_rate / results[dtype_name, 1]:.2f}",
                 flush=True,
             )
@@ -247,7 +277,9 @@ def peak_memory(args, checkpoint, prompt, backend_name, device):
     print()
     print(f"peak memory: {batch} samples x {config.n_positions} tokens (the full block), greedy")
     for dtype_name in args.sweep_dtypes:
-        kv = generate.load_or_compile(checkpoint, getattr(tp, dtype_name), None, backend_name, use_engine_cache=False, batch_size=batch)
+        kv = generate.load_or_compile(
+            checkpoint, getattr(tp, dtype_name), None, backend_name, use_engine_cache=False, batch_size=batch
+        )
         itemsize = torch.empty((), dtype=getattr(torch, dtype_name)).element_size()
         cache_mib = 2 * config.n_layer * batch * config.n_positions * config.n_embd * itemsize / 2**20
         before, peak, done = rss_anon_mib(), [0.0], threading.Event()
@@ -260,12 +292,15 @@ def peak_memory(args, checkpoint, prompt, backend_name, device):
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         start = time.perf_counter()
-        steps = list(generate.generate(kv, prompt, new_tokens, Sampling(0.0, 1), torch.Generator(device), num_samples=batch))
+        steps = list(
+            generate.generate(kv, prompt, new_tokens, Sampling(0.0, 1), torch.Generator(device), num_samples=batch)
+        )
         seconds = time.perf_counter() - start
         done.set()
         sampler.join()
         print(
-            f"  {dtype_name}: anonymous memory {before:.0f} MiB before, {peak[0]:.0f} MiB at the peak (+{peak[0] - before:.0f} MiB); "
+            f"  {dtype_name}: anonymous memory {before:.0f} MiB before, {peak[0]:.0f} MiB at the peak "
+            f"(+{peak[0] - before:.0f} MiB); "
             f"the full KV cache is {cache_mib:.0f} MiB, the weights {kv.weight_bytes / 2**20:.0f} MiB; "
             f"{len(steps)} steps in {seconds:.0f} s",
             flush=True,

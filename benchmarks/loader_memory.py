@@ -73,13 +73,17 @@ peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"peak_mib": peak, "peak_anon_mib": peak_anon[0], "before_mib": before, "seconds": seconds}))
 """
 
+
 def measure(checkpoint):
     """Loads `checkpoint` as float32 and as float16, each in a fresh process; returns the figures in MiB."""
-    size_mib = sum(
-        os.path.getsize(os.path.join(checkpoint, name))
-        for name in os.listdir(checkpoint)
-        if name.endswith((".safetensors", ".bin"))
-    ) / 2**20
+    size_mib = (
+        sum(
+            os.path.getsize(os.path.join(checkpoint, name))
+            for name in os.listdir(checkpoint)
+            if name.endswith((".safetensors", ".bin"))
+        )
+        / 2**20
+    )
     result = {"checkpoint_mib": size_mib}
     for dtype in ("float32", "float16"):
         out = subprocess.run(
@@ -104,8 +108,12 @@ def main():
         checkpoint = os.path.join(workdir, f"random-gpt2-{args.size}")
     try:
         if not os.path.exists(os.path.join(checkpoint, "config.json")):
-            print(f"Writing a random gpt2-{args.size}-shaped checkpoint to {checkpoint} ...", file=sys.stderr, flush=True)
-            subprocess.run([sys.executable, "-c", WRITE, checkpoint, *map(str, SHAPES[args.size]), REPO_ROOT], check=True)
+            print(
+                f"Writing a random gpt2-{args.size}-shaped checkpoint to {checkpoint} ...", file=sys.stderr, flush=True
+            )
+            subprocess.run(
+                [sys.executable, "-c", WRITE, checkpoint, *map(str, SHAPES[args.size]), REPO_ROOT], check=True
+            )
         result = measure(checkpoint)
     finally:
         if workdir is not None and not args.keep:

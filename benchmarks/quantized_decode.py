@@ -166,9 +166,7 @@ def main():
     parser.add_argument("--cache", type=int, default=32, help="tokens in the cache before the first timed step")
     parser.add_argument("--steps", type=int, default=8, help="timed decode steps a round")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument(
-        "--clock", choices=CLOCKS, default="cpu", help="the process's CPU time (default), or wall time"
-    )
+    parser.add_argument("--clock", choices=CLOCKS, default="cpu", help="the process's CPU time (default), or wall time")
     parser.add_argument("--mode", help=argparse.SUPPRESS)  # a child's (mode, dtype, checkpoint)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
@@ -185,12 +183,16 @@ def main():
     print(f"torch {torch.__version__}, {args.threads} thread(s), CPU capability {capability}")
     print(f"CPU flags: {cpu_flags()}")
     print(f"load average before: {load_average()}")
-    print(f"GPT2Config() shape, random weights; cache {args.cache} -> {args.cache + args.steps} tokens; median of "
-          f"{args.steps} steps x {args.rounds} rounds, {args.clock} clock; calibration on {args.calib_samples} samples")
+    print(
+        f"GPT2Config() shape, random weights; cache {args.cache} -> {args.cache + args.steps} tokens; median of "
+        f"{args.steps} steps x {args.rounds} rounds, {args.clock} clock; calibration on {args.calib_samples} samples"
+    )
     torch.manual_seed(0)
     results = {}
-    header = (f"{'runner':>12} {'mode':>6} {'dtype':>8} {'batch':>5} | {'ms/step':>8} {'tok/s':>8} | "
-              f"{'weights MB':>10} {'peak MB':>8} {'RSS MB':>7}")
+    header = (
+        f"{'runner':>12} {'mode':>6} {'dtype':>8} {'batch':>5} | {'ms/step':>8} {'tok/s':>8} | "
+        f"{'weights MB':>10} {'peak MB':>8} {'RSS MB':>7}"
+    )
     with tempfile.TemporaryDirectory() as checkpoint:
         GPT2LMHeadModel(GPT2Config()).save_pretrained(checkpoint)
         make_tiny_checkpoint.write_tokenizer(checkpoint)
@@ -200,10 +202,30 @@ def main():
         runs += [("transformers", "none", dtype) for dtype in args.dtypes]
         for runner, mode, dtype in runs:
             child_mode = mode if runner == "ours" else "transformers"
-            command = [sys.executable, os.path.abspath(__file__), "--mode", child_mode,
-                       "--dtype", dtype, "--checkpoint", checkpoint, "--threads", str(args.threads),
-                       "--calib-samples", str(args.calib_samples), "--cache", str(args.cache), "--clock", args.clock,
-                       "--steps", str(args.steps), "--rounds", str(args.rounds), "--batches", *map(str, args.batches)]
+            command = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--mode",
+                child_mode,
+                "--dtype",
+                dtype,
+                "--checkpoint",
+                checkpoint,
+                "--threads",
+                str(args.threads),
+                "--calib-samples",
+                str(args.calib_samples),
+                "--cache",
+                str(args.cache),
+                "--clock",
+                args.clock,
+                "--steps",
+                str(args.steps),
+                "--rounds",
+                str(args.rounds),
+                "--batches",
+                *map(str, args.batches),
+            ]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode:
                 print(f"{runner:>12} {mode:>6} {dtype:>8} failed:\n{done.stderr[-2000:]}")
@@ -211,9 +233,11 @@ def main():
             report = json.loads(done.stdout.strip().splitlines()[-1])
             for row in report["rows"]:
                 results[runner, mode, dtype, row["batch"]] = row
-                print(f"{runner:>12} {mode:>6} {dtype:>8} {row['batch']:>5} | {row['ms']:>8.2f} "
-                      f"{1e3 * row['batch'] / row['ms']:>8.1f} | {row['weights_mb']:>10.1f} {report['peak_mb']:>8.0f} "
-                      f"{report['resident_mb']:>7.0f}")
+                print(
+                    f"{runner:>12} {mode:>6} {dtype:>8} {row['batch']:>5} | {row['ms']:>8.2f} "
+                    f"{1e3 * row['batch'] / row['ms']:>8.1f} | {row['weights_mb']:>10.1f} {report['peak_mb']:>8.0f} "
+                    f"{report['resident_mb']:>7.0f}"
+                )
     print()
     print_ratios(results, args)
     print(f"load average after: {load_average()}")
@@ -238,16 +262,28 @@ def print_ratios(results, args):
     ratio("none bfloat16 / none float32, batch 1", speed("ours", "none", "bfloat16", 1), base, 1.4)
     for batch in args.batches:
         for mode in ("int8", "int4", "float8"):
-            ratio(f"{mode} float32 / none float32, batch {batch}", speed("ours", mode, "float32", batch),
-                  speed("ours", "none", "float32", batch), 1.0)
+            ratio(
+                f"{mode} float32 / none float32, batch {batch}",
+                speed("ours", mode, "float32", batch),
+                speed("ours", "none", "float32", batch),
+                1.0,
+            )
     for batch in [b for b in args.batches if b > 1]:
         for mode in ("int8", "int4", "float8"):
-            ratio(f"{mode} bfloat16 / none bfloat16, batch {batch}", speed("ours", mode, "bfloat16", batch),
-                  speed("ours", "none", "bfloat16", batch), 0.9)
+            ratio(
+                f"{mode} bfloat16 / none bfloat16, batch {batch}",
+                speed("ours", mode, "bfloat16", batch),
+                speed("ours", "none", "bfloat16", batch),
+                0.9,
+            )
     for batch in args.batches:
         for dtype in args.dtypes:
-            ratio(f"ours / transformers, none {dtype}, batch {batch}", speed("ours", "none", dtype, batch),
-                  speed("transformers", "none", dtype, batch), 0.95 if dtype == "float32" else None)
+            ratio(
+                f"ours / transformers, none {dtype}, batch {batch}",
+                speed("ours", "none", dtype, batch),
+                speed("transformers", "none", dtype, batch),
+                0.95 if dtype == "float32" else None,
+            )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 import make_tiny_checkpoint
-from helpers import GPT2_TIKTOKEN_FILES, PARITY_CONFIGS, QUANT_CONFIGS, find_gpt2_tiktoken_cache, write_random_checkpoint
+from helpers import (
+    GPT2_TIKTOKEN_FILES,
+    PARITY_CONFIGS,
+    QUANT_CONFIGS,
+    find_gpt2_tiktoken_cache,
+    write_random_checkpoint,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +72,7 @@ def gpt2_tiktoken_cache(tmp_path_factory):
         pytest.skip(
             "tiktoken's gpt2 encoding is not cached here, and the tests never download it: on a machine with "
             "internet, fill a cache with `TIKTOKEN_CACHE_DIR=~/tiktoken-cache python -c 'import tiktoken; "
-            "tiktoken.get_encoding(\"gpt2\")'`, then run the tests with TIKTOKEN_CACHE_DIR=~/tiktoken-cache "
+            'tiktoken.get_encoding("gpt2")\'`, then run the tests with TIKTOKEN_CACHE_DIR=~/tiktoken-cache '
             "(README.md, Tests)"
         )
     copy = tmp_path_factory.mktemp("tiktoken-cache")

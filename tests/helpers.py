@@ -18,10 +18,11 @@ import make_tiny_checkpoint  # noqa: E402
 BACKEND = backend.select_backend(os.environ.get("TRIPY_EXAMPLE_BACKEND", "auto")).name
 
 SHARED_TIKTOKEN_CACHE = os.path.join(REPO_ROOT, "..", "shared", "tiktoken-cache")
-# tiktoken's gpt2 encoding in a tiktoken cache: file name (the sha1 of its download URL) -> sha256 of its content.
+# tiktoken's gpt2 encoding in a tiktoken cache: file name (the sha1 of its download URL) -> sha256 of its
+# content: vocab.bpe, then encoder.json.
 GPT2_TIKTOKEN_FILES = {
-    "6d1cbeee0f20b3d9449abfede4726ed8212e3aee": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",  # vocab.bpe
-    "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",  # encoder.json
+    "6d1cbeee0f20b3d9449abfede4726ed8212e3aee": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
 }
 
 # Random GPT-2s for parity with transformers: layer and head counts vary, "odd" has a head size of 7,

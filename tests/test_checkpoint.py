@@ -53,7 +53,9 @@ import sys
 sys.path.insert(0, {root!r})
 opened = []
 import os
-sys.addaudithook(lambda event, args: event == "open" and os.path.basename(str(args[0])) == "config.json" and opened.append(args[0]))
+sys.addaudithook(
+    lambda event, args: event == "open" and os.path.basename(str(args[0])) == "config.json" and opened.append(args[0])
+)
 import runpy
 sys.argv = ["example.py", *{argv!r}]
 try:
@@ -70,11 +72,21 @@ def test_a_run_opens_config_json_once(tiny_checkpoint, offline_env, extra):
     import os
     import subprocess
 
-
-
-    argv = ["--backend", BACKEND, "--checkpoint", tiny_checkpoint, "--input-text", "Hi", "--max-new-tokens", "2", *extra]
+    argv = [
+        "--backend",
+        BACKEND,
+        "--checkpoint",
+        tiny_checkpoint,
+        "--input-text",
+        "Hi",
+        "--max-new-tokens",
+        "2",
+        *extra,
+    ]
     script = CONFIG_OPENS.format(root=REPO_ROOT, argv=argv, script=os.path.join(REPO_ROOT, "example.py"))
-    result = subprocess.run([sys.executable, "-c", script], env=offline_env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=offline_env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert "config.json opened 1 times" in result.stderr, result.stderr
 
@@ -99,11 +111,20 @@ MALFORMED_CONFIGS = {
     "n_embd a string": (setting("n_embd", "abc"), 'n_embd is "abc", not a positive integer'),
     "n_embd a float": (setting("n_embd", 64.0), "n_embd is 64.0, not a positive integer"),
     "n_layer true": (setting("n_layer", True), "n_layer is true, not a positive integer"),
-    "layer_norm_epsilon a string": (setting("layer_norm_epsilon", "x"), 'layer_norm_epsilon is "x", not a positive number'),
+    "layer_norm_epsilon a string": (
+        setting("layer_norm_epsilon", "x"),
+        'layer_norm_epsilon is "x", not a positive number',
+    ),
     "activation_function null": (setting("activation_function", None), "activation_function is null, not a string"),
-    "scale_attn_weights a string": (setting("scale_attn_weights", "no"), 'scale_attn_weights is "no", not true or false'),
+    "scale_attn_weights a string": (
+        setting("scale_attn_weights", "no"),
+        'scale_attn_weights is "no", not true or false',
+    ),
     "initializer_range a string": (setting("initializer_range", "x"), "initializer_range"),  # transformers' own check
-    **{f"no {name}": (without(name), f"{name} is missing") for name in ("n_embd", "n_layer", "n_head", "n_positions", "vocab_size")},
+    **{
+        f"no {name}": (without(name), f"{name} is missing")
+        for name in ("n_embd", "n_layer", "n_head", "n_positions", "vocab_size")
+    },
 }
 
 
@@ -131,12 +152,12 @@ def test_a_malformed_config_json_is_one_line_naming_the_setting(tiny_checkpoint,
 def test_a_malformed_config_json_is_one_error_line_from_the_command(tiny_checkpoint, tmp_path, offline_env, case):
     import subprocess
 
-
-
     edit, says = MALFORMED_CONFIGS[case]
     directory = with_config(tiny_checkpoint, tmp_path, edit)
     argv = ["example.py", "--checkpoint", directory, "--input-text", "hi", "--backend", "cpu"]
-    result = subprocess.run([sys.executable, *argv], cwd=REPO_ROOT, env=offline_env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, *argv], cwd=REPO_ROOT, env=offline_env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 2, result.stderr
     assert result.stdout == ""
     assert result.stderr.startswith("error: the config.json of") and result.stderr.count("\n") == 1, result.stderr
@@ -173,18 +194,24 @@ def test_a_hub_that_cannot_be_reached_fails_in_seconds(tmp_path, endpoint):
     import os
     import subprocess
 
-
-
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "TRANSFORMERS_")) and "proxy" not in key.lower()}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("HF_", "TRANSFORMERS_")) and "proxy" not in key.lower()
+    }
     # A port nothing listens on, and a name that never resolves (RFC 6761): no answer, whatever the network.
     env.update(
         HF_HOME=str(tmp_path / "hf-home"),
         HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}" if endpoint == "refused" else "https://hub.invalid",
     )
-    result = subprocess.run([sys.executable, "-c", HUB_CALL.format(root=REPO_ROOT)], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", HUB_CALL.format(root=REPO_ROOT)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     message, seconds = result.stdout.splitlines()
-    assert message.startswith("cannot fetch 'distilgpt2' from the Hugging Face Hub") and "pass --checkpoint DIR" in message
+    assert (
+        message.startswith("cannot fetch 'distilgpt2' from the Hugging Face Hub") and "pass --checkpoint DIR" in message
+    )
     assert float(seconds.split()[0]) < 15, message
 
 

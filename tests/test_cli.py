@@ -16,7 +16,9 @@ def test_float8_needs_compute_capability_8_9_and_bfloat16_8_0_on_tensorrt():
     def gpu(capability):
         return backend.Backend("tensorrt", "TensorRT on a test GPU", capability)
 
-    with pytest.raises(backend.BackendError, match="needs a GPU of compute capability 8.9 or newer with TensorRT; this one has 8.6"):
+    with pytest.raises(
+        backend.BackendError, match="needs a GPU of compute capability 8.9 or newer with TensorRT; this one has 8.6"
+    ):
         gpu((8, 6)).check_runs("float16", float8)
     with pytest.raises(backend.BackendError, match=r"\(int8-weight-only and int4-weight-only run on it"):
         gpu((8, 6)).check_runs("float16", float8)
@@ -38,8 +40,13 @@ def test_quant_mode_is_read_once_into_its_description():
 
 
 def test_an_unknown_quant_mode_names_the_choices():
-    script = "import argparse, cli; p = argparse.ArgumentParser(); cli.add_model_arguments(p); p.parse_args(['--quant-mode', 'int2'])"
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=cli.__file__.rsplit("/", 1)[0])
+    script = (
+        "import argparse, cli; p = argparse.ArgumentParser(); cli.add_model_arguments(p); "
+        "p.parse_args(['--quant-mode', 'int2'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=cli.__file__.rsplit("/", 1)[0]
+    )
     assert result.returncode == 2
     assert "invalid choice: 'int2' (choose from int8-weight-only, int4-weight-only, float8)" in result.stderr
 
@@ -78,11 +85,21 @@ def test_ctrl_c_is_exit_status_130():
 def test_a_closed_pipe_ends_quietly_and_a_full_disk_is_one_error_line():
     script = "import sys, cli; cli.run_command(lambda: print('x' * 1000000) or 0)"
     closed = subprocess.run(
-        f"{sys.executable} -c \"{script}\" | head -c 10", shell=True, capture_output=True, text=True, cwd=cli.__file__.rsplit("/", 1)[0]
+        f'{sys.executable} -c "{script}" | head -c 10',
+        shell=True,
+        capture_output=True,
+        text=True,
+        cwd=cli.__file__.rsplit("/", 1)[0],
     )
     assert closed.stdout == "x" * 10 and closed.stderr == ""
     with open("/dev/full", "w") as full:
-        result = subprocess.run([sys.executable, "-c", script], stdout=full, stderr=subprocess.PIPE, text=True, cwd=cli.__file__.rsplit("/", 1)[0])
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=cli.__file__.rsplit("/", 1)[0],
+        )
     assert result.returncode == 2
     assert result.stderr == "error: cannot write the output: No space left on device\n"
 

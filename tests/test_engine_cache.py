@@ -39,9 +39,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cached_greedy(prefill, decode, prompt, max_new_tokens):
-    return [tokens[0] for tokens in generate.generate(generate.Compiled(prefill, decode), prompt, max_new_tokens, Sampling(0.0, 1), torch.Generator())]
-
-
+    return [
+        tokens[0]
+        for tokens in generate.generate(
+            generate.Compiled(prefill, decode), prompt, max_new_tokens, Sampling(0.0, 1), torch.Generator()
+        )
+    ]
 
 
 def load_or_compile(directory, cache_dir, dtype="float32"):
@@ -75,12 +78,29 @@ def test_a_second_run_loads_what_the_first_saved(tiny_checkpoint, cached_entry):
     assert loaded(second) and second.seconds > 0
     assert second.weight_bytes == first.weight_bytes
     prompt = load_encoding(tiny_checkpoint, is_directory=True).encode(PROMPT)
-    assert cached_greedy(second.prefill, second.decode, prompt, 20) == cached_greedy(first.prefill, first.decode, prompt, 20)
+    assert cached_greedy(second.prefill, second.decode, prompt, 20) == cached_greedy(
+        first.prefill, first.decode, prompt, 20
+    )
 
 
 def test_the_command_line_reuses_the_engine_on_its_second_run(tiny_checkpoint, offline_env, tmp_path):
-    command = [sys.executable, os.path.join(REPO_ROOT, "example.py"), "--backend", BACKEND, "--checkpoint", tiny_checkpoint]
-    command += ["--input-text", PROMPT, "--seed", "0", "--engine-cache", "--engine-cache-dir", str(tmp_path / "engines")]
+    command = [
+        sys.executable,
+        os.path.join(REPO_ROOT, "example.py"),
+        "--backend",
+        BACKEND,
+        "--checkpoint",
+        tiny_checkpoint,
+    ]
+    command += [
+        "--input-text",
+        PROMPT,
+        "--seed",
+        "0",
+        "--engine-cache",
+        "--engine-cache-dir",
+        str(tmp_path / "engines"),
+    ]
     env = dict(offline_env, OMP_NUM_THREADS="1")
     first, second = [subprocess.run(command, env=env, capture_output=True, text=True, timeout=300) for _ in range(2)]
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
@@ -96,7 +116,9 @@ def test_checkpoint_files_are_identified_by_content(tiny_checkpoint, tmp_path, m
     import huggingface_hub
 
     hashed = []
-    monkeypatch.setattr(engine_cache, "sha256_of_file", lambda path: hashed.append(path) or f"sha256 of {os.path.basename(path)}")
+    monkeypatch.setattr(
+        engine_cache, "sha256_of_file", lambda path: hashed.append(path) or f"sha256 of {os.path.basename(path)}"
+    )
     cache_dir = str(tmp_path / "engines")
     local = Checkpoint(tiny_checkpoint, True, hf_config=None, encoding=None)
     identity = engine_cache.checkpoint_identity(local, cache_dir)
@@ -244,7 +266,11 @@ def test_weights_rewritten_in_place_with_their_old_times_compile_anew(tiny_check
     new = load_or_compile(checkpoint, cache_dir)
     assert compiled_anew(new)
     uncached = generate.load_or_compile(open_checkpoint(checkpoint), tp.float32, None, BACKEND, False)
-    assert cached_greedy(new.prefill, new.decode, prompt, 8) == cached_greedy(uncached.prefill, uncached.decode, prompt, 8) != old
+    assert (
+        cached_greedy(new.prefill, new.decode, prompt, 8)
+        == cached_greedy(uncached.prefill, uncached.decode, prompt, 8)
+        != old
+    )
     assert loaded(load_or_compile(checkpoint, cache_dir))
 
 
@@ -292,7 +318,9 @@ def test_a_corrupt_or_stale_entry_is_rebuilt_with_a_warning(tiny_checkpoint, tmp
     assert compiled_anew(rebuilt) and rebuilt.save_seconds is not None
     assert re.fullmatch(r"warning: the engine cache entry .* is unusable \(.*\); rebuilding it\n", warning), warning
     prompt = [5, 6, 7]
-    assert cached_greedy(rebuilt.prefill, rebuilt.decode, prompt, 8) == cached_greedy(first.prefill, first.decode, prompt, 8)
+    assert cached_greedy(rebuilt.prefill, rebuilt.decode, prompt, 8) == cached_greedy(
+        first.prefill, first.decode, prompt, 8
+    )
     assert entries(cache_dir) == [entry]
     assert loaded(load_or_compile(tiny_checkpoint, cache_dir))
 
@@ -320,11 +348,21 @@ def test_concurrent_writers_leave_one_whole_entry(tiny_checkpoint, tmp_path):
     cache_dir, barrier = str(tmp_path / "engines"), tmp_path / "barrier"
     barrier.mkdir()
     script = WRITER.format(
-        root=REPO_ROOT, backend=BACKEND, barrier=str(barrier), writers=3, deadline=time.time() + 120,
-        checkpoint=tiny_checkpoint, cache_dir=cache_dir,
+        root=REPO_ROOT,
+        backend=BACKEND,
+        barrier=str(barrier),
+        writers=3,
+        deadline=time.time() + 120,
+        checkpoint=tiny_checkpoint,
+        cache_dir=cache_dir,
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    writers = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
     results = [writer.communicate(timeout=300) for writer in writers]
     assert all(writer.returncode == 0 for writer in writers), results
     assert all("warning" not in stderr for _, stderr in results), results
@@ -355,7 +393,9 @@ def test_a_failed_calibration_writes_nothing(quant_checkpoints, tmp_path, monkey
 
 def test_the_cache_is_off_by_default_on_the_cpu(tiny_checkpoint, tmp_path):
     cache_dir = tmp_path / "engines"
-    compiled = generate.load_or_compile(open_checkpoint(tiny_checkpoint), tp.float32, None, BACKEND, None, str(cache_dir))
+    compiled = generate.load_or_compile(
+        open_checkpoint(tiny_checkpoint), tp.float32, None, BACKEND, None, str(cache_dir)
+    )
     assert compiled.save_seconds is None if BACKEND == "cpu" else compiled.save_seconds is not None
     assert cache_dir.exists() == (BACKEND == "tensorrt")
 
@@ -412,10 +452,17 @@ def stalled_writer(checkpoint, cache_dir, tmp_path):
     exists: (the process, once it has stopped, and its staging directory). Killed on leaving, if alive."""
     stalled, go = tmp_path / "stalled", tmp_path / "go"
     script = STALLED_WRITER.format(
-        root=REPO_ROOT, backend=BACKEND, stalled=str(stalled), go=str(go), checkpoint=checkpoint, cache_dir=str(cache_dir)
+        root=REPO_ROOT,
+        backend=BACKEND,
+        stalled=str(stalled),
+        go=str(go),
+        checkpoint=checkpoint,
+        cache_dir=str(cache_dir),
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    writer = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.time() + 300
         while not stalled.exists() and writer.poll() is None and time.time() < deadline:

@@ -76,8 +76,15 @@ def test_greedy_generation_is_token_identical_to_transformers(parity_checkpoints
     directory, _ = parity_checkpoints[name]
     prompt = load_encoding(directory, is_directory=True).encode(PROMPT)
     max_new_tokens = 12
-    compiled = generate.compile_without_cache(open_checkpoint(directory), tp.float32, None, len(prompt), len(prompt) + max_new_tokens)
-    ours = [tokens[0] for tokens in generate.generate_without_cache(compiled, prompt, max_new_tokens, Sampling(0.0, 5), torch.Generator())]
+    compiled = generate.compile_without_cache(
+        open_checkpoint(directory), tp.float32, None, len(prompt), len(prompt) + max_new_tokens
+    )
+    ours = [
+        tokens[0]
+        for tokens in generate.generate_without_cache(
+            compiled, prompt, max_new_tokens, Sampling(0.0, 5), torch.Generator()
+        )
+    ]
     assert ours == hf_greedy(directory, prompt, max_new_tokens)
 
 
@@ -86,7 +93,17 @@ def test_greedy_on_the_command_line(parity_checkpoints, offline_env):
     encoding = load_encoding(directory, is_directory=True)
     prompt = encoding.encode(PROMPT)
     expected = encoding.decode(prompt + hf_greedy(directory, prompt, 20))
-    result = run_example("--checkpoint", directory, "--input-text", PROMPT, "--temperature", "0", "--max-new-tokens", "20", env=offline_env)
+    result = run_example(
+        "--checkpoint",
+        directory,
+        "--input-text",
+        PROMPT,
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "20",
+        env=offline_env,
+    )
     assert response(result) == expected
 
 
@@ -109,7 +126,17 @@ def test_every_end_of_text_id_of_generation_config_stops_as_in_transformers(pari
     theirs = hf_model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=20, pad_token_id=0)
     theirs = theirs[0, len(prompt) :]
     assert theirs.tolist() == free[: stop + 1]  # ends with the end-of-text token
-    result = run_example("--checkpoint", directory, "--input-text", PROMPT, "--temperature", "0", "--max-new-tokens", "20", env=offline_env)
+    result = run_example(
+        "--checkpoint",
+        directory,
+        "--input-text",
+        PROMPT,
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "20",
+        env=offline_env,
+    )
     assert response(result) == encoding.decode(prompt + free[:stop])
 
 
@@ -125,11 +152,15 @@ def test_seeded_sampling_is_reproducible_run_to_run(tiny_checkpoint, offline_env
 
 def test_sampling_follows_the_seed(tiny_checkpoint):
     prompt = load_encoding(tiny_checkpoint, is_directory=True).encode(PROMPT)
-    compiled = generate.compile_without_cache(open_checkpoint(tiny_checkpoint), tp.float32, None, len(prompt), len(prompt) + 16)
+    compiled = generate.compile_without_cache(
+        open_checkpoint(tiny_checkpoint), tp.float32, None, len(prompt), len(prompt) + 16
+    )
 
     def sample(seed):
         generator = torch.Generator().manual_seed(seed)
-        return [tokens[0] for tokens in generate.generate_without_cache(compiled, prompt, 16, Sampling(0.8, 5), generator)]
+        return [
+            tokens[0] for tokens in generate.generate_without_cache(compiled, prompt, 16, Sampling(0.8, 5), generator)
+        ]
 
     first = sample(0)
     assert sample(0) == first
@@ -138,7 +169,9 @@ def test_sampling_follows_the_seed(tiny_checkpoint):
 
 def test_endoftext_is_allowed_in_the_prompt(tiny_checkpoint, offline_env):
     text = "Hello<|endoftext|>world"
-    result = run_example("--checkpoint", tiny_checkpoint, "--input-text", text, "--max-new-tokens", "1", env=offline_env)
+    result = run_example(
+        "--checkpoint", tiny_checkpoint, "--input-text", text, "--max-new-tokens", "1", env=offline_env
+    )
     assert response(result).startswith(text)
 
 
@@ -177,7 +210,9 @@ def test_help_shows_the_defaults(offline_env):
 def test_real_gpt2_greedy_matches_transformers(real_gpt2, gpt2_tiktoken_cache, monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", gpt2_tiktoken_cache)
     text = "What is the answer to life, the universe, and everything?"
-    result = run_example("--model-type", real_gpt2, "--input-text", text, "--temperature", "0", env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    result = run_example(
+        "--model-type", real_gpt2, "--input-text", text, "--temperature", "0", env=dict(os.environ, HF_HUB_OFFLINE="1")
+    )
     encoding = load_encoding(real_gpt2, is_directory=False)
     prompt = encoding.encode(text)
     assert response(result) == encoding.decode(prompt + hf_greedy(real_gpt2, prompt, 10))
@@ -193,7 +228,9 @@ def test_a_hub_model_in_the_local_cache_runs_offline(parity_checkpoints, gpt2_ti
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf-home"), TIKTOKEN_CACHE_DIR=gpt2_tiktoken_cache)
     env.pop("HF_HUB_OFFLINE", None)
     start = time.perf_counter()
-    result = run_example("--model-type", "tiny-org/gpt2-vocab", "--input-text", PROMPT, "--max-new-tokens", "3", env=env)
+    result = run_example(
+        "--model-type", "tiny-org/gpt2-vocab", "--input-text", PROMPT, "--max-new-tokens", "3", env=env
+    )
     assert response(result).startswith(PROMPT)
     assert time.perf_counter() - start < 60  # the hub client would retry for longer than this if it went online
 
@@ -227,7 +264,9 @@ def bad_checkpoints(tmp_path_factory, tiny_checkpoint):
         "corrupt": corrupt,
         "not-gpt2": not_gpt2,
         "no-config": no_config,
-        "misshaped": variant("misshaped", lambda w: w.update({"transformer.h.1.mlp.c_fc.weight": torch.zeros(64, 250)})),
+        "misshaped": variant(
+            "misshaped", lambda w: w.update({"transformer.h.1.mlp.c_fc.weight": torch.zeros(64, 250)})
+        ),
         "missing": variant("missing", lambda w: w.pop("transformer.ln_f.bias")),
         "nowhere": str(root / "nowhere"),
     }
@@ -239,8 +278,14 @@ BAD_INPUTS = {
     "no new tokens": (["--input-text", PROMPT, "--max-new-tokens", "0"], "--max-new-tokens must be from 1 to 1048576"),
     "top-k 0": (["--input-text", PROMPT, "--top-k", "0"], "--top-k must be from 1 to 1048576, not 0"),
     "negative temperature": (["--input-text", PROMPT, "--temperature", "-0.5"], "--temperature must be 0 (greedy)"),
-    "missing calibration file": (["--input-text", PROMPT, "--quant-mode", "int8-weight-only", "--calib-file", "nowhere.txt"], "calibration file 'nowhere.txt' does not exist"),
-    "int4 on 64 inputs": (["--input-text", PROMPT, "--quant-mode", "int4-weight-only"], "(64) is not a multiple of 128"),
+    "missing calibration file": (
+        ["--input-text", PROMPT, "--quant-mode", "int8-weight-only", "--calib-file", "nowhere.txt"],
+        "calibration file 'nowhere.txt' does not exist",
+    ),
+    "int4 on 64 inputs": (
+        ["--input-text", PROMPT, "--quant-mode", "int4-weight-only"],
+        "(64) is not a multiple of 128",
+    ),
     "calibration without quantization": (["--input-text", PROMPT, "--calib-samples", "3"], "give --quant-mode too"),
     "no calibration samples": (
         ["--input-text", PROMPT, "--quant-mode", "float8", "--calib-samples", "0"],
@@ -286,7 +331,9 @@ def test_hub_model_that_cannot_be_fetched(offline_env):
 
 @pytest.mark.skipif(BACKEND == "tensorrt", reason="TensorRT is installed here")
 def test_tensorrt_requested_but_missing(tiny_checkpoint, offline_env):
-    result = run_example("--checkpoint", tiny_checkpoint, "--input-text", PROMPT, env=offline_env, backend_choice="tensorrt")
+    result = run_example(
+        "--checkpoint", tiny_checkpoint, "--input-text", PROMPT, env=offline_env, backend_choice="tensorrt"
+    )
     assert_one_error_line(result, "the TensorRT backend is not available")
 
 
@@ -330,22 +377,48 @@ def test_weight_only_quantization_on_the_command_line_is_modelopts_greedy(quant_
     args = ("--checkpoint", directory, "--input-text", PROMPT, "--temperature", "0", "--max-new-tokens", "12")
     result = run_example(*args, "--quant-mode", quant_mode, "--calib-samples", "2", env=offline_env)
     universal_newlines = expected.replace("\r\n", "\n").replace("\r", "\n")  # as subprocess's text mode reads them
-    assert quantized_response(result, quant_mode, 2, 128, "Python's help topics (pydoc_data.topics)") == universal_newlines
+    assert (
+        quantized_response(result, quant_mode, 2, 128, "Python's help topics (pydoc_data.topics)") == universal_newlines
+    )
 
 
 def test_float8_on_the_command_line_with_a_calibration_file(quant_checkpoints, offline_env, tmp_path):
     calib_file = tmp_path / "calib.txt"
-    calib_file.write_text("A first paragraph of text to calibrate on.\n\nAnd a second one, a little longer than that.\n" * 20)
-    args = ("--checkpoint", quant_checkpoints["quant-256"], "--input-text", PROMPT, "--seed", "0", "--quant-mode", "float8")
+    calib_file.write_text(
+        "A first paragraph of text to calibrate on.\n\nAnd a second one, a little longer than that.\n" * 20
+    )
+    args = (
+        "--checkpoint",
+        quant_checkpoints["quant-256"],
+        "--input-text",
+        PROMPT,
+        "--seed",
+        "0",
+        "--quant-mode",
+        "float8",
+    )
     result = run_example(*args, "--calib-file", str(calib_file), "--calib-samples", "3", env=offline_env)
     assert quantized_response(result, "float8", 3, 192, f"'{calib_file}'").startswith(PROMPT)
 
 
-@pytest.mark.parametrize("content, expected", [("", "holds no text"), ("\n \n\n", "holds no text"), (None, "is a directory, not a regular file")])
+@pytest.mark.parametrize(
+    "content, expected",
+    [("", "holds no text"), ("\n \n\n", "holds no text"), (None, "is a directory, not a regular file")],
+)
 def test_bad_calibration_file(tiny_checkpoint, offline_env, tmp_path, content, expected):
     path = tmp_path / "calib"
     path.mkdir() if content is None else path.write_text(content)
-    result = run_example("--checkpoint", tiny_checkpoint, "--input-text", PROMPT, "--quant-mode", "int8-weight-only", "--calib-file", str(path), env=offline_env)
+    result = run_example(
+        "--checkpoint",
+        tiny_checkpoint,
+        "--input-text",
+        PROMPT,
+        "--quant-mode",
+        "int8-weight-only",
+        "--calib-file",
+        str(path),
+        env=offline_env,
+    )
     assert_one_error_line(result, f"calibration file '{path}' {expected}")
 
 
@@ -361,7 +434,9 @@ def responses(result, num_samples):
     assert match, result.stdout
     blocks = match.group(1).splitlines()
     assert [block.split(":")[0] for block in blocks] == [f"Response {i}" for i in range(1, num_samples + 1)]
-    assert re.search(rf"\(\d+ tokens of {num_samples} samples, in \d+ steps after the first\)", match.group(2)), result.stdout
+    assert re.search(
+        rf"\(\d+ tokens of {num_samples} samples, in \d+ steps after the first\)", match.group(2)
+    ), result.stdout
     return [block.split(": ", 1)[1] for block in blocks]
 
 
@@ -377,7 +452,18 @@ def test_several_greedy_samples_are_each_transformers_greedy(parity_checkpoints,
 
 
 def test_seeded_samples_are_reproducible_and_differ_from_each_other(tiny_checkpoint, offline_env):
-    args = ("--checkpoint", tiny_checkpoint, "--input-text", PROMPT, "--seed", "0", "--max-new-tokens", "20", "--num-samples", "4")
+    args = (
+        "--checkpoint",
+        tiny_checkpoint,
+        "--input-text",
+        PROMPT,
+        "--seed",
+        "0",
+        "--max-new-tokens",
+        "20",
+        "--num-samples",
+        "4",
+    )
     first, second = run_example(*args, env=offline_env), run_example(*args, env=offline_env)
     assert responses(first, 4) == responses(second, 4)
     assert len(set(responses(first, 4))) > 1  # each sample draws its own tokens
@@ -405,7 +491,9 @@ def test_generation_stops_at_the_end_of_text_token(endoftext_checkpoint, offline
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"Response: {PROMPT}\n")  # <|endoftext|> is not printed
     assert "No tokens were generated: every sample ended at once." in result.stdout
-    several = run_example("--checkpoint", endoftext_checkpoint, "--input-text", PROMPT, "--num-samples", "2", env=offline_env)
+    several = run_example(
+        "--checkpoint", endoftext_checkpoint, "--input-text", PROMPT, "--num-samples", "2", env=offline_env
+    )
     assert several.stdout.startswith(f"Response 1: {PROMPT}\nResponse 2: {PROMPT}\n"), several.stdout
 
 
@@ -421,8 +509,13 @@ def test_top_p_on_the_command_line(tiny_checkpoint, parity_checkpoints, offline_
     directory, _ = parity_checkpoints["eps"]
     base = ("--checkpoint", directory, "--input-text", PROMPT, "--max-new-tokens", "12", "--seed", "3")
     greedy = response(run_example(*base, "--temperature", "0", env=offline_env))
-    assert response(run_example(*base, "--top-p", "1e-6", "--temperature", "1.5", "--top-k", "50", env=offline_env)) == greedy
-    assert response(run_example(*base, "--top-p", "1", env=offline_env)) == response(run_example(*base, env=offline_env))
+    assert (
+        response(run_example(*base, "--top-p", "1e-6", "--temperature", "1.5", "--top-k", "50", env=offline_env))
+        == greedy
+    )
+    assert response(run_example(*base, "--top-p", "1", env=offline_env)) == response(
+        run_example(*base, env=offline_env)
+    )
 
 
 def test_non_finite_logits_are_one_error(tiny_checkpoint, offline_env, tmp_path):
@@ -436,7 +529,8 @@ def test_non_finite_logits_are_one_error(tiny_checkpoint, offline_env, tmp_path)
         result = run_example("--checkpoint", directory, "--input-text", PROMPT, *extra, env=offline_env)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert re.fullmatch(
-            r"error: the model's logits are not finite \(nan\) at position \d+ \(sample 1, token id \d+\): the checkpoint's weights are broken",
+            r"error: the model's logits are not finite \(nan\) at position \d+ \(sample 1, token id \d+\): "
+            r"the checkpoint's weights are broken",
             result.stderr.strip().splitlines()[-1],
         ), result.stderr
         assert "!!!" not in result.stdout
@@ -450,14 +544,19 @@ MORE_BAD_INPUTS = {
     "top-p nan": (["--top-p", "nan"], "--top-p must be more than 0 and at most 1, not nan"),
     "no threads": (["--threads", "0"], "--threads must be from 1 to "),
     "empty engine cache dir": (["--engine-cache-dir", ""], "--engine-cache-dir is empty"),
-    "a file as checkpoint": (["--checkpoint", "README.md"], "--checkpoint README.md is a file, not a checkpoint directory"),
+    "a file as checkpoint": (
+        ["--checkpoint", "README.md"],
+        "--checkpoint README.md is a file, not a checkpoint directory",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(MORE_BAD_INPUTS))
 def test_more_bad_arguments(tiny_checkpoint, offline_env, case):
     args, expected = MORE_BAD_INPUTS[case]
-    assert_one_error_line(run_example("--checkpoint", tiny_checkpoint, "--input-text", PROMPT, *args, env=offline_env), expected)
+    assert_one_error_line(
+        run_example("--checkpoint", tiny_checkpoint, "--input-text", PROMPT, *args, env=offline_env), expected
+    )
 
 
 def test_a_dtype_the_backend_cannot_run_is_refused(tiny_checkpoint, offline_env):
@@ -470,14 +569,18 @@ def test_half_precision_dtypes_run_and_say_so(parity_checkpoints, offline_env, d
     directory, _ = parity_checkpoints["eps"]
     encoding = load_encoding(directory, is_directory=True)
     prompt = encoding.encode(PROMPT)
-    result = run_example("--checkpoint", directory, "--input-text", PROMPT, "--dtype", dtype, "--temperature", "0", env=offline_env)
+    result = run_example(
+        "--checkpoint", directory, "--input-text", PROMPT, "--dtype", dtype, "--temperature", "0", env=offline_env
+    )
     # Greedy in half precision: close to float32's tokens, at least at first (rounding may flip a late tie).
     assert response(result).startswith(encoding.decode(prompt + hf_greedy(directory, prompt, 10)[:3]))
 
 
 def test_invalid_utf8_in_the_prompt_is_refused(tiny_checkpoint, offline_env):
     command = [sys.executable, EXAMPLE, "--backend", BACKEND, "--checkpoint", tiny_checkpoint, "--input-text"]
-    result = subprocess.run([*map(os.fsencode, command), b"caf\xe9 au lait"], env=offline_env, capture_output=True, timeout=300)
+    result = subprocess.run(
+        [*map(os.fsencode, command), b"caf\xe9 au lait"], env=offline_env, capture_output=True, timeout=300
+    )
     assert result.returncode == 2 and result.stdout == b""
     assert result.stderr.decode().strip() == "error: --input-text is not valid UTF-8 text (at character 4)"
 
@@ -519,7 +622,17 @@ def test_control_characters_are_escaped_on_a_terminal(tiny_checkpoint, offline_e
 def test_long_steps_say_what_they_do_on_a_terminal(tiny_checkpoint, offline_env, tmp_path):
     """On a terminal, stderr says what the run is doing while it compiles and saves; in a pipe it does not
     (test_seeded_sampling_is_reproducible_run_to_run: one line there)."""
-    args = ["--checkpoint", tiny_checkpoint, "--input-text", PROMPT, "--max-new-tokens", "2", "--engine-cache", "--engine-cache-dir", str(tmp_path)]
+    args = [
+        "--checkpoint",
+        tiny_checkpoint,
+        "--input-text",
+        PROMPT,
+        "--max-new-tokens",
+        "2",
+        "--engine-cache",
+        "--engine-cache-dir",
+        str(tmp_path),
+    ]
     stderr, status = on_a_terminal(args, offline_env, "stderr")
     assert status == 0
     assert re.search(r"Compiling prefill and decode \.\.\. \d+\.\d s", stderr), stderr
@@ -534,7 +647,12 @@ def test_the_prompt_from_standard_input_or_a_file_is_the_same_prompt(tiny_checkp
     given = response(run_example(*args, "--input-text", PROMPT, env=offline_env))
     piped = subprocess.run(
         [sys.executable, EXAMPLE, "--backend", BACKEND, *args, "--input-text", "-"],
-        input=PROMPT, env=offline_env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        input=PROMPT,
+        env=offline_env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert response(piped) == given
     (tmp_path / "prompt.txt").write_text(PROMPT, encoding="utf-8")

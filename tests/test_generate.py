@@ -42,7 +42,12 @@ def compiled():
         if (directory, dtype) not in cache:
             model = weight_loader.load_model(open_checkpoint(directory), DTYPES[dtype])
             recompute = generate.compile_forward(model, model.config.block_size, 8)
-            cache[directory, dtype] = (model, generate.compile_prefill(model), generate.compile_decode(model), recompute)
+            cache[directory, dtype] = (
+                model,
+                generate.compile_prefill(model),
+                generate.compile_decode(model),
+                recompute,
+            )
         return cache[directory, dtype]
 
     return get
@@ -63,11 +68,21 @@ GREEDY = Sampling(temperature=0.0, top_k=1)
 
 
 def cached_greedy(prefill, decode, prompt, max_new_tokens):
-    return [tokens[0] for tokens in generate.generate(generate.Compiled(prefill, decode), prompt, max_new_tokens, GREEDY, torch.Generator())]
+    return [
+        tokens[0]
+        for tokens in generate.generate(
+            generate.Compiled(prefill, decode), prompt, max_new_tokens, GREEDY, torch.Generator()
+        )
+    ]
 
 
 def recomputed_greedy(forward, prompt, max_new_tokens):
-    return [tokens[0] for tokens in generate.generate_without_cache(generate.Compiled(forward=forward), prompt, max_new_tokens, GREEDY, torch.Generator())]
+    return [
+        tokens[0]
+        for tokens in generate.generate_without_cache(
+            generate.Compiled(forward=forward), prompt, max_new_tokens, GREEDY, torch.Generator()
+        )
+    ]
 
 
 def recomputed_logits(forward, tokens):
@@ -131,11 +146,19 @@ def quant_checkpoint(tmp_path_factory):
 # differently from transformers' fp32 ones (measured 7e-2). In bfloat16, measured: 1.5e-5 with the cache
 # vs without (3e-2 in float8), 1.3e-2 vs transformers (8e-2 in float8).
 QUANT_TOLERANCE = {
-    ("float32", False): 1e-4, ("float32", True): 2e-2, ("float16", False): 2e-2, ("float16", True): 2e-2,
-    ("bfloat16", False): 2e-2, ("bfloat16", True): 1e-1,
+    ("float32", False): 1e-4,
+    ("float32", True): 2e-2,
+    ("float16", False): 2e-2,
+    ("float16", True): 2e-2,
+    ("bfloat16", False): 2e-2,
+    ("bfloat16", True): 1e-1,
 }
 QUANT_TOLERANCE_VS_TRANSFORMERS = {
-    "float32": 1e-4, "float16": 2e-2, ("float16", "float8"): 0.1, "bfloat16": 5e-2, ("bfloat16", "float8"): 0.2,
+    "float32": 1e-4,
+    "float16": 2e-2,
+    ("float16", "float8"): 0.1,
+    "bfloat16": 5e-2,
+    ("bfloat16", "float8"): 0.2,
 }
 
 
@@ -175,7 +198,10 @@ def test_sampling_with_the_cache_follows_the_seed(parity_checkpoints, compiled):
     prompt = load_encoding(directory, is_directory=True).encode(PROMPT)
 
     def sample(seed, generate_tokens, functions):
-        return [tokens[0] for tokens in generate_tokens(functions, prompt, 12, Sampling(0.9, 5), torch.Generator().manual_seed(seed))]
+        return [
+            tokens[0]
+            for tokens in generate_tokens(functions, prompt, 12, Sampling(0.9, 5), torch.Generator().manual_seed(seed))
+        ]
 
     cached = (generate.generate, generate.Compiled(prefill, decode))
     recomputed = (generate.generate_without_cache, generate.Compiled(forward=recompute))
@@ -202,7 +228,8 @@ def test_prompt_and_new_tokens_fill_the_block_exactly(parity_checkpoints, compil
 
 
 def test_decode_takes_a_cache_up_to_block_size_minus_one_and_no_more(parity_checkpoints, compiled):
-    """A token at the last position (cache of block_size - 1) decodes as the recompute path does; one more is refused."""
+    """A token at the last position (cache of block_size - 1) decodes as the recompute path does; one more is
+    refused."""
     directory, _ = parity_checkpoints["odd"]
     _, prefill, decode, recompute = compiled(directory, "float32")
     tokens = torch.randint(0, 300, (33,), generator=torch.Generator().manual_seed(0)).tolist()
@@ -223,13 +250,12 @@ def test_one_token_past_the_block_is_a_usage_error_and_exactly_at_it_runs(parity
     past = subprocess.run(base + [str(32 - prompt_len + 1)], env=env, capture_output=True, text=True, timeout=300)
     assert past.returncode == 2 and past.stdout == ""
     assert past.stderr.strip().splitlines() == [
-        f"error: the prompt ({prompt_len} tokens) plus --max-new-tokens {32 - prompt_len + 1} exceeds the model's block size of 32 tokens"
+        f"error: the prompt ({prompt_len} tokens) plus --max-new-tokens {32 - prompt_len + 1} exceeds "
+        "the model's block size of 32 tokens"
     ]
     exact = subprocess.run(base + [str(32 - prompt_len)], env=env, capture_output=True, text=True, timeout=300)
     assert exact.returncode == 0, exact.stderr
     assert f"({32 - prompt_len - 1} tokens after the first)" in exact.stdout
-
-
 
 
 # --- several samples and the end of text ----------------------------------------------------------------
@@ -244,12 +270,17 @@ def test_a_batch_of_samples_is_each_samples_own_generation(parity_checkpoints, c
     recompute = generate.compile_forward(model, model.config.block_size, 8, batch_size=3)
     prompt = load_encoding(directory, is_directory=True).encode(PROMPT)
     one = cached_greedy(prefill, decode, prompt, 10)
-    for generate_tokens, functions in ((generate.generate, batch_functions), (generate.generate_without_cache, generate.Compiled(forward=recompute))):
+    for generate_tokens, functions in (
+        (generate.generate, batch_functions),
+        (generate.generate_without_cache, generate.Compiled(forward=recompute)),
+    ):
         steps = list(generate_tokens(functions, prompt, 10, GREEDY, torch.Generator(), num_samples=3))
         assert [list(step) for step in zip(*steps)] == [one] * 3
 
     def sampled(seed):
-        steps = generate.generate(batch_functions, prompt, 10, Sampling(1.0, 50), torch.Generator().manual_seed(seed), num_samples=3)
+        steps = generate.generate(
+            batch_functions, prompt, 10, Sampling(1.0, 50), torch.Generator().manual_seed(seed), num_samples=3
+        )
         return [list(sample) for sample in zip(*steps)]
 
     assert sampled(0) == sampled(0) and len({tuple(s) for s in sampled(0)}) > 1
@@ -261,6 +292,9 @@ def test_a_sample_ends_at_the_end_of_text_token_which_is_not_yielded(parity_chec
     prompt = load_encoding(directory, is_directory=True).encode(PROMPT)
     tokens = cached_greedy(prefill, decode, prompt, 10)
     eos = tokens[3]  # greedy draws it fourth: three tokens, then the end
-    for generate_tokens, functions in ((generate.generate, generate.Compiled(prefill, decode)), (generate.generate_without_cache, generate.Compiled(forward=recompute))):
+    for generate_tokens, functions in (
+        (generate.generate, generate.Compiled(prefill, decode)),
+        (generate.generate_without_cache, generate.Compiled(forward=recompute)),
+    ):
         steps = list(generate_tokens(functions, prompt, 10, GREEDY, torch.Generator(), eos_token_id=eos))
         assert steps == [[t] for t in tokens[:3]] + [[None]]

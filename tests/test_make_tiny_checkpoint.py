@@ -86,7 +86,11 @@ def test_a_bad_shape_is_one_error_line_and_writes_nothing(args, words, tmp_path)
 def test_the_current_directory_is_not_overwritten(directory, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, SCRIPT), directory], cwd=tmp_path, capture_output=True, text=True, timeout=600
+        [sys.executable, os.path.join(REPO_ROOT, SCRIPT), directory],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert_one_error_line(result)
     assert os.listdir(tmp_path) == ["notes.txt"]
@@ -120,7 +124,13 @@ def test_the_default_output_line(tmp_path):
     result = run(str(target))
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"Wrote a tiny random GPT-2 checkpoint to {target}\n"
-    assert sorted(os.listdir(target)) == ["config.json", "generation_config.json", "merges.txt", "model.safetensors", "vocab.json"]
+    assert sorted(os.listdir(target)) == [
+        "config.json",
+        "generation_config.json",
+        "merges.txt",
+        "model.safetensors",
+        "vocab.json",
+    ]
     assert os.listdir(tmp_path / "new") == ["tiny-gpt2"]
     umask = os.umask(0)
     os.umask(umask)
@@ -148,7 +158,9 @@ def test_gpt2s_vocabulary_size(tmp_path):
 
 def test_a_big_checkpoint_says_its_size_and_not_tiny(tmp_path):
     target = tmp_path / "checkpoint"
-    result = run(str(target), "--vocab-size", "50257", "--num-layers", "1", "--num-heads", "4", "--embedding-size", "256")
+    result = run(
+        str(target), "--vocab-size", "50257", "--num-layers", "1", "--num-heads", "4", "--embedding-size", "256"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"Wrote a random GPT-2 checkpoint (13.7M parameters) to {target}\n"
 
@@ -184,7 +196,9 @@ def test_ctrl_c_while_writing_leaves_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("wrapper", [INTERRUPTED_WHILE_WRITING, INTERRUPTED_WHILE_REPLACING], ids=["writing", "replacing"])
+@pytest.mark.parametrize(
+    "wrapper", [INTERRUPTED_WHILE_WRITING, INTERRUPTED_WHILE_REPLACING], ids=["writing", "replacing"]
+)
 def test_ctrl_c_keeps_the_earlier_checkpoint(wrapper, earlier_checkpoint, tmp_path):
     before = contents(earlier_checkpoint)
     run_interrupted(wrapper, earlier_checkpoint, "--seed", "1")

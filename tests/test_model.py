@@ -84,7 +84,10 @@ def test_attention_is_causal(tiny_checkpoint):
 
 QUANTIZED_SHAPES = {  # n = 256, so the MLP's inner size is 1024; quantization.tripy_quantized_state_dict's layouts
     None: {"transformer.h.0.mlp.c_fc.weight": (1024, 256)},
-    "int8-weight-only": {"transformer.h.0.mlp.c_fc.weight": (1024, 256), "transformer.h.0.mlp.c_fc.weight_scale": (1024,)},
+    "int8-weight-only": {
+        "transformer.h.0.mlp.c_fc.weight": (1024, 256),
+        "transformer.h.0.mlp.c_fc.weight_scale": (1024,),
+    },
     "int4-weight-only": {
         "transformer.h.0.mlp.c_fc.weight": (256, 1024),
         "transformer.h.0.mlp.c_fc.weight_scale": (2, 1024),
@@ -92,7 +95,12 @@ QUANTIZED_SHAPES = {  # n = 256, so the MLP's inner size is 1024; quantization.t
         "transformer.h.0.attn.c_proj.pre_quant_scale": (256,),
         "transformer.h.0.mlp.c_proj.pre_quant_scale": (1024,),
     },
-    "float8": {"transformer.h.0.mlp.c_fc.weight_scale": (), "transformer.h.0.mlp.c_fc.input_scale": (), "lm_head.weight_scale": (), "lm_head.input_scale": ()},
+    "float8": {
+        "transformer.h.0.mlp.c_fc.weight_scale": (),
+        "transformer.h.0.mlp.c_fc.input_scale": (),
+        "lm_head.weight_scale": (),
+        "lm_head.input_scale": (),
+    },
 }
 
 
@@ -103,14 +111,21 @@ def test_linear_layers_are_built_in_one_place_per_quant_mode(quant_mode):
     shapes = {key: tuple(map(int, param.shape)) for key, param in GPT(config).state_dict().items()}
     assert {key: shapes.get(key) for key in QUANTIZED_SHAPES[quant_mode]} == QUANTIZED_SHAPES[quant_mode]
     scales = {key.rpartition(".")[2] for key in shapes if key.endswith("_scale")}
-    assert scales == {name for key in QUANTIZED_SHAPES[quant_mode] if (name := key.rpartition(".")[2]).endswith("_scale")}
+    assert scales == {
+        name for key in QUANTIZED_SHAPES[quant_mode] if (name := key.rpartition(".")[2]).endswith("_scale")
+    }
     # AWQ's scales of the layers fed by a LayerNorm are folded into it; lm_head is quantized in float8 only.
     assert not any(key.endswith(("c_attn.pre_quant_scale", "c_fc.pre_quant_scale")) for key in shapes)
     assert ("lm_head.weight_scale" in shapes) == (quant_mode == "float8")
     assert isinstance(linear_layer(GPTConfig(), 4, 8, bias=True), tp.Linear)
     # A mode is built from its description, not its name: int8 per tensor, weight-only, is a new mode.
     int8_per_tensor = QuantMode(
-        "int8-per-tensor", "int8", weight_bits=8, maxbound=127.0, granularity=PER_TENSOR, modelopt_config="INT8_DEFAULT_CFG"
+        "int8-per-tensor",
+        "int8",
+        weight_bits=8,
+        maxbound=127.0,
+        granularity=PER_TENSOR,
+        modelopt_config="INT8_DEFAULT_CFG",
     )
     layer = linear_layer(GPTConfig(quant_mode=int8_per_tensor), 4, 8, bias=True)
     assert layer.quant_dtype == tp.int8 and layer.weight_quant_dim is None and layer.input_scale is None
@@ -136,7 +151,6 @@ def test_weight_bytes_count_quantized_weights_at_their_quantized_size(quant_mode
         # pre_quant_scale for the two layers no LayerNorm feeds
         scales = (3 * 128 + 128 + 4 * 128 + 4 * 128) + (128 + 4 * 128)
         assert quantized.weight_bytes() == full.weight_bytes() - 2 * (3.5 * per_layer - 4 * scales)
-
 
 
 def test_real_gpt2_logits_match_transformers(real_gpt2):

@@ -29,7 +29,10 @@ TEXT = (
     "Complex is better than complicated. Flat is better than nested. Sparse is better than dense.\n"
     "Readability counts. Special cases aren't special enough to break the rules.\n"
 )
-RESULT = re.compile(r"\APerplexity of '.*' under .* \((?P<precision>[^)]*)\): (?P<ppl>\d+\.\d{4})\nScored (?P<scored>\d+) tokens in (?P<windows>\d+) windows")
+RESULT = re.compile(
+    r"\APerplexity of '.*' under .* \((?P<precision>[^)]*)\): (?P<ppl>\d+\.\d{4})\n"
+    r"Scored (?P<scored>\d+) tokens in (?P<windows>\d+) windows"
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +78,18 @@ def test_same_number_run_to_run(quant_checkpoints, text_file, offline_env):
     """Quantized (calibration included) and not: two runs print the same perplexity to the last digit."""
     directory = quant_checkpoints["quant-256"]
     for mode in ([], ["--quant-mode", "int4-weight-only", "--calib-samples", "2"]):
-        first, second = (run_perplexity("--checkpoint", directory, "--text-file", text_file, *mode, env=offline_env) for _ in range(2))
+        first, second = (
+            run_perplexity("--checkpoint", directory, "--text-file", text_file, *mode, env=offline_env)
+            for _ in range(2)
+        )
         assert first.returncode == 0, first.stderr
         match = RESULT.match(first.stdout)
         assert match, first.stdout
         assert match.group("precision") == ("int4-weight-only, float32" if mode else "float32")
         assert RESULT.match(second.stdout).group("ppl") == match.group("ppl")
-        assert 1 < float(match.group("ppl")) < 10 * 321  # the tiny tokenizer's vocabulary: near chance for random weights
+        assert (
+            1 < float(match.group("ppl")) < 10 * 321
+        )  # the tiny tokenizer's vocabulary: near chance for random weights
         assert ("Calibrating int4-weight-only on 2 samples" in first.stdout) == bool(mode)
 
 
@@ -172,7 +180,9 @@ def test_nan_weights_are_one_error_line_naming_the_window(nan_checkpoint, text_f
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stdout == "" and result.stderr.count("error:") == 1
     error = result.stderr.splitlines()[-1]
-    assert error.startswith("error: the model's logits are nan in window 1 of 4 at position 1 (token 1 of the text): "), error
+    assert error.startswith(
+        "error: the model's logits are nan in window 1 of 4 at position 1 (token 1 of the text): "
+    ), error
 
 
 def test_a_watched_run_says_it_compiles_and_shows_the_windows_scored(tiny_checkpoint, text_file, monkeypatch, capfd):

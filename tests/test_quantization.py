@@ -171,7 +171,9 @@ def test_quantizers_per_mode(quant_mode):
 
 def test_calibration_shows_progress_on_stderr(capsys):
     model = tiny_gpt2(0, n_layer=1)
-    q.modelopt_quantize(model, q.QUANT_MODES["int4-weight-only"], calibration_batches(model.config.vocab_size, 3).batches)
+    q.modelopt_quantize(
+        model, q.QUANT_MODES["int4-weight-only"], calibration_batches(model.config.vocab_size, 3).batches
+    )
     out, err = capsys.readouterr()
     assert "calibrating int4-weight-only (pass 1/2)" in err and "(pass 2/2)" in err and "3/3" in err
     assert out == "" and "awq_lite" not in err and "Inserted" not in err  # ModelOpt's own notes are quiet

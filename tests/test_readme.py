@@ -21,7 +21,8 @@ from helpers import BACKEND, REPO_ROOT
 README = os.path.join(REPO_ROOT, "README.md")
 CODE_BLOCK = re.compile(r"```(\w*)\n(.*?)```", re.S)
 EXPECTED = re.compile(
-    r"\s*<!-- Tripy: TEST: EXPECTED_STDOUT Start -->\s*<!--([^`]*?)```\n?(.*?)```\s*-->\s*<!-- Tripy: TEST: EXPECTED_STDOUT End -->",
+    r"\s*<!-- Tripy: TEST: EXPECTED_STDOUT Start -->\s*<!--([^`]*?)```\n?(.*?)```\s*-->"
+    r"\s*<!-- Tripy: TEST: EXPECTED_STDOUT End -->",
     re.S,
 )
 # The visible output after a hidden block: prose may stand between them, but no other code block.

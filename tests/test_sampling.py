@@ -14,7 +14,10 @@ def test_top_k_1_is_greedy():
 
 def test_temperature_0_is_greedy():
     logits = torch.randn(2, 1, 50)
-    assert sample(logits, Sampling(temperature=0.0, top_k=50), torch.Generator()).flatten().tolist() == logits[:, -1].argmax(-1).tolist()
+    assert (
+        sample(logits, Sampling(temperature=0.0, top_k=50), torch.Generator()).flatten().tolist()
+        == logits[:, -1].argmax(-1).tolist()
+    )
 
 
 def test_top_k_samples_only_among_the_k_likeliest():

@@ -156,8 +156,6 @@ def test_bytes_to_unicode_is_gpt2s_alphabet():
     assert alphabet[ord(" ")] == "Ġ" and alphabet[ord("\n")] == "Ċ" and alphabet[ord("A")] == "A"
 
 
-
-
 def test_streamed_text_is_the_decoded_text_with_characters_whole(tiny_checkpoint):
     encoding = tokenizer.load_encoding(tiny_checkpoint, is_directory=True)
     text = "Héllo, wörld ✓ 😀 ∑"

@@ -133,10 +133,18 @@ def test_peak_memory_stays_under_twice_the_checkpoint(tmp_path):
     """The loader's peak host memory (ru_maxrss), for a 90 MB checkpoint, in fresh processes."""
     directory = str(tmp_path / "medium")
     torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_layer=6, n_head=8, n_embd=512, n_positions=256, vocab_size=8192)).save_pretrained(directory)
+    GPT2LMHeadModel(GPT2Config(n_layer=6, n_head=8, n_embd=512, n_positions=256, vocab_size=8192)).save_pretrained(
+        directory
+    )
     make_tiny_checkpoint.write_tokenizer(directory)
     out = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "benchmarks", "loader_memory.py"), "--checkpoint", directory, "--json"],
+        [
+            sys.executable,
+            os.path.join(REPO_ROOT, "benchmarks", "loader_memory.py"),
+            "--checkpoint",
+            directory,
+            "--json",
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -293,9 +301,13 @@ def test_quantized_lm_head_is_untied_and_the_rest_shared(quant_checkpoints, quan
 
 def test_quantized_loading_checks_the_checkpoint_before_calibrating(quant_checkpoints, tmp_path, monkeypatch):
     directory = copy_checkpoint(
-        quant_checkpoints["quant-256"], tmp_path, lambda w: w.update({"transformer.h.1.mlp.c_fc.weight": torch.zeros(256, 5)})
+        quant_checkpoints["quant-256"],
+        tmp_path,
+        lambda w: w.update({"transformer.h.1.mlp.c_fc.weight": torch.zeros(256, 5)}),
     )
-    monkeypatch.setattr(quantization, "modelopt_quantize", lambda *args, **kwargs: pytest.fail("calibrated a bad checkpoint"))
+    monkeypatch.setattr(
+        quantization, "modelopt_quantize", lambda *args, **kwargs: pytest.fail("calibrated a bad checkpoint")
+    )
     quant = quantization.Quantization(QUANT_MODES["int8-weight-only"], calibration(directory))
     with pytest.raises(CheckpointError) as info:
         weight_loader.load_model(open_checkpoint(directory), tp.float32, quant)
@@ -310,7 +322,9 @@ def test_quantized_loading_checks_the_checkpoint_before_calibrating(quant_checkp
 def with_lm_head(source, tmp_path, lm_head, tie_word_embeddings=True):
     """A copy of the checkpoint `source` whose model.safetensors holds lm_head(wte) as lm_head.weight and
     whose config.json says tie_word_embeddings (transformers' default: true)."""
-    directory = copy_checkpoint(source, tmp_path, lambda w: w.update({"lm_head.weight": lm_head(w["transformer.wte.weight"])}))
+    directory = copy_checkpoint(
+        source, tmp_path, lambda w: w.update({"lm_head.weight": lm_head(w["transformer.wte.weight"])})
+    )
     config_path = os.path.join(directory, "config.json")
     with open(config_path) as f:
         config = json.load(f)
@@ -328,7 +342,9 @@ def transformers_uses_its_own_lm_head(directory):
     lm_head.weight, tied as config.json says it is."""
     hf_model = GPT2LMHeadModel.from_pretrained(directory).eval()
     assert hf_model.config.tie_word_embeddings
-    assert torch.equal(hf_model.lm_head.weight, load_file(os.path.join(directory, "model.safetensors"))["lm_head.weight"])
+    assert torch.equal(
+        hf_model.lm_head.weight, load_file(os.path.join(directory, "model.safetensors"))["lm_head.weight"]
+    )
     assert not torch.equal(hf_model.lm_head.weight, hf_model.transformer.wte.weight)
     return hf_model
 
@@ -360,4 +376,6 @@ def test_an_lm_head_equal_to_the_embedding_is_shared_though_config_json_says_unt
     model = load(directory)
     state = model.state_dict()
     assert state["lm_head.weight"] is state["transformer.wte.weight"]
-    assert model.weight_bytes() == sum(t.numel() * 4 for t in load_file(os.path.join(tiny_checkpoint, "model.safetensors")).values())
+    assert model.weight_bytes() == sum(
+        t.numel() * 4 for t in load_file(os.path.join(tiny_checkpoint, "model.safetensors")).values()
+    )

@@ -101,7 +101,11 @@ def _slice(x, start, size, stride, fill=None, mode="default"):
             x = x.narrow(dim, 0, 0)
             continue
         if mode == "default" and s > 0 and b >= 0 and b + (n - 1) * s < extent:
-            x = x.narrow(dim, b, n) if s == 1 else x.narrow(dim, b, (n - 1) * s + 1)[(slice(None),) * dim + (slice(None, None, s),)]
+            x = (
+                x.narrow(dim, b, n)
+                if s == 1
+                else x.narrow(dim, b, (n - 1) * s + 1)[(slice(None),) * dim + (slice(None, None, s),)]
+            )
             continue
         if mode == "default" and not (0 <= b < extent and 0 <= b + (n - 1) * s < extent):
             raise IndexError(f"Slice out of bounds: start {b}, size {n}, stride {s} on a dimension of size {extent}")
@@ -431,7 +435,9 @@ def resize_cubic(x, out_shape=None, *, scales, align_corners):
         low = torch.floor(src)
         weights = _cubic_weights(src - low)
         low = low.to(torch.int64)
-        return sum(_taps(x, dim, low + offset) * _weights_along(w, dim, x.dim()) for offset, w in zip(range(-1, 3), weights))
+        return sum(
+            _taps(x, dim, low + offset) * _weights_along(w, dim, x.dim()) for offset, w in zip(range(-1, 3), weights)
+        )
 
     return _resize(x, out_shape, scales, cubic)
 

@@ -30,6 +30,7 @@ from torch_executor.values import SCALAR_TYPE_CODES, MemRefValue, MTRTException,
 FORMAT_MAGIC = b"TRIPY-TORCH-EXECUTABLE-1\n"
 _KEYED_BY_MODULE = ("binary", "unary", "reduce")
 
+
 def op_key(op):
     return op_class_key(type(op))
 

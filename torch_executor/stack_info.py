@@ -11,7 +11,11 @@ import sys
 
 @functools.lru_cache(maxsize=None)
 def _column_range(code, line):
-    ranges = {(start, end) for pos_line, _, start, end in code.co_positions() if pos_line == line and start is not None and end is not None}
+    ranges = {
+        (start, end)
+        for pos_line, _, start, end in code.co_positions()
+        if pos_line == line and start is not None and end is not None
+    }
     return ranges.pop() if len(ranges) == 1 else None
 
 

@@ -49,6 +49,7 @@ TORCH_DTYPES = {
 }
 SCALAR_TYPE_CODES = {torch_dtype: code for code, torch_dtype in TORCH_DTYPES.items() if code != ScalarTypeCode.i4}
 
+
 class MemRefValue:
     def __init__(self, tensor, dtype, address_space):
         self.tensor = tensor

@@ -32,7 +32,9 @@ def test_reshape(target):
     same(fastpaths.bind("Reshape", {}, [None, new_shape]), ops.reshape, x, new_shape)
 
 
-@pytest.mark.parametrize("shape, target", [((5,), [4, 5]), ((1, 5), [3, 2, 5]), ((4, 1), [4, 6]), ((4, 5), [4, 5]), ((4, 5), [2, 5])])
+@pytest.mark.parametrize(
+    "shape, target", [((5,), [4, 5]), ((1, 5), [3, 2, 5]), ((4, 1), [4, 6]), ((4, 5), [4, 5]), ((4, 5), [2, 5])]
+)
 def test_broadcast(shape, target):
     x, new_shape = torch.randn(shape), shape_tensor(target)
     same(fastpaths.bind("Broadcast", {}, [None, new_shape]), ops.broadcast, x, new_shape)

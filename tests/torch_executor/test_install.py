@@ -57,8 +57,7 @@ def test_a_missing_nvtripy_is_reported_with_the_install_command(monkeypatch):
 
 
 def test_the_version_check_runs_before_nvtripy_is_imported():
-    result = run_python(
-        """
+    result = run_python("""
         import importlib.metadata, sys
         importlib.metadata.version = lambda name: "9.9.9"
         import torch_executor
@@ -67,8 +66,7 @@ def test_the_version_check_runs_before_nvtripy_is_imported():
         except torch_executor.ExecutorError as exc:
             print("refused:", exc)
         print("nvtripy imported:", "nvtripy" in sys.modules)
-        """
-    )
+        """)
     assert result.returncode == 0, result.stderr
     assert "refused: the CPU executor supports nvtripy 0.1.7 only, but 9.9.9 is installed" in result.stdout
     assert "nvtripy imported: False" in result.stdout
@@ -194,8 +192,7 @@ def test_the_runtime_and_compiler_apis_are_the_executors():
 
 
 def test_torch_and_transformers_import_and_work_after_the_stubs():
-    result = run_python(
-        """
+    result = run_python("""
         import backend
         backend.select_backend("cpu")
         import nvtripy as tp
@@ -207,8 +204,7 @@ def test_torch_and_transformers_import_and_work_after_the_stubs():
         logits = model(torch.tensor([[1, 2, 3]])).logits
         print("logits", tuple(logits.shape))
         print("tp", tp.ones((2,)).tolist())
-        """
-    )
+        """)
     assert result.returncode == 0, result.stderr
     assert "logits (1, 3, 16)" in result.stdout
     assert "tp [1.0, 1.0]" in result.stdout

@@ -88,7 +88,14 @@ def naive_conv2d(x, w, stride, pre, post, groups, dilation):
 def naive_deconv2d(x, w, stride, pre, post, groups, dilation):
     n, c_in, h, wd = x.shape
     _, c_group_out, kh, kw = w.shape
-    full = np.zeros((n, c_group_out * groups, (h - 1) * stride[0] + dilation[0] * (kh - 1) + 1, (wd - 1) * stride[1] + dilation[1] * (kw - 1) + 1))
+    full = np.zeros(
+        (
+            n,
+            c_group_out * groups,
+            (h - 1) * stride[0] + dilation[0] * (kh - 1) + 1,
+            (wd - 1) * stride[1] + dilation[1] * (kw - 1) + 1,
+        )
+    )
     in_per_group = c_in // groups
     for ci in range(c_in):
         g = ci // in_per_group
@@ -97,7 +104,14 @@ def naive_deconv2d(x, w, stride, pre, post, groups, dilation):
                 for j in range(wd):
                     for a in range(kh):
                         for b in range(kw):
-                            full[:, g * c_group_out + co, i * stride[0] + a * dilation[0], j * stride[1] + b * dilation[1]] += x[:, ci, i, j] * w[ci, co, a, b]
+                            full[
+                                :,
+                                g * c_group_out + co,
+                                i * stride[0] + a * dilation[0],
+                                j * stride[1] + b * dilation[1],
+                            ] += (
+                                x[:, ci, i, j] * w[ci, co, a, b]
+                            )
     return full[:, :, pre[0] : full.shape[2] - post[0], pre[1] : full.shape[3] - post[1]]
 
 
@@ -121,7 +135,9 @@ def test_convolution(stride, padding, groups, dilation):
     out = run(conv, x)
 
     pre, post = zip(*padding)
-    expected = naive_conv2d(x.numpy(), weight.numpy(), stride, pre, post, groups, dilation) + bias.numpy().reshape(1, -1, 1, 1)
+    expected = naive_conv2d(x.numpy(), weight.numpy(), stride, pre, post, groups, dilation) + bias.numpy().reshape(
+        1, -1, 1, 1
+    )
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
@@ -129,14 +145,18 @@ def test_convolution(stride, padding, groups, dilation):
 def test_deconvolution(stride, padding, groups, dilation):
     torch.manual_seed(0)
     x = torch.randn(2, 4, 4, 5)
-    deconv = tp.ConvTranspose(4, 8, (3, 2), stride=stride, padding=padding, groups=groups, dilation=dilation, dtype=tp.float32)
+    deconv = tp.ConvTranspose(
+        4, 8, (3, 2), stride=stride, padding=padding, groups=groups, dilation=dilation, dtype=tp.float32
+    )
     weight, bias = torch.randn(4, 8 // groups, 3, 2), torch.randn(8)
     deconv.load_state_dict({"weight": tp.Tensor(weight), "bias": tp.Tensor(bias)})
 
     out = run(deconv, x)
 
     pre, post = zip(*padding)
-    expected = naive_deconv2d(x.numpy(), weight.numpy(), stride, pre, post, groups, dilation) + bias.numpy().reshape(1, -1, 1, 1)
+    expected = naive_deconv2d(x.numpy(), weight.numpy(), stride, pre, post, groups, dilation) + bias.numpy().reshape(
+        1, -1, 1, 1
+    )
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
@@ -236,7 +256,9 @@ def test_pooling_3d_matches_torch():
 TORCH_MODES = {"nearest": "nearest", "linear": "bilinear", "cubic": "bicubic"}
 
 
-@pytest.mark.parametrize("mode, align_corners", [("nearest", False), ("linear", False), ("linear", True), ("cubic", False), ("cubic", True)])
+@pytest.mark.parametrize(
+    "mode, align_corners", [("nearest", False), ("linear", False), ("linear", True), ("cubic", False), ("cubic", True)]
+)
 @pytest.mark.parametrize("out_hw", [(7, 4), (2, 9), (3, 5)])
 def test_resize_to_output_shape(mode, align_corners, out_hw):
     torch.manual_seed(0)
@@ -311,7 +333,9 @@ def test_quantize_scales_per_tensor_per_channel_and_per_block():
 
     # Block-wise (int4 only): scale [D0 / B, D1] scales blocks of B = 2 consecutive rows.
     blocks = [[10.0, 20.0, 40.0], [20.0, 40.0, 80.0]]
-    expected = torch.round(x / torch.tensor(blocks).repeat_interleave(2, dim=0)).clamp(-8, 7) * torch.tensor(blocks).repeat_interleave(2, dim=0)
+    expected = torch.round(x / torch.tensor(blocks).repeat_interleave(2, dim=0)).clamp(-8, 7) * torch.tensor(
+        blocks
+    ).repeat_interleave(2, dim=0)
     assert dequantized(x, blocks, tp.int4).tolist() == expected.tolist()
 
 

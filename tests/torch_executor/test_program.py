@@ -45,14 +45,18 @@ def test_shapes_within_the_bounds_run(compiled_add, rows):
 @pytest.mark.parametrize("rows", [0, 4])
 def test_shapes_outside_the_bounds_are_refused(compiled_add, rows):
     a = on_device(torch.zeros(rows, 4))
-    with pytest.raises(tp.TripyException, match=r"expected a shape within the bounds: min=\(1, 4\), max=\(3, 4\)") as info:
+    with pytest.raises(
+        tp.TripyException, match=r"expected a shape within the bounds: min=\(1, 4\), max=\(3, 4\)"
+    ) as info:
         compiled_add(a, a)
     assert f"Dimension 0 has a shape of {rows}, which is not within the expected bounds of [1, 3]" in str(info.value)
 
 
 def test_a_static_dimension_must_match(compiled_add):
     a = on_device(torch.zeros(2, 5))
-    with pytest.raises(tp.TripyException, match=r"Dimension 1 has a shape of 5, which is not within the expected bounds of \[4, 4\]"):
+    with pytest.raises(
+        tp.TripyException, match=r"Dimension 1 has a shape of 5, which is not within the expected bounds of \[4, 4\]"
+    ):
         compiled_add(a, a)
 
 
@@ -81,7 +85,8 @@ def test_dimension_size_inputs_are_checked_against_their_value_bounds():
         return tp.reshape(x, (-1, s))
 
     compiled = tp.compile(
-        reshape, args=[tp.InputInfo(shape=(3, (2, 4, 6)), dtype=tp.float32), tp.DimensionInputInfo(value_bounds=(1, 2, 4))]
+        reshape,
+        args=[tp.InputInfo(shape=(3, (2, 4, 6)), dtype=tp.float32), tp.DimensionInputInfo(value_bounds=(1, 2, 4))],
     )
     x = on_device(torch.zeros(3, 4))
     assert compiled(x, tp.DimensionSize(4)).shape == (3, 4)
@@ -95,7 +100,9 @@ def test_dimensions_with_the_same_name_must_be_equal():
         add, args=[tp.InputInfo((batch, 3), dtype=tp.float32), tp.InputInfo((batch, 3), dtype=tp.float32)]
     )
     assert compiled(on_device(torch.ones(2, 3)), on_device(torch.ones(2, 3))).shape == (2, 3)
-    with pytest.raises(tp.TripyException, match="Dimensions named 'batch' must be equal at runtime, but got sizes 2 and 3"):
+    with pytest.raises(
+        tp.TripyException, match="Dimensions named 'batch' must be equal at runtime, but got sizes 2 and 3"
+    ):
         compiled(on_device(torch.ones(2, 3)), on_device(torch.ones(3, 3)))
 
 
@@ -160,7 +167,9 @@ def test_ir_logging_prints_the_program_the_executor_runs(verbosity, capsys):
 
 
 def test_ir_logging_leaves_compile_errors_to_the_compiler(capsys):
-    with tp.logger.use_verbosity("mlir"), pytest.raises(tp.TripyException, match="The CPU executor cannot run trace op 'Plugin'") as info:
+    with tp.logger.use_verbosity("mlir"), pytest.raises(
+        tp.TripyException, match="The CPU executor cannot run trace op 'Plugin'"
+    ) as info:
         x = tp.ones((2, 2))
         tp.plugin(name="CustomGeluPluginDynamic", inputs=[x], output_info=[(x.rank, x.dtype)], type_id=0).eval()
     assert "This originated from the following operation" in str(info.value)
@@ -192,7 +201,9 @@ def test_an_op_the_executor_lacks_fails_loudly_naming_it(monkeypatch):
 def test_an_op_that_fails_at_run_time_is_named():
     compiled = tp.compile(lambda a, b: a @ b, args=[tp.InputInfo((2, (1, 3, 4)), tp.float32)] * 2)
     a = on_device(torch.ones(2, 3))
-    with pytest.raises(tp.TripyException, match=r"Trace op 'MatrixMultiply' failed: RuntimeError: mat1 and mat2 shapes"):
+    with pytest.raises(
+        tp.TripyException, match=r"Trace op 'MatrixMultiply' failed: RuntimeError: mat1 and mat2 shapes"
+    ):
         compiled(a, a)
 
 
@@ -261,7 +272,13 @@ def test_the_saved_program_is_json_and_safetensors_only(saved):
     header = json.loads(payload[start : start + length])
     tensors = safetensors.torch.load(payload[start + length :])
     assert sorted(tensors) == sorted(str(slot) for slot in header["constants"])
-    assert [step["kind"] for step in header["steps"]] == ["MatrixMultiply", "binary.Sub", "unary.Relu", "Softmax", "reduce.Sum"]
+    assert [step["kind"] for step in header["steps"]] == [
+        "MatrixMultiply",
+        "binary.Sub",
+        "unary.Relu",
+        "Softmax",
+        "reduce.Sum",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -283,7 +300,9 @@ def test_a_corrupt_file_gives_a_clear_error(saved, corrupt, message):
 
 def test_there_is_no_tensorrt_engine_to_serialize(saved):
     compiled, _ = saved
-    with pytest.raises(MTRTException, match="builds no TensorRT engine: `serialized_tensorrt_engine` needs the TensorRT backend"):
+    with pytest.raises(
+        MTRTException, match="builds no TensorRT engine: `serialized_tensorrt_engine` needs the TensorRT backend"
+    ):
         compiled.serialized_tensorrt_engine
 
 
@@ -321,7 +340,9 @@ def test_a_module_with_loaded_weights_matches_torch_at_two_lengths():
     torch.manual_seed(0)
     reference = TorchTinyBlock(vocab=50, width=16).eval()
     block = TinyBlock(vocab=50, width=16)
-    missing, unexpected = block.load_state_dict({name: tp.Tensor(value.detach()) for name, value in reference.state_dict().items()})
+    missing, unexpected = block.load_state_dict(
+        {name: tp.Tensor(value.detach()) for name, value in reference.state_dict().items()}
+    )
     assert not missing and not unexpected
 
     compiled = tp.compile(block, args=[tp.InputInfo((2, (1, 4, 16)), dtype=tp.int32)])

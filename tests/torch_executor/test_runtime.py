@@ -51,7 +51,9 @@ def test_results_never_alias_inputs_or_constants():
 def test_dlpack_round_trip_keeps_values_and_dtypes():
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.int8, torch.int32, torch.int64, torch.bool):
         data = torch.tensor([[1, 0, 3], [4, 5, 0]]).to(dtype)
-        compiled = tp.compile(lambda x: tp.concatenate([x, x], dim=0), args=[tp.InputInfo((2, 3), dtype=getattr(tp, str(dtype)[6:]))])
+        compiled = tp.compile(
+            lambda x: tp.concatenate([x, x], dim=0), args=[tp.InputInfo((2, 3), dtype=getattr(tp, str(dtype)[6:]))]
+        )
         out = torch.from_dlpack(compiled(tp.copy(tp.Tensor(data), tp.device("gpu"))))
         assert out.dtype == dtype and torch.equal(out, torch.cat([data, data]))
 
@@ -107,7 +109,9 @@ def test_float8_results_cannot_leave_through_dlpack_as_on_tensorrt():
 )
 def test_data_of_a_type_nvtripy_lacks_gets_nvtripys_own_error(data, code):
     # The runtime takes such memory in; nvtripy, which has no type for it, then refuses it.
-    with pytest.raises(tp.TripyException, match=f"Data type: 'ScalarTypeCode.{code}' does not have a corresponding nvtripy data type"):
+    with pytest.raises(
+        tp.TripyException, match=f"Data type: 'ScalarTypeCode.{code}' does not have a corresponding nvtripy data type"
+    ):
         tp.Tensor(data)
 
 
