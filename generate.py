@@ -86,7 +86,7 @@ def compile_with_cache(model, batch_size=1):
     with progress.step("Compiling prefill and decode"):
         prefill, decode = compile_prefill(model, batch_size), compile_decode(model, batch_size)
     seconds = time.perf_counter() - start
-    return Compiled(prefill, decode, weight_bytes=weight_bytes(model, prefill, decode), seconds=seconds)
+    return Compiled(prefill, decode, weight_bytes=weight_bytes(model, decode), seconds=seconds)
 
 
 def compile_without_cache(checkpoint, dtype, quant, prompt_tokens, max_tokens, batch_size=1):
@@ -100,13 +100,14 @@ def compile_without_cache(checkpoint, dtype, quant, prompt_tokens, max_tokens, b
     return Compiled(forward=forward, weight_bytes=weight_bytes(model, forward), seconds=seconds)
 
 
-def weight_bytes(model, *executables):
-    """The bytes of weights the compiled functions hold, which a decode step reads. The CPU executor
-    counts the constants its programs hold (quantized weights at their codes' size). A TensorRT engine
-    cannot be asked; it holds each weight as the model stores it, a quantized one at its quantized size,
-    since TensorRT keeps quantized constants quantized: model.weight_bytes counts that."""
+def weight_bytes(model, executable):
+    """The bytes of weights a decode step reads: those of the compiled function that makes it. The CPU
+    executor counts the constants its program holds (quantized weights at their codes' size, and a weight
+    it laid out anew for the step's product in that layout alone). A TensorRT engine cannot be asked; it
+    holds each weight as the model stores it, a quantized one at its quantized size, since TensorRT keeps
+    quantized constants quantized: model.weight_bytes counts that."""
     if torch_executor.is_installed():
-        return torch_executor.weight_bytes(*executables)
+        return torch_executor.weight_bytes(executable)
     return model.weight_bytes()
 
 

@@ -86,7 +86,7 @@ def run_ours(args, checkpoint_dir):
     checkpoint = open_checkpoint(checkpoint_dir)
     mode = MODES[args.mode]
     quant = quantization.prepare(checkpoint, quantization.QUANT_MODES[mode], None, args.calib_samples) if mode else None
-    model, _ = weight_loader.load_model(checkpoint, getattr(tp, args.dtype), quant, progress=False)
+    model = weight_loader.load_model(checkpoint, getattr(tp, args.dtype), quant)
     rows = []
     for batch in args.batches:
         prefill, decode = generate.compile_prefill(model, batch), generate.compile_decode(model, batch)
@@ -147,7 +147,7 @@ def inputs(batch, args):
 
 
 def child(args):
-    backend.select_backend("cpu", announce=False)
+    backend.select_backend("cpu")
     import torch
 
     torch.set_num_threads(args.threads)

@@ -88,23 +88,18 @@ def test_greedy_generation_is_token_identical_to_transformers(parity_checkpoints
     assert ours == hf_greedy(directory, prompt, max_new_tokens)
 
 
+def greedy_response(directory, env):
+    """The response of 20 greedy tokens after PROMPT, from the command line."""
+    args = ("--checkpoint", directory, "--input-text", PROMPT, "--temperature", "0", "--max-new-tokens", "20")
+    return response(run_example(*args, env=env))
+
+
 def test_greedy_on_the_command_line(parity_checkpoints, offline_env):
     directory, _ = parity_checkpoints["eps"]
     encoding = load_encoding(directory, is_directory=True)
     prompt = encoding.encode(PROMPT)
     expected = encoding.decode(prompt + hf_greedy(directory, prompt, 20))
-    result = run_example(
-        "--checkpoint",
-        directory,
-        "--input-text",
-        PROMPT,
-        "--temperature",
-        "0",
-        "--max-new-tokens",
-        "20",
-        env=offline_env,
-    )
-    assert response(result) == expected
+    assert greedy_response(directory, offline_env) == expected
 
 
 def test_every_end_of_text_id_of_generation_config_stops_as_in_transformers(parity_checkpoints, offline_env, tmp_path):
@@ -126,18 +121,7 @@ def test_every_end_of_text_id_of_generation_config_stops_as_in_transformers(pari
     theirs = hf_model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=20, pad_token_id=0)
     theirs = theirs[0, len(prompt) :]
     assert theirs.tolist() == free[: stop + 1]  # ends with the end-of-text token
-    result = run_example(
-        "--checkpoint",
-        directory,
-        "--input-text",
-        PROMPT,
-        "--temperature",
-        "0",
-        "--max-new-tokens",
-        "20",
-        env=offline_env,
-    )
-    assert response(result) == encoding.decode(prompt + free[:stop])
+    assert greedy_response(directory, offline_env) == encoding.decode(prompt + free[:stop])
 
 
 def test_seeded_sampling_is_reproducible_run_to_run(tiny_checkpoint, offline_env):

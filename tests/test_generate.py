@@ -298,3 +298,31 @@ def test_a_sample_ends_at_the_end_of_text_token_which_is_not_yielded(parity_chec
     ):
         steps = list(generate_tokens(functions, prompt, 10, GREEDY, torch.Generator(), eos_token_id=eos))
         assert steps == [[t] for t in tokens[:3]] + [[None]]
+
+
+@pytest.mark.skipif(
+    BACKEND != "cpu", reason="a TensorRT engine cannot be asked what it holds; model.weight_bytes counts"
+)
+def test_the_reported_weight_bytes_are_what_the_decode_program_holds(quant_checkpoint):
+    """The speed report's weight bytes are the constants of the compiled decode step, counted by the
+    executor: quantized weights at their codes' size, so int8 reads at most half float32's linear weights
+    and int4 at most 0.3 of them (the embeddings, read whole by no step, are the same in every mode)."""
+    import torch_executor
+
+    directory, calibration = quant_checkpoint
+    checkpoint = open_checkpoint(directory)
+    reported = {}
+    for mode in (None, *QUANT_MODES):
+        quant = quantization.Quantization(QUANT_MODES[mode], calibration) if mode else None
+        compiled = generate.compile_with_cache(weight_loader.load_model(checkpoint, tp.float32, quant))
+        assert compiled.weight_bytes == torch_executor.weight_bytes(compiled.decode)
+        reported[mode] = compiled.weight_bytes
+    embeddings = sum(
+        4 * v.numel()
+        for k, v in GPT2LMHeadModel.from_pretrained(directory).state_dict().items()
+        if ".wte" in k or ".wpe" in k
+    )
+    linear = {mode: size - embeddings for mode, size in reported.items()}
+    assert linear["int8-weight-only"] <= 0.5 * linear[None]
+    assert linear["int4-weight-only"] <= 0.3 * linear[None]
+    assert linear["float8"] <= 0.5 * linear[None] + embeddings / 4  # and lm_head, untied from wte, in 1 byte a weight
