@@ -9,8 +9,8 @@ Each (mode, dtype) runs in a process of its own, so that its peak memory (the pr
 resident set: calibration, model and programs) and its resident set at the end (model and programs,
 calibration freed) are its own; the rows are printed as they finish, then the ratios
 the targets of issue 15 are about. A step's time is the median over all rounds' steps; tokens/s
-counts every sample of the batch. "weights MB" is torch_executor.weight_bytes(prefill, decode):
-the constants the two programs read, each storage once.
+counts every sample of the batch. "weights MB" is torch_executor.weight_bytes(decode), what the speed
+report counts: the constants the decode program reads each step.
 Not a test: run it, read it.
 
     python benchmarks/quantized_decode.py [--threads 1] [--modes none int8 int4 float8]
@@ -102,7 +102,7 @@ def run_ours(args, checkpoint_dir):
         prompt, tokens = inputs(batch, args)
         median_step(start, step, prompt, tokens[:2], 1, CLOCKS[args.clock])  # warm-up
         seconds = median_step(start, step, prompt, tokens, args.rounds, CLOCKS[args.clock])
-        weights = torch_executor.weight_bytes(prefill, decode) / 1e6
+        weights = torch_executor.weight_bytes(decode) / 1e6
         rows.append({"batch": batch, "ms": 1e3 * seconds, "weights_mb": weights})
         del prefill, decode, state
     return rows
