@@ -166,6 +166,8 @@ class Program:
         the shape arguments are constants, fastpaths.py's; else the op's function."""
         constants = [self.constants.get(i) for i in step.inputs]
         reads = [t for t in constants if t is not None]
+        if step.kind == "Gather":  # an embedding lookup reads the rows it gathers, not its whole table
+            reads = [t for t in reads if t is not constants[0]]
         if step.kind == "PackedMatMul":
             if matmul.prepacks(constants[1], step.attrs["rows"]):
                 function, held = matmul.prepacked_product(constants[1], step.attrs["rows"])
@@ -547,7 +549,8 @@ def prepack_bfloat16_products(draft):
 
 
 def weight_bytes(programs):
-    """The bytes of the constants the programs' steps read, each storage counted once."""
+    """The bytes of the constants the programs' steps read, each storage counted once: what a run of them
+    reads from memory (a table that a Gather reads rows of is left out, as only its rows are read)."""
     seen, total = set(), 0
     for program in programs:
         for tensor in program.read_constants:
