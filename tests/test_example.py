@@ -183,6 +183,29 @@ def test_ctrl_c_prints_what_was_generated(tiny_checkpoint, offline_env):
     assert stdout.endswith("\n") and "Time to first token" not in stdout
 
 
+@pytest.mark.parametrize("after", [0.3, 0.8, 1.5, 2.5])
+def test_ctrl_c_while_the_modules_load_is_exit_status_130_without_a_traceback(tiny_checkpoint, offline_env, after):
+    """Ctrl-C at moments in the first seconds, while torch, transformers and nvtripy are imported (or, on a
+    fast machine, later): exit status 130 and no traceback, never an abort from inside torch's start-up."""
+    process = subprocess.Popen(
+        [sys.executable, EXAMPLE, "--checkpoint", tiny_checkpoint, "--input-text", PROMPT, "--max-new-tokens", "50"]
+        + ["--backend", BACKEND],
+        env=offline_env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
+    )
+    time.sleep(after)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip(f"the run ended before {after} s, so nothing was interrupted")
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "terminate" not in stderr, stderr
+
+
 def test_help_shows_the_defaults(offline_env):
     result = subprocess.run([sys.executable, EXAMPLE, "--help"], env=offline_env, capture_output=True, text=True)
     assert result.returncode == 0
