@@ -18,14 +18,11 @@ import math
 import sys
 import time
 
-import torch
-
 import backend
 import cli
 import progress
 import reading
 from cli import UsageError
-from sampling import NonFiniteLogits
 
 # log_sum_exp_over_max's float64 blocks: small enough to stay in a processor's cache, big enough that starting
 # each operation on every thread costs little (on a busy machine, that cost dominated blocks of 2 MiB).
@@ -75,6 +72,8 @@ def log_sum_exp_over_max(rows, maxima):
     block = (
         len(rows) if rows.is_cuda else max(1, BLOCK_BYTES // (8 * rows.shape[1]))
     )  # a GPU: one block, its memory is fast
+    import torch  # here and in main, not at the top: --help and bad options answer before torch loads
+
     buffer = torch.empty(min(block, len(rows)), rows.shape[1], dtype=torch.float64, device=rows.device)
     sums = torch.empty(len(rows), dtype=torch.float64, device=rows.device)
     for start in range(0, len(rows), block):
@@ -90,7 +89,7 @@ def token_nlls(logits, tokens, vocab_size):
     neither term loses digits to the logits' size. Ids from vocab_size on are not tokens the tokenizer can
     make, so they get no probability. Logits that are nan or inf give an nll that is not finite."""
     rows = logits[0, :-1, :vocab_size]
-    targets = torch.tensor(tokens[1:], dtype=torch.long, device=rows.device)
+    targets = rows.new_tensor(tokens[1:]).long()
     maxima = rows.amax(dim=1).double()
     return log_sum_exp_over_max(rows, maxima) + (maxima - rows.gather(1, targets[:, None])[:, 0].double())
 
@@ -99,10 +98,12 @@ def perplexity(chunks, window_logits, vocab_size):
     """exp(mean negative log-likelihood) over every window, and the number of scored tokens.
     `window_logits` yields each window's logits, in order. Logits that are not finite raise
     NonFiniteLogits, which names the first window and position that has them."""
+    from sampling import NonFiniteLogits
+
     total, count, tokens_before = 0.0, 0, 0
     for number, (chunk, logits) in enumerate(zip(chunks, window_logits, strict=True), start=1):
         nlls = token_nlls(logits, chunk, vocab_size)
-        finite = torch.isfinite(nlls)
+        finite = nlls.isfinite()
         if not finite.all():
             position = int(finite.logical_not().nonzero()[0, 0])
             row = logits[0, position, :vocab_size]
@@ -122,6 +123,7 @@ def main(argv=None):
     # Loaded only now: nvtripy on the backend just chosen, and transformers' imports after --help and bad
     # options have had their answer.
     import nvtripy as tp
+    import torch
 
     import generate
     import quantization

@@ -21,6 +21,7 @@ import progress
 import weight_loader
 from checkpoint import open_checkpoint
 from errors import UserError
+from sampling import NonFiniteLogits
 from tokenizer import load_encoding
 
 PERPLEXITY = os.path.join(REPO_ROOT, "perplexity.py")
@@ -160,7 +161,7 @@ def test_non_finite_logits_are_an_error_naming_the_window_and_position(value):
     logits[1][0, 4, chunks[1][5] if value == "-inf" else 30] = float(value)  # window 2, position 5: the text's token 13
     logits[2][0, 1, 30] = math.nan
     expected = f"the model's logits are {value} in window 2 of 3 at position 5 (token 13 of the text)"
-    with pytest.raises(perplexity.NonFiniteLogits, match=re.escape(expected)):
+    with pytest.raises(NonFiniteLogits, match=re.escape(expected)):
         perplexity.perplexity(chunks, iter(logits), 32)
 
 
