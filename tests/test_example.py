@@ -159,17 +159,22 @@ def test_endoftext_is_allowed_in_the_prompt(tiny_checkpoint, offline_env):
     assert response(result).startswith(text)
 
 
-def test_ctrl_c_prints_what_was_generated(tiny_checkpoint, offline_env):
-    process = subprocess.Popen(
-        [sys.executable, EXAMPLE, "--checkpoint", tiny_checkpoint, "--input-text", PROMPT, "--max-new-tokens", "110"]
-        + ["--backend", os.environ.get("TRIPY_EXAMPLE_BACKEND", "auto")],
-        env=offline_env,
+def interruptible_example(checkpoint, env, max_new_tokens):
+    """example.py started on the checkpoint, to be sent SIGINT (its default action restored)."""
+    return subprocess.Popen(
+        [sys.executable, EXAMPLE, "--checkpoint", checkpoint, "--input-text", PROMPT, "--backend", BACKEND]
+        + ["--max-new-tokens", str(max_new_tokens)],
+        env=env,
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         preexec_fn=default_sigint,
     )
+
+
+def test_ctrl_c_prints_what_was_generated(tiny_checkpoint, offline_env):
+    process = interruptible_example(tiny_checkpoint, offline_env, 110)
     # The response streams: the prompt is printed just before generation starts, and the first new
     # character as soon as it is made, while the rest is still being generated.
     start = process.stdout.read(len(f"Response: {PROMPT}") + 1)
@@ -187,16 +192,7 @@ def test_ctrl_c_prints_what_was_generated(tiny_checkpoint, offline_env):
 def test_ctrl_c_while_the_modules_load_is_exit_status_130_without_a_traceback(tiny_checkpoint, offline_env, after):
     """Ctrl-C at moments in the first seconds, while torch, transformers and nvtripy are imported (or, on a
     fast machine, later): exit status 130 and no traceback, never an abort from inside torch's start-up."""
-    process = subprocess.Popen(
-        [sys.executable, EXAMPLE, "--checkpoint", tiny_checkpoint, "--input-text", PROMPT, "--max-new-tokens", "50"]
-        + ["--backend", BACKEND],
-        env=offline_env,
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=default_sigint,
-    )
+    process = interruptible_example(tiny_checkpoint, offline_env, 50)
     time.sleep(after)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
