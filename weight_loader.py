@@ -11,7 +11,7 @@ import gc
 import nvtripy as tp
 import torch
 
-from checkpoint import check_weights, read_hf_model
+from checkpoint import check_weights, expected_hf_shapes, read_hf_model
 from model import GPT, GPTConfig
 
 # GPT-2 keeps these four in Conv1D layers, stored (in, out); tp.Linear stores (out, in).
@@ -35,25 +35,6 @@ def gpt_config(checkpoint, dtype=tp.float32, quant_mode=None):
     )
 
 
-def checkpoint_shapes(config):
-    """{key: shape} of the weights a GPT-2 checkpoint of this shape holds, in our (out, in) layout."""
-    n, inner, vocab = config.embedding_size, 4 * config.embedding_size, config.vocab_size
-    shapes = {"transformer.wte.weight": (vocab, n), "transformer.wpe.weight": (config.block_size, n)}
-    for i in range(config.num_layers):
-        layer = f"transformer.h.{i}"
-        for norm in ("ln_1", "ln_2"):
-            shapes.update({f"{layer}.{norm}.weight": (n,), f"{layer}.{norm}.bias": (n,)})
-        for name, (inputs, outputs) in {
-            "attn.c_attn": (n, 3 * n),
-            "attn.c_proj": (n, n),
-            "mlp.c_fc": (n, inner),
-            "mlp.c_proj": (inner, n),
-        }.items():
-            shapes.update({f"{layer}.{name}.weight": (outputs, inputs), f"{layer}.{name}.bias": (outputs,)})
-    shapes.update({"transformer.ln_f.weight": (n,), "transformer.ln_f.bias": (n,), "lm_head.weight": (vocab, n)})
-    return shapes
-
-
 def load_model(checkpoint, dtype, quant=None):
     """The GPT with the checkpoint's weights in `dtype`, quantized as `quant` (a quantization.Quantization)
     says, or not at all.
@@ -64,7 +45,10 @@ def load_model(checkpoint, dtype, quant=None):
     config = gpt_config(checkpoint, dtype, quant.mode if quant else None)
     hf_model, info = read_hf_model(checkpoint, torch.float32 if quant else TORCH_DTYPES[dtype])
     state = hf_model.state_dict()
-    check_weights(checkpoint.source, checkpoint_shapes(config), state, info, TRANSPOSED)
+    hf_config = checkpoint.hf_config
+    expected = expected_hf_shapes(hf_config, range(hf_config.n_layer))  # as transformers stores them
+    expected["lm_head.weight"] = (hf_config.vocab_size, hf_config.n_embd)
+    check_weights(checkpoint.source, expected, state, info)
     if quant is not None:
         state = quant.quantized_state_dict(hf_model)
     del hf_model
@@ -87,7 +71,7 @@ def tripy_state(state, model, source):
     expected = {key: tuple(map(int, param.shape)) for key, param in model.state_dict().items()}
     quantized = model.config.quant_mode is not None
     if quantized:  # quantization's own layout, checked against the layers that take it
-        check_weights(source, expected, {key: value for key, value in state.items() if not _buffer(key)})
+        check_weights(source, expected, state)
     # The lm_head that transformers computes with: the token embedding itself (weight tying), or the
     # checkpoint's own; a quantized lm_head (with its own scales) is loaded on its own.
     tied = "lm_head.weight_scale" not in state and lm_head_is_embedding(state)
@@ -95,7 +79,7 @@ def tripy_state(state, model, source):
     tensors = {}
     for key in list(state):
         weight = state.pop(key)
-        if _buffer(key) or (key == "lm_head.weight" and tied):
+        if key not in expected or (key == "lm_head.weight" and tied):  # not expected: a causal-mask buffer
             continue
         if key.endswith(TRANSPOSED) and not quantized:
             weight = weight.t()
@@ -104,10 +88,6 @@ def tripy_state(state, model, source):
         # See https://paperswithcode.com/method/weight-tying: the output projection is the token embedding.
         tensors["lm_head.weight"] = tensors["transformer.wte.weight"]
     return tensors
-
-
-def _buffer(key):
-    return key.endswith((".attn.bias", ".attn.masked_bias"))
 
 
 def lm_head_is_embedding(state):
