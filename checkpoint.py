@@ -280,12 +280,19 @@ def weight_files(directory):
         return [single]
     if not os.path.lexists(index):
         return []
-    name = transformers.utils.SAFE_WEIGHTS_INDEX_NAME
-    value = _read_json_file(directory, index, name)
+    return sorted(
+        os.path.join(directory, f) for f in index_shards(directory, transformers.utils.SAFE_WEIGHTS_INDEX_NAME)
+    )
+
+
+def index_shards(directory, name):
+    """The file names a weight index (`name`, in `directory`) gives its tensors' shards, each once; a
+    malformed index is a CheckpointError."""
+    value = _read_json_file(directory, os.path.join(directory, name), name)
     weight_map = value.get("weight_map") if isinstance(value, dict) else None
     if not (isinstance(weight_map, dict) and all(isinstance(f, str) and f for f in weight_map.values())):
         raise CheckpointError(f"the {name} of '{directory}' is malformed: it has no weight_map from tensors to files")
-    return sorted({os.path.join(directory, f) for f in weight_map.values()})
+    return set(weight_map.values())
 
 
 def check_weight_headers(checkpoint):

@@ -36,12 +36,11 @@ import nvtripy as tp
 import torch
 
 import progress
-import reading
 import torch_executor
+from checkpoint import CheckpointError, index_shards
 
 ENTRY_FORMAT = 2  # bump when the layout of an entry changes
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".index.json")  # what transformers reads weights from
-MAX_INDEX_BYTES = 16 * 2**20  # a weight index lists each tensor's shard: tens of kB for GPT-2 XL
 # The source files whose code decides what is compiled: a change to any of them changes the key.
 SOURCE_FILES = ("model.py", "generate.py", "checkpoint.py", "weight_loader.py", "quantization.py", "quant_modes.py")
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -112,7 +111,10 @@ def checkpoint_identity(checkpoint, cache_dir):
     if not any(n.endswith(WEIGHT_FILE_SUFFIXES) for n in names):
         return None
     for index in [n for n in names if n.endswith(".index.json")]:
-        names |= index_shards(os.path.join(directory, index))
+        try:
+            names |= index_shards(directory, index)
+        except CheckpointError:
+            pass  # loading the weights says what is wrong with it
     if not all(os.path.exists(os.path.join(directory, n)) for n in names):
         return None  # a shard not downloaded yet
     names = sorted(names)
@@ -127,15 +129,6 @@ def checkpoint_identity(checkpoint, cache_dir):
         except OSError:
             pass  # the memo only saves time
     return identity
-
-
-def index_shards(path):
-    """The shard files a weight index names, as it names them; none when it cannot be read (loading says why)."""
-    try:
-        weight_map = reading.read_json(path, MAX_INDEX_BYTES).get("weight_map")
-        return {name for name in weight_map.values() if isinstance(name, str) and name}
-    except (reading.UnreadableFile, AttributeError):
-        return set()
 
 
 def environment(backend_name):
