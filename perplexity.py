@@ -69,9 +69,8 @@ def log_sum_exp_over_max(rows, maxima):
     perplexity is near its 50257 tokens, so four decimals take ten significant digits, where float32
     holds seven. The float64 copy is made a block of rows at a time (BLOCK_BYTES); a whole window's,
     1024 x 50257 x 8 bytes, goes out to memory and back, which took longer than the model."""
-    block = (
-        len(rows) if rows.is_cuda else max(1, BLOCK_BYTES // (8 * rows.shape[1]))
-    )  # a GPU: one block, its memory is fast
+    # A GPU's memory is fast: there, one block.
+    block = len(rows) if rows.is_cuda else max(1, BLOCK_BYTES // (8 * rows.shape[1]))
     import torch  # here and in main, not at the top: --help and bad options answer before torch loads
 
     buffer = torch.empty(min(block, len(rows)), rows.shape[1], dtype=torch.float64, device=rows.device)

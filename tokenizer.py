@@ -19,6 +19,7 @@ import tiktoken
 from tiktoken_ext.openai_public import ENDOFTEXT
 
 import reading
+from errors import UserError
 from reading import UnreadableFile
 
 # What transformers reads a tokenizer from; a directory with none of them is not a tokenizer.
@@ -38,8 +39,6 @@ GPT2_ENDOFTEXT_ID = 50256
 GPT2_PRE_TOKENIZER = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
 GPT2_MODEL = {"type": "BPE", "dropout": None, "byte_fallback": False, "ignore_merges": False}
 SINGLE_SEQUENCE = [{"Sequence": {"id": "A", "type_id": 0}}]  # a post-processor that adds no tokens
-
-from errors import UserError
 
 
 class TokenizerError(UserError):
