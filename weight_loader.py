@@ -55,7 +55,7 @@ def load_model(checkpoint, dtype, quant=None):
     model = GPT(config)
     model.load_state_dict(tripy_state(state, model, checkpoint.source))
     del state
-    gc.collect()  # ModelOpt's quantized model holds reference cycles: its memory goes back now, not later
+    gc.collect()  # ModelOpt's quantized model holds reference cycles, which only a collection frees
     return model
 
 
