@@ -20,6 +20,7 @@ import functools
 import json
 import math
 import platform
+import threading
 import weakref
 
 import torch
@@ -254,7 +255,8 @@ def prepacked_product(weight, rows):
 #   _convert_weight_to_int4pack_for_cpu and scales with zero offsets ([K / g, N, 2]), likewise,
 #   N a multiple of 16;
 # - "blocked": codes [N, K] (int8 storage for int8 and int4, float8 e4m3), dequantized to float32 a
-#   block of columns at a time, multiplied in float32 and rounded once to the rows' dtype. torch's
+#   block of columns at a time into a buffer that stays in cache, multiplied in float32 and rounded
+#   once to the rows' dtype. torch's
 #   int8 and int4 kernels take float32 rows on a slow path (4x and 20x slower than a dense float32
 #   product) and float16 rows likewise, and rounding float32 rows to bfloat16 would change results.
 # The dequantized values are those of ops.dequantize (codes times scale in float32); only the order
@@ -298,7 +300,7 @@ def _pack(quant, codes_b, scale_b, rows_dtype):
         scales_and_zeros = torch.stack([scales, torch.zeros_like(scales)], dim=-1).contiguous()
         return {"kernel": "int4_groups", "group": group}, [packed, scales_and_zeros]
     if scale_b.dim() == 2:
-        scaling, scale = "group", scale_b.float().contiguous()  # [K / g, N]
+        scaling, scale = "group", scale_b.float().t().contiguous()  # [N, K / g]: a block of rows of codes_rows
     else:
         scaling, scale = ("column" if scale_b.dim() == 1 else "tensor"), scale_b.float().contiguous()
     if quant == "float8":
@@ -331,44 +333,54 @@ def _rows_call(kernel):
     return product
 
 
-def _float8_block(codes):
-    """float8 e4m3 codes read as float16 bits: sign to bit 15, exponent and mantissa shifted up by 7.
-    That is 2^-8 times the code's value, subnormals included, and float16 converts fast where torch's
-    float8 conversion does not (14x slower). In place: a new tensor per operation takes 3x longer."""
-    bits = codes.view(torch.int8).to(torch.int16)  # sign-extended: bits 8-15 copy the sign
+def _float8_block(codes, bits):
+    """float8 e4m3 codes read as float16 bits, in `bits` (int16, codes' shape): sign to bit 15, exponent
+    and mantissa shifted up by 7. That is 2^-8 times the code's value, subnormals included, and float16
+    converts fast where torch's float8 conversion does not (14x slower)."""
+    bits.copy_(codes.view(torch.int8))  # sign-extended: bits 8-15 copy the sign
     bits.mul_(128)  # << 7: the sign lands in bit 15, and also in bit 14, the exponent's top bit
     bits.bitwise_and_(-16385)  # clears bit 14: e4m3's exponent has 4 bits, float16's 5
     return bits.view(torch.float16)
 
 
+# Buffers the blocked kernel converts each block into, by shape and dtype, one set per thread: a new
+# 1 MB tensor per block is a fresh mapping from the system (page faults) and made the blocked product
+# 3x slower than converting into memory that is already there.
+_SCRATCH = threading.local()
+
+
+def _scratch(shape, dtype):
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+    key = (shape, dtype)
+    if key not in buffers:
+        buffers[key] = torch.empty(shape, dtype=dtype)
+    return buffers[key]
+
+
 def _blocked(quant, scaling, group, x, codes, scale):
-    """x @ B for B = codes.t() * scale, in float32, a block of B's columns (codes' rows) at a time.
-    A scale per column multiplies the sums; a scale per group each group's partial sums (a batched
-    product over the groups), not the block's weights: a row's sums are far fewer than a block's
-    weights. float8 weights are dequantized as ops.dequantize does, scale and all, so the sums are
-    those of the reference product: the next layer quantizes them to float8 again, where a sum
-    rounded otherwise can change a code."""
+    """x @ B for B = codes.t() * scale, in float32, a block of B's columns (codes' rows) at a time,
+    converted into a buffer that stays in cache. A scale per column multiplies the sums, which are
+    fewer than the weights; a scale per group multiplies the block's weights (scale: [N, K / g]).
+    float8 weights are dequantized as ops.dequantize does, scale and all, so the sums are those of the
+    reference product: the next layer quantizes them to float8 again, where a sum rounded otherwise
+    can change a code."""
     rows_dtype, (cols, inner) = x.dtype, codes.shape
     x = x.float()
-    rows = x.shape[0]
-    out = torch.empty(rows, cols, dtype=torch.float32)
-    if scaling == "group":
-        groups = x.view(rows, inner // group, group).transpose(0, 1)  # [G, rows, g]
     block = max(16, QUANT_BLOCK_BYTES // (4 * inner) // 16 * 16)
+    buffer = _scratch((block, inner), torch.float32)
+    bits = _scratch((block, inner), torch.int16) if quant == "float8" else None
+    parts = []
     for start in range(0, cols, block):
         stop = min(start + block, cols)
-        part = codes[start:stop]
-        if quant == "float8":  # exactly ops.dequantize's weights: a float8 layer rounds its sums to float8 again
-            weights = _float8_block(part).float().mul_(scale)  # 1.3x faster than one mixed-dtype multiply
+        part, weights = codes[start:stop], buffer[: stop - start]
+        if quant == "float8":
+            weights.copy_(_float8_block(part, bits[: stop - start])).mul_(scale)
         else:
-            weights = part.float()
+            weights.copy_(part)
         if scaling == "group":
-            partial = torch.bmm(groups, weights.view(stop - start, -1, group).permute(1, 2, 0))  # [G, rows, block]
-            out[:, start:stop] = (partial * scale[:, None, start:stop]).sum(0)
-        elif rows == 1:  # a row's slice is contiguous: the product writes it in place
-            torch.mm(x, weights.t(), out=out[:, start:stop])
-        else:
-            out[:, start:stop] = torch.mm(x, weights.t())
-    if scaling != "group" and quant != "float8":
+            weights.view(stop - start, -1, group).mul_(scale[start:stop, :, None])
+        parts.append(torch.mm(x, weights.t()))
+    out = torch.cat(parts, dim=1)
+    if scaling == "column":
         out *= scale
     return out.to(rows_dtype)
