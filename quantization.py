@@ -253,7 +253,13 @@ def modelopt_quant_config(mode):
 
 
 def _progress_forward_loop(calib_batches, mode, num_passes):
-    """A ModelOpt forward loop that runs every batch through the model, with a tqdm line on stderr."""
+    """A ModelOpt forward loop that runs every batch through the model, with a tqdm line on stderr.
+
+    Only what has quantizers to calibrate runs: the transformer body on each batch (AWQ searches once
+    per batch), without the KV cache it would return, and lm_head where the mode quantizes it, one
+    sample at a time, so that its input quantizer still sees every hidden state. A whole batch's
+    logits (16 x 256 x 50257 floats for GPT-2, 823 MB) would be the largest tensor of the run.
+    """
     from tqdm import tqdm
 
     passes = [0]
@@ -264,7 +270,10 @@ def _progress_forward_loop(calib_batches, mode, num_passes):
         total = sum(batch.shape[0] for batch in calib_batches)
         with torch.no_grad(), tqdm(total=total, desc=label, unit="sample", file=sys.stderr) as bar:
             for batch in calib_batches:
-                model(batch.to(next(model.parameters()).device))
+                hidden = model.transformer(batch.to(next(model.parameters()).device), use_cache=False)[0]
+                if mode.quantizes_lm_head:
+                    for sample in hidden.split(1):
+                        model.lm_head(sample)
                 bar.update(batch.shape[0])
 
     return forward_loop

@@ -179,6 +179,38 @@ def test_calibration_shows_progress_on_stderr(capsys):
     assert out == "" and "awq_lite" not in err and "Inserted" not in err  # ModelOpt's own notes are quiet
 
 
+@pytest.mark.parametrize("quant_mode", list(q.QUANT_MODES))
+def test_calibrating_without_the_logits_calibrates_what_the_whole_model_does(monkeypatch, quant_mode):
+    """The forward loop runs lm_head only where the mode quantizes it, a sample at a time: the scales
+    are bit for bit those of a loop that runs the whole model on each batch."""
+    _, ours, calib = quantized(quant_mode, 0)
+    assert max(batch.shape[0] for batch in calib.batches) > 1
+
+    def whole_model_loop(batches, mode, num_passes):
+        def forward_loop(model):
+            with torch.no_grad():
+                for batch in batches:
+                    model(batch)
+
+        return forward_loop
+
+    monkeypatch.setattr(q, "_progress_forward_loop", whole_model_loop)
+    model, mode = tiny_gpt2(0), q.QUANT_MODES[quant_mode]
+    q.modelopt_quantize(model, mode, calib.batches)
+    theirs = q.tripy_quantized_state_dict(model, mode)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in ours)
+
+
+@pytest.mark.parametrize("quant_mode", list(q.QUANT_MODES))
+def test_calibration_runs_lm_head_only_where_it_is_quantized_and_a_sample_at_a_time(quant_mode):
+    model = tiny_gpt2(0, n_layer=1)
+    seen = []
+    model.lm_head.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
+    calib = calibration_batches(model.config.vocab_size)
+    q.modelopt_quantize(model, q.QUANT_MODES[quant_mode], calib.batches)
+    assert seen == ([1] * calib.num_samples if quant_mode == "float8" else [])
+
+
 def test_bad_arguments_are_value_errors():
     """(A model the mode cannot quantize is refused once, by prepare, before any weights are read.)"""
     model = tiny_gpt2(0, n_embd=192, n_layer=1, n_head=3)
