@@ -13,11 +13,13 @@ mode fits the model and reads the calibration text, before any weights are read.
 import contextlib
 import copy
 import hashlib
+import importlib
 import io
 import os
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
@@ -215,11 +217,15 @@ def prepare(checkpoint, mode, calib_file=None, num_samples=CALIB_SAMPLES):
 
 def _import_mtq():
     """modelopt.torch.quantization, imported lazily and quietly: without its transformers-version warning
-    and the notes it prints as it loads ("Registered ... for KV Cache quantization")."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    and the notes it prints as it loads ("Registered ... for KV Cache quantization").
+
+    It is imported in a thread of its own: pulp, which ModelOpt imports, keeps the exceptions of the
+    solvers it does not find, tracebacks and all, and with them every frame of the stack that imported
+    it. Imported from modelopt_quantize, they would hold transformers' model (and load_model's locals)
+    for as long as the process lives."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), ThreadPoolExecutor(1) as pool:
         warnings.filterwarnings("ignore", message=".*is not tested with current version of modelopt.*")
-        import modelopt.torch.quantization as mtq
-    return mtq
+        return pool.submit(importlib.import_module, "modelopt.torch.quantization").result()
 
 
 def modelopt_quant_config(mode):

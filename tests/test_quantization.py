@@ -4,11 +4,14 @@ transformers model."""
 
 import functools
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import quantization as q
+from helpers import REPO_ROOT
 from quantization_fixtures import (
     ActivationTieProbe,
     calibration_batches,
@@ -209,6 +212,24 @@ def test_calibration_runs_lm_head_only_where_it_is_quantized_and_a_sample_at_a_t
     calib = calibration_batches(model.config.vocab_size)
     q.modelopt_quantize(model, q.QUANT_MODES[quant_mode], calib.batches)
     assert seen == ([1] * calib.num_samples if quant_mode == "float8" else [])
+
+
+def test_a_calibrated_model_is_freed_once_dropped():
+    """In a process of its own, so that calibration imports ModelOpt: that import must keep no frame
+    of the code that called it (pulp, which ModelOpt imports, keeps tracebacks)."""
+    script = (
+        "import gc, sys, weakref\n"
+        f"sys.path[:0] = [{REPO_ROOT!r}, {os.path.join(REPO_ROOT, 'tests')!r}]\n"
+        "import helpers, quantization as q, quantization_fixtures as f\n"
+        "model = f.tiny_gpt2(0, n_layer=1)\n"
+        "freed = weakref.ref(model)\n"
+        "q.modelopt_quantize(model, q.QUANT_MODES['int8-weight-only'], f.calibration_batches(384, 2).batches)\n"
+        "del model\n"
+        "gc.collect()\n"
+        "assert freed() is None, 'the calibrated model is still alive'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
 
 
 def test_bad_arguments_are_value_errors():
