@@ -367,6 +367,9 @@ def tripy_quantized_state_dict(model_hf, mode):
     (q * scale, already on the quantization grid): Tripy's quantize then recovers exactly
     ModelOpt's integer/fp8 codes instead of re-rounding the raw weight with a division that may
     round a tie differently from ModelOpt's multiplication. The dequantized weight is the same.
+
+    The model is consumed: each quantized layer's weight is released once its fake-quantized copy is
+    made, so that every weight is not held twice (the model is thrown away next).
     """
     linears = _quantized_linears(model_hf)
     if not linears:
@@ -379,9 +382,10 @@ def tripy_quantized_state_dict(model_hf, mode):
         if "_quantizer." not in key and not key.endswith("_quantizer")
     }
     for name, module in linears:
-        weight = module.weight  # ModelOpt turned Conv1D into nn.Linear semantics: [out, in]
         wq, iq = module.weight_quantizer, module.input_quantizer
-        weight = wq(weight).detach().float().cpu()
+        weight = wq(module.weight).detach().float().cpu()  # ModelOpt turned Conv1D into nn.Linear's [out, in]
+        del state[f"{name}.weight"]
+        module.weight.data = torch.empty(0)
         scale = _scale_from_amax(wq, mode.maxbound)
         out_features, in_features = weight.shape
 

@@ -2,6 +2,7 @@
 quantized-linear math (quantization_fixtures.reference_quantized_linear) reproduces ModelOpt's fake-quantized
 transformers model."""
 
+import copy
 import functools
 import os
 import subprocess
@@ -32,12 +33,13 @@ LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 @functools.lru_cache(maxsize=None)
 def quantized(quant_mode, seed):
-    """(calibrated ModelOpt model, Tripy state dict, calibration data), once per mode and seed."""
+    """(calibrated ModelOpt model, Tripy state dict, calibration data), once per mode and seed. The state
+    dict is read from a copy of the model, which tripy_quantized_state_dict consumes."""
     model = tiny_gpt2(seed)
     calib = calibration_batches(model.config.vocab_size)
     mode = q.QUANT_MODES[quant_mode]
     q.modelopt_quantize(model, mode, calib.batches)
-    return model, q.tripy_quantized_state_dict(model, mode), calib
+    return model, q.tripy_quantized_state_dict(copy.deepcopy(model), mode), calib
 
 
 def eval_ids(model, seed):
@@ -308,6 +310,16 @@ def test_weights_requantize_to_modelopt_codes(quant_mode):
         if quant_mode == "int4-weight-only":
             ours = ours.t()
         torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0)
+
+
+def test_the_state_dict_releases_each_weight_it_copies():
+    """So that a quantized weight and its fake-quantized copy are not both held for every layer."""
+    model = tiny_gpt2(0, n_layer=1)
+    mode = q.QUANT_MODES["int8-weight-only"]
+    q.modelopt_quantize(model, mode, calibration_batches(model.config.vocab_size, 2).batches)
+    linears = q._quantized_linears(model)
+    q.tripy_quantized_state_dict(model, mode)
+    assert linears and all(module.weight.numel() == 0 for _, module in linears)
 
 
 def test_int4_layout_is_tripys_blockwise_quantization():
