@@ -50,6 +50,7 @@ def load_model(checkpoint, dtype, quant=None):
     expected["lm_head.weight"] = (hf_config.vocab_size, hf_config.n_embd)
     check_weights(checkpoint.source, expected, state, info)
     if quant is not None:
+        del state  # views of the checkpoint's mapped file, which quantizing releases
         state = quant.quantized_state_dict(hf_model)
     del hf_model
     model = GPT(config)
