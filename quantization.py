@@ -269,10 +269,12 @@ def modelopt_quant_config(mode):
 def _progress_forward_loop(calib_batches, mode, num_passes):
     """A ModelOpt forward loop that runs every batch through the model, with a tqdm line on stderr.
 
-    Only what has quantizers to calibrate runs: the transformer body on each batch (AWQ searches once
-    per batch), without the KV cache it would return, and lm_head where the mode quantizes it, one
-    sample at a time, so that its input quantizer still sees every hidden state. A whole batch's
-    logits (16 x 256 x 50257 floats for GPT-2, 823 MB) would be the largest tensor of the run.
+    Only what has quantizers to calibrate runs, in pieces as small as leave the scales unchanged: the
+    transformer body, without the KV cache it would return, and lm_head only where the mode quantizes
+    it, one sample's hidden states at a time (a batch's logits are 16 x 256 x 50257 floats for GPT-2,
+    823 MB). The body runs whole batches where activations are calibrated (AWQ searches once per batch,
+    and a matrix product's sums for a sample may differ in their last bits with the rows beside it);
+    where only weights are (int8), a sample at a time.
     """
     from tqdm import tqdm
 
@@ -284,11 +286,12 @@ def _progress_forward_loop(calib_batches, mode, num_passes):
         total = sum(batch.shape[0] for batch in calib_batches)
         with torch.no_grad(), tqdm(total=total, desc=label, unit="sample", file=sys.stderr) as bar:
             for batch in calib_batches:
-                hidden = model.transformer(batch.to(next(model.parameters()).device), use_cache=False)[0]
-                if mode.quantizes_lm_head:
-                    for sample in hidden.split(1):
-                        model.lm_head(sample)
-                bar.update(batch.shape[0])
+                for chunk in [batch] if mode.awq or mode.quantizes_inputs else batch.split(1):
+                    hidden = model.transformer(chunk.to(next(model.parameters()).device), use_cache=False)[0]
+                    if mode.quantizes_lm_head:
+                        for sample in hidden.split(1):
+                            model.lm_head(sample)
+                    bar.update(chunk.shape[0])
 
     return forward_loop
 

@@ -207,13 +207,18 @@ def test_calibrating_without_the_logits_calibrates_what_the_whole_model_does(mon
 
 
 @pytest.mark.parametrize("quant_mode", list(q.QUANT_MODES))
-def test_calibration_runs_lm_head_only_where_it_is_quantized_and_a_sample_at_a_time(quant_mode):
+def test_calibration_runs_what_it_calibrates_in_the_smallest_pieces_that_keep_the_scales(quant_mode):
+    """lm_head where it is quantized, a sample at a time; the body on whole batches where activations
+    are calibrated (float8's inputs, AWQ's search, two passes), else a sample at a time."""
     model = tiny_gpt2(0, n_layer=1)
-    seen = []
-    model.lm_head.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
+    body, head = [], []
+    model.transformer.register_forward_pre_hook(lambda module, args: body.append(args[0].shape[0]))
+    model.lm_head.register_forward_pre_hook(lambda module, args: head.append(args[0].shape[0]))
     calib = calibration_batches(model.config.vocab_size)
     q.modelopt_quantize(model, q.QUANT_MODES[quant_mode], calib.batches)
-    assert seen == ([1] * calib.num_samples if quant_mode == "float8" else [])
+    batches = [batch.shape[0] for batch in calib.batches]
+    assert body == {"int8-weight-only": [1] * calib.num_samples, "float8": batches}.get(quant_mode, batches * 2)
+    assert head == ([1] * calib.num_samples if quant_mode == "float8" else [])
 
 
 def test_a_calibrated_model_is_freed_once_dropped():
