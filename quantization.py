@@ -13,11 +13,13 @@ mode fits the model and reads the calibration text, before any weights are read.
 import contextlib
 import copy
 import hashlib
+import importlib
 import io
 import os
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
@@ -180,8 +182,16 @@ class Quantization:
         }
 
     def quantized_state_dict(self, model_hf):
-        """Calibrates transformers' GPT-2 (float32, changed in place) with ModelOpt and returns its weights
-        and scales in Tripy's layouts (tripy_quantized_state_dict)."""
+        """Calibrates transformers' GPT-2 (float32, changed in place, and consumed) with ModelOpt and returns
+        its weights and scales in Tripy's layouts (tripy_quantized_state_dict).
+
+        The model's weights are first copied off the checkpoint's mapped file, which is then released:
+        ModelOpt copies every linear layer's weight as it quantizes it (transposing transformers' Conv1D),
+        and the file's pages, read once, would otherwise stay resident beside those copies for the rest
+        of the run (324 MiB for GPT-2 124M). The caller must hold no other tensor of the file."""
+        with torch.no_grad():
+            for param in model_hf.parameters():
+                param.data = param.data.clone()
         start = time.perf_counter()
         modelopt_quantize(model_hf, self.mode, self.calibration.batches)
         self.calibration_seconds = time.perf_counter() - start
@@ -215,11 +225,15 @@ def prepare(checkpoint, mode, calib_file=None, num_samples=CALIB_SAMPLES):
 
 def _import_mtq():
     """modelopt.torch.quantization, imported lazily and quietly: without its transformers-version warning
-    and the notes it prints as it loads ("Registered ... for KV Cache quantization")."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    and the notes it prints as it loads ("Registered ... for KV Cache quantization").
+
+    It is imported in a thread of its own: pulp, which ModelOpt imports, keeps the exceptions of the
+    solvers it does not find, tracebacks and all, and with them every frame of the stack that imported
+    it. Imported from modelopt_quantize, they would hold transformers' model (and load_model's locals)
+    for as long as the process lives."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), ThreadPoolExecutor(1) as pool:
         warnings.filterwarnings("ignore", message=".*is not tested with current version of modelopt.*")
-        import modelopt.torch.quantization as mtq
-    return mtq
+        return pool.submit(importlib.import_module, "modelopt.torch.quantization").result()
 
 
 def modelopt_quant_config(mode):
@@ -253,7 +267,15 @@ def modelopt_quant_config(mode):
 
 
 def _progress_forward_loop(calib_batches, mode, num_passes):
-    """A ModelOpt forward loop that runs every batch through the model, with a tqdm line on stderr."""
+    """A ModelOpt forward loop that runs every batch through the model, with a tqdm line on stderr.
+
+    Only what has quantizers to calibrate runs, in pieces as small as leave the scales unchanged: the
+    transformer body, without the KV cache it would return, and lm_head only where the mode quantizes
+    it, one sample's hidden states at a time (a batch's logits are 16 x 256 x 50257 floats for GPT-2,
+    823 MB). The body runs whole batches where activations are calibrated (AWQ searches once per batch,
+    and a matrix product's sums for a sample may differ in their last bits with the rows beside it);
+    where only weights are (int8), a sample at a time.
+    """
     from tqdm import tqdm
 
     passes = [0]
@@ -264,8 +286,12 @@ def _progress_forward_loop(calib_batches, mode, num_passes):
         total = sum(batch.shape[0] for batch in calib_batches)
         with torch.no_grad(), tqdm(total=total, desc=label, unit="sample", file=sys.stderr) as bar:
             for batch in calib_batches:
-                model(batch.to(next(model.parameters()).device))
-                bar.update(batch.shape[0])
+                for chunk in [batch] if mode.awq or mode.quantizes_inputs else batch.split(1):
+                    hidden = model.transformer(chunk.to(next(model.parameters()).device), use_cache=False)[0]
+                    if mode.quantizes_lm_head:
+                        for sample in hidden.split(1):
+                            model.lm_head(sample)
+                    bar.update(chunk.shape[0])
 
     return forward_loop
 
@@ -352,6 +378,9 @@ def tripy_quantized_state_dict(model_hf, mode):
     (q * scale, already on the quantization grid): Tripy's quantize then recovers exactly
     ModelOpt's integer/fp8 codes instead of re-rounding the raw weight with a division that may
     round a tie differently from ModelOpt's multiplication. The dequantized weight is the same.
+
+    The model is consumed: each quantized layer's weight is released once its fake-quantized copy is
+    made, so that every weight is not held twice (the model is thrown away next).
     """
     linears = _quantized_linears(model_hf)
     if not linears:
@@ -364,9 +393,10 @@ def tripy_quantized_state_dict(model_hf, mode):
         if "_quantizer." not in key and not key.endswith("_quantizer")
     }
     for name, module in linears:
-        weight = module.weight  # ModelOpt turned Conv1D into nn.Linear semantics: [out, in]
         wq, iq = module.weight_quantizer, module.input_quantizer
-        weight = wq(weight).detach().float().cpu()
+        weight = wq(module.weight).detach().float().cpu()  # ModelOpt turned Conv1D into nn.Linear's [out, in]
+        del state[f"{name}.weight"]
+        module.weight.data = torch.empty(0)
         scale = _scale_from_amax(wq, mode.maxbound)
         out_features, in_features = weight.shape
 

@@ -6,6 +6,7 @@ the shapes the config promises, quantizes them if asked (quantization.py), and l
 built for them.
 """
 
+import ctypes
 import gc
 
 import nvtripy as tp
@@ -50,13 +51,27 @@ def load_model(checkpoint, dtype, quant=None):
     expected["lm_head.weight"] = (hf_config.vocab_size, hf_config.n_embd)
     check_weights(checkpoint.source, expected, state, info)
     if quant is not None:
+        del state  # views of the checkpoint's mapped file, which quantizing releases
         state = quant.quantized_state_dict(hf_model)
     del hf_model
     model = GPT(config)
     model.load_state_dict(tripy_state(state, model, checkpoint.source))
     del state
     gc.collect()  # ModelOpt's quantized model holds reference cycles, which only a collection frees
+    if quant is not None:
+        hand_back_freed_heap()
     return model
+
+
+def hand_back_freed_heap():
+    """Returns the heap that calibration freed to the system, before compiling. glibc keeps freed memory
+    between live allocations for later ones, and a few hundred MB that calibration used (activations,
+    ModelOpt's copies) would stay resident, unused by compiling's tensors. Without glibc, nothing."""
+    try:
+        malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return
+    malloc_trim(0)
 
 
 def tripy_state(state, model, source):

@@ -2,13 +2,17 @@
 quantized-linear math (quantization_fixtures.reference_quantized_linear) reproduces ModelOpt's fake-quantized
 transformers model."""
 
+import copy
 import functools
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import quantization as q
+from helpers import REPO_ROOT
 from quantization_fixtures import (
     ActivationTieProbe,
     calibration_batches,
@@ -29,12 +33,13 @@ LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 @functools.lru_cache(maxsize=None)
 def quantized(quant_mode, seed):
-    """(calibrated ModelOpt model, Tripy state dict, calibration data), once per mode and seed."""
+    """(calibrated ModelOpt model, Tripy state dict, calibration data), once per mode and seed. The state
+    dict is read from a copy of the model, which tripy_quantized_state_dict consumes."""
     model = tiny_gpt2(seed)
     calib = calibration_batches(model.config.vocab_size)
     mode = q.QUANT_MODES[quant_mode]
     q.modelopt_quantize(model, mode, calib.batches)
-    return model, q.tripy_quantized_state_dict(model, mode), calib
+    return model, q.tripy_quantized_state_dict(copy.deepcopy(model), mode), calib
 
 
 def eval_ids(model, seed):
@@ -179,6 +184,61 @@ def test_calibration_shows_progress_on_stderr(capsys):
     assert out == "" and "awq_lite" not in err and "Inserted" not in err  # ModelOpt's own notes are quiet
 
 
+@pytest.mark.parametrize("quant_mode", list(q.QUANT_MODES))
+def test_calibrating_without_the_logits_calibrates_what_the_whole_model_does(monkeypatch, quant_mode):
+    """The forward loop runs lm_head only where the mode quantizes it, a sample at a time: the scales
+    are bit for bit those of a loop that runs the whole model on each batch."""
+    _, ours, calib = quantized(quant_mode, 0)
+    assert max(batch.shape[0] for batch in calib.batches) > 1
+
+    def whole_model_loop(batches, mode, num_passes):
+        def forward_loop(model):
+            with torch.no_grad():
+                for batch in batches:
+                    model(batch)
+
+        return forward_loop
+
+    monkeypatch.setattr(q, "_progress_forward_loop", whole_model_loop)
+    model, mode = tiny_gpt2(0), q.QUANT_MODES[quant_mode]
+    q.modelopt_quantize(model, mode, calib.batches)
+    theirs = q.tripy_quantized_state_dict(model, mode)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in ours)
+
+
+@pytest.mark.parametrize("quant_mode", list(q.QUANT_MODES))
+def test_calibration_runs_what_it_calibrates_in_the_smallest_pieces_that_keep_the_scales(quant_mode):
+    """lm_head where it is quantized, a sample at a time; the body on whole batches where activations
+    are calibrated (float8's inputs, AWQ's search, two passes), else a sample at a time."""
+    model = tiny_gpt2(0, n_layer=1)
+    body, head = [], []
+    model.transformer.register_forward_pre_hook(lambda module, args: body.append(args[0].shape[0]))
+    model.lm_head.register_forward_pre_hook(lambda module, args: head.append(args[0].shape[0]))
+    calib = calibration_batches(model.config.vocab_size)
+    q.modelopt_quantize(model, q.QUANT_MODES[quant_mode], calib.batches)
+    batches = [batch.shape[0] for batch in calib.batches]
+    assert body == {"int8-weight-only": [1] * calib.num_samples, "float8": batches}.get(quant_mode, batches * 2)
+    assert head == ([1] * calib.num_samples if quant_mode == "float8" else [])
+
+
+def test_a_calibrated_model_is_freed_once_dropped():
+    """In a process of its own, so that calibration imports ModelOpt: that import must keep no frame
+    of the code that called it (pulp, which ModelOpt imports, keeps tracebacks)."""
+    script = (
+        "import gc, sys, weakref\n"
+        f"sys.path[:0] = [{REPO_ROOT!r}, {os.path.join(REPO_ROOT, 'tests')!r}]\n"
+        "import helpers, quantization as q, quantization_fixtures as f\n"
+        "model = f.tiny_gpt2(0, n_layer=1)\n"
+        "freed = weakref.ref(model)\n"
+        "q.modelopt_quantize(model, q.QUANT_MODES['int8-weight-only'], f.calibration_batches(384, 2).batches)\n"
+        "del model\n"
+        "gc.collect()\n"
+        "assert freed() is None, 'the calibrated model is still alive'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
 def test_bad_arguments_are_value_errors():
     """(A model the mode cannot quantize is refused once, by prepare, before any weights are read.)"""
     model = tiny_gpt2(0, n_embd=192, n_layer=1, n_head=3)
@@ -255,6 +315,16 @@ def test_weights_requantize_to_modelopt_codes(quant_mode):
         if quant_mode == "int4-weight-only":
             ours = ours.t()
         torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0)
+
+
+def test_the_state_dict_releases_each_weight_it_copies():
+    """So that a quantized weight and its fake-quantized copy are not both held for every layer."""
+    model = tiny_gpt2(0, n_layer=1)
+    mode = q.QUANT_MODES["int8-weight-only"]
+    q.modelopt_quantize(model, mode, calibration_batches(model.config.vocab_size, 2).batches)
+    linears = q._quantized_linears(model)
+    q.tripy_quantized_state_dict(model, mode)
+    assert linears and all(module.weight.numel() == 0 for _, module in linears)
 
 
 def test_int4_layout_is_tripys_blockwise_quantization():

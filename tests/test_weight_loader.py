@@ -1,6 +1,7 @@
 """weight_loader.py: the GPT's config from the checkpoint's, key-for-key copy, one clear error for bad weights,
 and quantized models that compute ModelOpt's."""
 
+import gc
 import json
 import os
 import pickle
@@ -379,3 +380,13 @@ def test_an_lm_head_equal_to_the_embedding_is_shared_though_config_json_says_unt
     assert model.weight_bytes() == sum(
         t.numel() * 4 for t in load_file(os.path.join(tiny_checkpoint, "model.safetensors")).values()
     )
+
+
+def test_a_quantized_model_holds_nothing_of_the_mapped_checkpoint(quant_checkpoints, tmp_path):
+    """ModelOpt copies the weights it quantizes; the file's pages would otherwise stay resident beside them.
+    (A copy of the checkpoint: other tests' models may map the shared one.)"""
+    directory = shutil.copytree(quant_checkpoints["quant-384"], tmp_path / "copy")
+    maps = lambda: open("/proc/self/maps").read() if os.path.exists("/proc/self/maps") else ""
+    model = quantized_gpt(str(directory), "int8-weight-only")
+    gc.collect()
+    assert model is not None and str(directory / "model.safetensors") not in maps()

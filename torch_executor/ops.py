@@ -446,27 +446,32 @@ def resize_cubic(x, out_shape=None, *, scales, align_corners):
 # Quantization
 
 
-def _expand_scale(scale, x, dim):
+def _scaled(operation, x, scale, dim):
+    """x divided or multiplied by a scale per tensor, per entry along `dim`, or per block of rows, in
+    float32: a block's scale is broadcast over a view of its rows rather than repeated for every row,
+    since a weight's copy would be as large as the weight."""
     if scale.dim() == 0:
-        return scale
+        return operation(x.float(), scale.float())
     if scale.dim() == 1:
         view = [1] * x.dim()
         view[dim] = scale.shape[0]
-        return scale.reshape(view)
-    block = x.shape[0] // scale.shape[0]
-    return scale.repeat_interleave(block, dim=0)
+        return operation(x.float(), scale.float().reshape(view))
+    blocks = scale.shape[0]
+    rows = x.reshape(blocks, x.shape[0] // blocks, *x.shape[1:]).float()
+    return operation(rows, scale.float().unsqueeze(1)).reshape(x.shape)
 
 
 def quantize(x, scale, *, dtype, dim):
+    """Rounded and clamped in place: folding a weight's quantize makes one float copy of it, not three."""
     low, high = QUANT_RANGES[dtype]
-    scaled = x.float() / _expand_scale(scale.float(), x, dim)
+    scaled = _scaled(torch.div, x, scale, dim)
     if dtype == "float8":
-        return scaled.clamp(low, high).to(torch.float8_e4m3fn)
-    return torch.round(scaled).clamp(low, high).to(torch.int8)  # torch.round rounds half to even
+        return scaled.clamp_(low, high).to(torch.float8_e4m3fn)
+    return scaled.round_().clamp_(low, high).to(torch.int8)  # round rounds half to even
 
 
 def dequantize(x, scale, *, dtype, dim):
-    return (x.float() * _expand_scale(scale.float(), x, dim)).to(torch_dtype(dtype))
+    return _scaled(torch.mul, x, scale, dim).to(torch_dtype(dtype))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,10 +2,12 @@
 
 Compiling (compile_trace) is two stages of passes over a Draft, in order:
 - read_trace: the trace's inputs, then its ops as steps, computing at once every op whose inputs are
-  all constants, so weight layout changes (and quantizing a weight) happen once;
+  all constants, so weight layout changes (and quantizing a weight) happen once. A product by a
+  weight so dequantized, x @ dequantize(quantize(W)), becomes a QuantizedMatMul step by W's codes as
+  it is read, and each folded constant is dropped once no op left to read and no step reads it: a
+  quantized model's float weights are then not all dequantized at once;
 - simplify: fold_shapes (static.py folds the shape arithmetic that static dimensions decide, and
   turns what depends on dynamic dimensions into ShapeValue steps), drop_dead_steps,
-  fuse_quantized_products (x @ dequantize(quantize(W)) becomes a QuantizedMatMul step by W's codes),
   matmul.store_weight_matrices (linear layers' weights as 2-D matrices) and prepack_bfloat16_products.
 The constants no step reads are then dropped. Tests build the plain program by leaving simplify out,
 and ask infer_facts what compiling knows of its slots.
@@ -16,6 +18,7 @@ it last. A Program serializes to bytes without pickle: a JSON header (steps, att
 bounds) followed by the constants in safetensors format.
 """
 
+import collections
 import dataclasses
 import json
 import math
@@ -318,6 +321,7 @@ class QuantizedWeight:
     quant: str  # an entry of QUANT_DTYPES
     dim: int  # the Quantize's dim: which axis a 1-D scale runs along
     source: tuple  # where the weight W lies in memory (matmul.memory_key)
+    views: set = dataclasses.field(default_factory=set)  # the constants' slots in `result`'s memory
 
 
 class Draft:
@@ -334,10 +338,20 @@ class Draft:
         """The slot of a trace tensor (by name) or of a constant a pass adds (by a key of its own)."""
         return self.slot_of.setdefault(getattr(key, "name", key), len(self.slot_of))
 
+    def drop_constant(self, slot):
+        """Forgets a constant, and the dequantized weight it was the last view of: that memory may be
+        reused, and a tensor there later is not the weight."""
+        ptr = self.constants.pop(slot).untyped_storage().data_ptr()
+        weight = self.dequantized.get(ptr)
+        if weight is not None:
+            weight.views.discard(slot)
+            if not weight.views:
+                del self.dequantized[ptr]
+
     def program(self, fast_paths=True):
-        """The Program. Folding leaves the constants it started from behind (a weight before its
-        transposition, say); only those the steps or outputs read are kept, so a saved program holds
-        each weight once."""
+        """The Program. Passes leave constants behind (those of steps that fold_shapes folded or
+        drop_dead_steps dropped, a weight that store_weight_matrices copied); only those the steps or
+        outputs read are kept, so a saved program holds each weight once."""
         needed = {i for step in self.steps for i in step.inputs} | set(self.output_slots)
         constants = {i: tensor for i, tensor in self.constants.items() if i in needed}
         return Program(
@@ -384,7 +398,12 @@ def _read_inputs(trace, draft):
 def _read_ops(trace, draft):
     from nvtripy.trace.ops.constant import Constant
 
-    quantized = {}  # {slot of a folded Quantize: (scale slot, quant dtype, dim)}
+    # How many ops (and outputs) are yet to read each trace tensor: a constant that none of them reads,
+    # nor any step, is dropped.
+    unread = collections.Counter(t.name for op in trace.ops for t in op.inputs)
+    unread.update(t.name for t in trace.outputs)
+    read_by_steps = set()
+    quantized = {}  # {slot of a folded Quantize: (its scale, quant dtype, dim, where W lies in memory)}
     for op in trace.ops:
         if isinstance(op, Constant):
             op._check_address_space()  # as in real nvtripy: only inputs may start on the device
@@ -402,33 +421,48 @@ def _read_ops(trace, draft):
         step = Step(kind, op_attributes(op), [draft.slot(t) for t in op.inputs], [draft.slot(t) for t in op.outputs])
         for slot, t in zip(step.outputs, op.outputs):
             draft.dtypes[slot], draft.ranks[slot] = t.dtype.name, t.rank
-        if not all(i in draft.constants for i in step.inputs):
+        if all(i in draft.constants for i in step.inputs):
+            _fold(op, draft, step, quantized)
+        else:
+            step = fuse_quantized_product(draft, step)
             draft.steps.append(step)
-            continue
-        try:
-            results = ops.OPS[step.kind](*[draft.constants[i] for i in step.inputs], **step.attrs)
-        except Exception as exc:
-            raise op_error(op, f"Trace op '{kind}' failed: {type(exc).__name__}: {exc}") from exc
-        results = results if isinstance(results, tuple) else (results,)
-        draft.constants.update(zip(step.outputs, results))
-        _note_quantized(draft, step, quantized)
+            read_by_steps.update(step.inputs)
+        for t in op.inputs:
+            unread[t.name] -= 1
+            slot = draft.slot(t)
+            if not unread[t.name] and slot in draft.constants and slot not in read_by_steps:
+                draft.drop_constant(slot)
+
+
+def _fold(op, draft, step, quantized):
+    """Computes a step whose inputs are all constants; its results are constants too."""
+    try:
+        results = ops.OPS[step.kind](*[draft.constants[i] for i in step.inputs], **step.attrs)
+    except Exception as exc:
+        raise op_error(op, f"Trace op '{step.kind}' failed: {type(exc).__name__}: {exc}") from exc
+    results = results if isinstance(results, tuple) else (results,)
+    draft.constants.update(zip(step.outputs, results))
+    _note_quantized(draft, step, quantized)
+    for slot, result in zip(step.outputs, results):
+        weight = draft.dequantized.get(result.untyped_storage().data_ptr())
+        if weight is not None:
+            weight.views.add(slot)
 
 
 def _note_quantized(draft, step, quantized):
     """Remembers a folded Quantize of a weight, and a folded Dequantize of its codes by the same scale:
-    fuse_quantized_products then multiplies by the codes rather than by the float result."""
+    fuse_quantized_product then multiplies by the codes rather than by the float result."""
     if step.kind == "Quantize" and step.attrs["dtype"] in QUANT_DTYPES:
-        quantized[step.outputs[0]] = (step.inputs[1], step.attrs["dtype"], step.attrs["dim"], step.inputs[0])
+        scale, source = draft.constants[step.inputs[1]], matmul.memory_key(draft.constants[step.inputs[0]])
+        quantized[step.outputs[0]] = (scale, step.attrs["dtype"], step.attrs["dim"], source)
     elif step.kind == "Dequantize" and step.inputs[0] in quantized:
-        scale_slot, quant, dim, source = quantized[step.inputs[0]]
+        quantize_scale, quant, dim, source = quantized[step.inputs[0]]
         scale = draft.constants[step.inputs[1]]
-        same_scale = scale_slot == step.inputs[1] or torch.equal(draft.constants[scale_slot], scale)
-        if not same_scale or dim != step.attrs["dim"]:
+        if not (quantize_scale is scale or torch.equal(quantize_scale, scale)) or dim != step.attrs["dim"]:
             return
         result = draft.constants[step.outputs[0]]
         if result.dim() == 2 and result.numel():
-            codes, scale = draft.constants[step.inputs[0]], draft.constants[step.inputs[1]]
-            weight = QuantizedWeight(result, codes, scale, quant, dim, matmul.memory_key(draft.constants[source]))
+            weight = QuantizedWeight(result, draft.constants[step.inputs[0]], scale, quant, dim, source)
             draft.dequantized[result.untyped_storage().data_ptr()] = weight
 
 
@@ -476,7 +510,6 @@ def simplify(draft):
     """The passes that make a plain draft fast, in order; each keeps what the program computes."""
     fold_shapes(draft)
     drop_dead_steps(draft)
-    fuse_quantized_products(draft)
     matmul.store_weight_matrices(draft.steps, draft.constants, draft.facts, new_slot=draft.slot)
     prepack_bfloat16_products(draft)
     return draft
@@ -493,24 +526,24 @@ def drop_dead_steps(draft):
     draft.steps = _live_steps(draft.steps, draft.output_slots)
 
 
-def fuse_quantized_products(draft):
+def fuse_quantized_product(draft, step):
     """x @ B, where B is a folded dequantize(quantize(W)) (transposed or broadcast as nvtripy's Linear
-    hands it over), becomes one QuantizedMatMul step by B's codes and scales packed for a kernel of
-    matmul.py: the program then holds and reads the codes, as a TensorRT engine holds quantized weights."""
-    for index, step in enumerate(draft.steps):
-        if step.kind != "MatrixMultiply" or step.inputs[1] not in draft.constants:
-            continue
-        found = _quantized_matrix(draft, draft.constants[step.inputs[1]])
-        rows_dtype = ops.torch_dtype(draft.dtypes[step.inputs[0]])
-        if found is None or found[0].result.dtype != rows_dtype:
-            continue
-        weight, codes_b, scale_b = found
-        attrs, tensors = matmul.pack_quantized(weight.quant, codes_b, scale_b, rows_dtype, weight.source)
-        slots = []
-        for position, tensor in enumerate(tensors):
-            slots.append(draft.slot(("quantized", step.inputs[1], attrs["kernel"], position)))
-            draft.constants[slots[-1]] = tensor
-        draft.steps[index] = Step("QuantizedMatMul", attrs, [step.inputs[0], *slots], step.outputs)
+    hands it over), as one QuantizedMatMul step by B's codes and scales packed for a kernel of
+    matmul.py: the program then holds and reads the codes, as a TensorRT engine holds quantized
+    weights. Any other step is returned as it is."""
+    if step.kind != "MatrixMultiply" or step.inputs[1] not in draft.constants:
+        return step
+    found = _quantized_matrix(draft, draft.constants[step.inputs[1]])
+    rows_dtype = ops.torch_dtype(draft.dtypes[step.inputs[0]])
+    if found is None or found[0].result.dtype != rows_dtype:
+        return step
+    weight, codes_b, scale_b = found
+    attrs, tensors = matmul.pack_quantized(weight.quant, codes_b, scale_b, rows_dtype, weight.source)
+    slots = []
+    for position, tensor in enumerate(tensors):
+        slots.append(draft.slot(("quantized", step.inputs[1], attrs["kernel"], position)))
+        draft.constants[slots[-1]] = tensor
+    return Step("QuantizedMatMul", attrs, [step.inputs[0], *slots], step.outputs)
 
 
 def _quantized_matrix(draft, b):

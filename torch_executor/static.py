@@ -377,6 +377,11 @@ def _matrix_multiply(inputs, attrs, ranks, bounds):
     return [Fact(_broadcast(a[:-2], b[:-2]) + (a[-2], b[-1]))]
 
 
+def _quantized_matrix_multiply(inputs, attrs, ranks, bounds):
+    """x @ B by B's codes (program.fuse_quantized_product): each kernel's codes hold a row per column of B."""
+    return [Fact(inputs[0].shape[:-1] + inputs[1].shape[:1])]
+
+
 def _reduce(inputs, attrs, ranks, bounds):
     shape = inputs[0].shape
     dims = {d % len(shape) for d in attrs["dim"]}
@@ -406,6 +411,7 @@ RULES = {
     "Where": _where,
     "Cast": _cast,
     "MatrixMultiply": _matrix_multiply,
+    "QuantizedMatMul": _quantized_matrix_multiply,
     "Softmax": _same,
     "LayerNorm": _same,
     "InstanceNorm": _same,

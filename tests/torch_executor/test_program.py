@@ -1,7 +1,9 @@
 """Compiled programs: input checks, constant folding, unknown ops, and saving and loading."""
 
 import base64
+import gc
 import json
+import weakref
 
 import pytest
 import safetensors.torch
@@ -141,6 +143,45 @@ def test_constants_only_folding_read_are_dropped(tmp_path):
     assert len(safetensors.torch.load(payload[start + length :])) == 1
     x = torch.randn(2, 32)
     torch.testing.assert_close(torch.from_dlpack(tp.Executable.load(path)(on_device(x))), x @ weight.T)
+
+
+def test_each_dequantized_weight_is_dropped_once_its_product_is_read(monkeypatch):
+    """Compiling quantized layers holds one layer's float weight at a time, not every layer's: each is
+    gone (fused into a product by its codes) before the next is dequantized, and none is left."""
+    alive = []
+
+    def dequantize(*args, **kwargs):
+        gc.collect()
+        assert all(ref() is None for ref in alive)
+        result = dequantize_op(*args, **kwargs)
+        alive.append(weakref.ref(result))
+        return result
+
+    dequantize_op = ops.OPS["Dequantize"]
+    monkeypatch.setitem(ops.OPS, "Dequantize", dequantize)
+    weights = [torch.randn(32, 32) for _ in range(3)]
+    layers = []
+    for weight in weights:
+        layer = tp.Linear(32, 32, bias=False, quant_dtype=tp.int8, weight_quant_dim=0)
+        layer.weight, layer.weight_scale = tp.Tensor(weight), tp.Tensor(weight.abs().amax(1) / 127)
+        layer.input_scale = None
+        layers.append(layer)
+
+    def stack(x):
+        for layer in layers:
+            x = layer(x)
+        return x
+
+    compiled = tp.compile(stack, args=[tp.InputInfo((2, 32), dtype=tp.float32)])
+    assert len(alive) == 3 and [s.kind for s in program_of(compiled).steps] == ["QuantizedMatMul"] * 3
+    gc.collect()
+    assert all(ref() is None for ref in alive)
+    x = torch.randn(2, 32)
+    expected = x
+    for weight in weights:
+        scale = weight.abs().amax(1, keepdim=True) / 127
+        expected = expected @ (torch.round(weight / scale).clamp(-128, 127) * scale).T
+    torch.testing.assert_close(torch.from_dlpack(compiled(on_device(x))), expected, rtol=1e-5, atol=1e-3)
 
 
 @pytest.mark.parametrize("verbosity", ["mlir", "ir"])

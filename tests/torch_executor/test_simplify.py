@@ -9,6 +9,7 @@ import torch
 import nvtripy as tp
 import generate
 from model import GPT, GPTConfig
+from quant_modes import QUANT_MODES
 from torch_executor import program as program_module
 from torch_executor import static
 from torch_executor.program import Program
@@ -25,16 +26,23 @@ def program_of(compiled):
     return compiled._executable.program
 
 
-def random_gpt(dtype, seed=0):
+def random_gpt(dtype, seed=0, quant_mode=None):
     """A tiny GPT-2 with random weights, lm_head tied to the token embedding as in GPT-2."""
     config = GPTConfig(
-        block_size=16, vocab_size=97, num_layers=2, num_heads=2, embedding_size=16, dtype=getattr(tp, dtype)
+        block_size=16,
+        vocab_size=97,
+        num_layers=2,
+        num_heads=2,
+        embedding_size=16,
+        dtype=getattr(tp, dtype),
+        quant_mode=QUANT_MODES.get(quant_mode),
     )
     model = GPT(config)
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for key, param in model.state_dict().items():
         weight = torch.randn(tuple(int(s) for s in param.shape), generator=generator) * 0.5
+        weight = weight.abs() + 0.01 if key.endswith("_scale") else weight
         state[key] = tp.Tensor(weight.to(TORCH_DTYPES[dtype]))
     state["lm_head.weight"] = state["transformer.wte.weight"]
     model.load_state_dict(state)
@@ -95,6 +103,15 @@ def test_a_decode_step_runs_no_shape_ops_and_far_fewer_steps(monkeypatch):
     assert not {"Shape", "GetDimensionSize"} & set(kinds)
     assert "ShapeValue" in kinds  # the cache's length, for slicing keys and values out of it
     assert len(kinds) < len(program_of(plain).steps) / 3
+
+
+def test_a_quantized_decode_step_is_simplified_as_far_as_the_float_one():
+    """What compiling knows of a product's shape it knows of a product by quantized codes too."""
+    steps = lambda model: [step.kind for step in program_of(generate.compile_decode(model)).steps]
+    float_kinds, int8_kinds = steps(random_gpt("float32")), steps(random_gpt("float32", quant_mode="int8-weight-only"))
+    assert len(int8_kinds) == len(float_kinds)
+    changed = [(a, b) for a, b in zip(float_kinds, int8_kinds) if a != b]
+    assert changed == [("MatrixMultiply", "QuantizedMatMul")] * 8  # 4 linear layers a block; lm_head is not quantized
 
 
 def _evaluate(dim, symbol_values):
