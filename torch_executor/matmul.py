@@ -244,9 +244,9 @@ def prepacked_product(weight, rows):
 # ----------------------------------------------------------------------------------------------
 # Quantized products
 #
-# Compiling (program.fuse_quantized_products) turns x @ dequantize(codes, scale) by a constant
-# weight into a step QuantizedMatMul(x, *constants) whose constants are the codes, packed as the
-# chosen kernel wants, and the scales. The weight is B = (in, out) = [K, N]; its scale is one
+# Compiling (program.fuse_quantized_product, as it reads the trace) turns x @ dequantize(codes, scale)
+# by a constant weight into a step QuantizedMatMul(x, *constants) whose constants are the codes,
+# packed as the chosen kernel wants, and the scales. The weight is B = (in, out) = [K, N]; its scale is one
 # number, one per output column ([N]), or one per group of g consecutive inputs of each column
 # ([K / g, N]). Kernels:
 # - "int8_rows": torch's _weight_int8pack_mm, int8 codes [N, K] and a scale per column, for bfloat16
