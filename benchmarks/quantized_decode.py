@@ -5,11 +5,13 @@ For a GPT-2-124M-shaped checkpoint with random weights (GPT2Config() defaults), 
 ModelOpt on --calib-samples samples, compile prefill and decode, prefill a random prompt of --cache
 tokens, then time --steps decode steps a round, as benchmarks/decode_step.py does. transformers'
 GPT2LMHeadModel with a DynamicCache runs in float32 and bfloat16 at the same batches.
-Each (mode, dtype) runs in a process of its own, so that its peak memory (the process's peak
-resident set: calibration, model and programs) and its resident set at the end (model and programs,
-calibration freed) are its own; the rows are printed as they finish, then the ratios
-the targets of issue 15 are about. A step's time is the median over all rounds' steps; tokens/s
-counts every sample of the batch. "weights MB" is torch_executor.weight_bytes(decode), what the speed
+Each (mode, dtype) is first built in a process of its own, so that its peak memory (the process's
+peak resident set: calibration, model and programs) and its resident set at the end (model and
+programs, calibration freed) are its own. Then every one is built again in this process and timed a
+round each in turn, round after round: on a shared machine a slow spell then hits every row alike,
+where rows timed one process after another differed by 2x. A step's time is the median over all
+rounds' steps; tokens/s counts every sample of the batch. The ratios the targets of issue 15 are
+about follow the table. "weights MB" is torch_executor.weight_bytes(decode), what the speed
 report counts: the constants the decode program reads each step.
 Not a test: run it, read it.
 
@@ -61,19 +63,8 @@ def resident_mb():
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def median_step(start, step, prompt, tokens, rounds, clock):
-    times = []
-    for _ in range(rounds):
-        start(prompt)
-        for step_tokens in tokens:
-            begin = clock()
-            step(step_tokens)
-            times.append(clock() - begin)
-    return statistics.median(times)
-
-
-def run_ours(args, checkpoint_dir):
-    """Rows for one (mode, dtype), all batches: in this process."""
+def ours(args, checkpoint_dir, mode_name, dtype):
+    """{batch: (start, step, weights MB)} of our compiled prefill and decode for one (mode, dtype)."""
     import nvtripy as tp
     import torch
 
@@ -84,57 +75,89 @@ def run_ours(args, checkpoint_dir):
     from checkpoint import open_checkpoint
 
     checkpoint = open_checkpoint(checkpoint_dir)
-    mode = MODES[args.mode]
+    mode = MODES[mode_name]
     quant = quantization.prepare(checkpoint, quantization.QUANT_MODES[mode], None, args.calib_samples) if mode else None
-    model = weight_loader.load_model(checkpoint, getattr(tp, args.dtype), quant)
-    rows = []
+    model = weight_loader.load_model(checkpoint, getattr(tp, dtype), quant)
+    runs = {}
     for batch in args.batches:
         prefill, decode = generate.compile_prefill(model, batch), generate.compile_decode(model, batch)
         state = {}
 
-        def start(prompt):
+        def start(prompt, prefill=prefill, state=state):
             _, *state["cache"] = prefill(tp.Tensor(prompt.tolist(), device=tp.device("gpu")))
 
-        def step(tokens):
+        def step(tokens, decode=decode, state=state):
             logits, *state["cache"] = decode(tp.Tensor(tokens.tolist(), device=tp.device("gpu")), state["cache"])
             return torch.from_dlpack(logits)
 
-        prompt, tokens = inputs(batch, args)
-        median_step(start, step, prompt, tokens[:2], 1, CLOCKS[args.clock])  # warm-up
-        seconds = median_step(start, step, prompt, tokens, args.rounds, CLOCKS[args.clock])
-        weights = torch_executor.weight_bytes(decode) / 1e6
-        rows.append({"batch": batch, "ms": 1e3 * seconds, "weights_mb": weights})
-        del prefill, decode, state
-    return rows
+        runs[batch] = (start, step, torch_executor.weight_bytes(decode) / 1e6)
+    return runs
 
 
-def run_transformers(args, checkpoint_dir):
+def transformers_runs(args, checkpoint_dir, dtype):
+    """{batch: (start, step, weights MB)} of transformers' GPT2LMHeadModel with a DynamicCache."""
     import inspect
 
     import torch
     from transformers import DynamicCache, GPT2LMHeadModel
 
-    model = GPT2LMHeadModel.from_pretrained(checkpoint_dir, dtype=getattr(torch, args.dtype)).eval()
+    model = GPT2LMHeadModel.from_pretrained(checkpoint_dir, dtype=getattr(torch, dtype)).eval()
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    state = {}
-
-    def start(prompt):
-        state["cache"] = DynamicCache()
-        with torch.no_grad():
-            model(prompt.long(), use_cache=True, **{cache_arg: state["cache"]})
-
-    def step(tokens):
-        with torch.no_grad():
-            return model(tokens.long(), use_cache=True, **{cache_arg: state["cache"]}).logits
-
-    rows = []
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
+    runs = {}
     for batch in args.batches:
-        prompt, tokens = inputs(batch, args)
-        median_step(start, step, prompt, tokens[:2], 1, CLOCKS[args.clock])
-        seconds = median_step(start, step, prompt, tokens, args.rounds, CLOCKS[args.clock])
-        weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
-        rows.append({"batch": batch, "ms": 1e3 * seconds, "weights_mb": weights})
-    return rows
+        state = {}
+
+        def start(prompt, state=state):
+            state["cache"] = DynamicCache()
+            with torch.no_grad():
+                model(prompt.long(), use_cache=True, **{cache_arg: state["cache"]})
+
+        def step(tokens, state=state):
+            with torch.no_grad():
+                return model(tokens.long(), use_cache=True, **{cache_arg: state["cache"]}).logits
+
+        runs[batch] = (start, step, weights)
+    return runs
+
+
+def build(args, checkpoint_dir, runner, mode, dtype):
+    if runner == "transformers":
+        return transformers_runs(args, checkpoint_dir, dtype)
+    return ours(args, checkpoint_dir, mode, dtype)
+
+
+def timed_round(start, step, prompt, tokens, clock):
+    """The times of one round's decode steps, after a prefill of the prompt."""
+    start(prompt)
+    times = []
+    for step_tokens in tokens:
+        begin = clock()
+        step(step_tokens)
+        times.append(clock() - begin)
+    return times
+
+
+def time_interleaved(args, checkpoint_dir, runs):
+    """{(runner, mode, dtype, batch): row}: every run built in this process, then timed a round each in
+    turn, round after round, so that a slow spell of a shared machine hits every run alike; a step's time
+    is the median over all its rounds' steps."""
+    import torch
+
+    built = {}
+    for runner, mode, dtype in runs:
+        for batch, run in build(args, checkpoint_dir, runner, mode, dtype).items():
+            built[runner, mode, dtype, batch] = run
+    clock = CLOCKS[args.clock]
+    times = {key: [] for key in built}
+    for round_index in range(args.rounds + 1):  # the first round warms up
+        for (runner, mode, dtype, batch), (start, step, _) in built.items():
+            prompt, tokens = inputs(batch, args)
+            with torch.no_grad():
+                round_times = timed_round(start, step, prompt, tokens, clock)
+            if round_index:
+                times[runner, mode, dtype, batch] += round_times
+    return {key: {"ms": 1e3 * statistics.median(times[key]), "weights_mb": built[key][2]} for key in built}
 
 
 def inputs(batch, args):
@@ -147,13 +170,13 @@ def inputs(batch, args):
 
 
 def child(args):
+    """Builds one (mode, dtype) in this process, for its peak memory and resident set."""
     backend.select_backend("cpu")
     import torch
 
     torch.set_num_threads(args.threads)
-    runner = run_transformers if args.mode == "transformers" else run_ours
-    rows = runner(args, args.checkpoint)
-    print(json.dumps({"rows": rows, "peak_mb": peak_mb(), "resident_mb": resident_mb()}))
+    build(args, args.checkpoint, "transformers" if args.mode == "transformers" else "ours", args.mode, args.dtype)
+    print(json.dumps({"peak_mb": peak_mb(), "resident_mb": resident_mb()}))
 
 
 def main():
@@ -188,7 +211,6 @@ def main():
         f"{args.steps} steps x {args.rounds} rounds, {args.clock} clock; calibration on {args.calib_samples} samples"
     )
     torch.manual_seed(0)
-    results = {}
     header = (
         f"{'runner':>12} {'mode':>6} {'dtype':>8} {'batch':>5} | {'ms/step':>8} {'tok/s':>8} | "
         f"{'weights MB':>10} {'peak MB':>8} {'RSS MB':>7}"
@@ -196,48 +218,29 @@ def main():
     with tempfile.TemporaryDirectory() as checkpoint:
         GPT2LMHeadModel(GPT2Config()).save_pretrained(checkpoint)
         make_tiny_checkpoint.write_tokenizer(checkpoint)
-        print()
-        print(header)
         runs = [("ours", mode, dtype) for mode in args.modes for dtype in args.dtypes]
         runs += [("transformers", "none", dtype) for dtype in args.dtypes]
+        memory = {}
         for runner, mode, dtype in runs:
-            child_mode = mode if runner == "ours" else "transformers"
-            command = [
-                sys.executable,
-                os.path.abspath(__file__),
-                "--mode",
-                child_mode,
-                "--dtype",
-                dtype,
-                "--checkpoint",
-                checkpoint,
-                "--threads",
-                str(args.threads),
-                "--calib-samples",
-                str(args.calib_samples),
-                "--cache",
-                str(args.cache),
-                "--clock",
-                args.clock,
-                "--steps",
-                str(args.steps),
-                "--rounds",
-                str(args.rounds),
-                "--batches",
-                *map(str, args.batches),
-            ]
+            command = [sys.executable, os.path.abspath(__file__), "--checkpoint", checkpoint, "--dtype", dtype]
+            command += ["--mode", mode if runner == "ours" else "transformers", "--threads", str(args.threads)]
+            command += ["--calib-samples", str(args.calib_samples), "--batches", *map(str, args.batches)]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode:
                 print(f"{runner:>12} {mode:>6} {dtype:>8} failed:\n{done.stderr[-2000:]}")
-                continue
-            report = json.loads(done.stdout.strip().splitlines()[-1])
-            for row in report["rows"]:
-                results[runner, mode, dtype, row["batch"]] = row
-                print(
-                    f"{runner:>12} {mode:>6} {dtype:>8} {row['batch']:>5} | {row['ms']:>8.2f} "
-                    f"{1e3 * row['batch'] / row['ms']:>8.1f} | {row['weights_mb']:>10.1f} {report['peak_mb']:>8.0f} "
-                    f"{report['resident_mb']:>7.0f}"
-                )
+                return 1
+            memory[runner, mode, dtype] = json.loads(done.stdout.strip().splitlines()[-1])
+        backend.select_backend("cpu")
+        torch.set_num_threads(args.threads)
+        results = time_interleaved(args, checkpoint, runs)
+    print()
+    print(header)
+    for (runner, mode, dtype, batch), row in results.items():
+        report = memory[runner, mode, dtype]
+        print(
+            f"{runner:>12} {mode:>6} {dtype:>8} {batch:>5} | {row['ms']:>8.2f} {1e3 * batch / row['ms']:>8.1f} | "
+            f"{row['weights_mb']:>10.1f} {report['peak_mb']:>8.0f} {report['resident_mb']:>7.0f}"
+        )
     print()
     print_ratios(results, args)
     print(f"load average after: {load_average()}")
