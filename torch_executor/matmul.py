@@ -359,8 +359,8 @@ def _scratch(shape, dtype):
 
 def _blocked(quant, scaling, group, x, codes, scale):
     """x @ B for B = codes.t() * scale, in float32, a block of B's columns (codes' rows) at a time,
-    converted into a buffer that stays in cache. A scale per column multiplies the sums, which are
-    fewer than the weights; a scale per group multiplies the block's weights (scale: [N, K / g]).
+    converted into a buffer that stays in cache. A scale per column or per tensor multiplies the sums,
+    which are fewer than the weights; a scale per group multiplies the block's weights (scale: [N, K / g]).
     float8 weights are dequantized as ops.dequantize does, scale and all, so the sums are those of the
     reference product: the next layer quantizes them to float8 again, where a sum rounded otherwise
     can change a code."""
@@ -381,6 +381,6 @@ def _blocked(quant, scaling, group, x, codes, scale):
             weights.view(stop - start, -1, group).mul_(scale[start:stop, :, None])
         parts.append(torch.mm(x, weights.t()))
     out = torch.cat(parts, dim=1)
-    if scaling == "column":
+    if scaling != "group" and quant != "float8":  # a scale per column, or one for the tensor
         out *= scale
     return out.to(rows_dtype)

@@ -154,3 +154,23 @@ def test_saved_quantized_programs_compute_the_same(dtype):
         x = torch.randn(3, 1, IN_FEATURES[quant]).to(getattr(torch, dtype))
         memrefs = [MemRefValue(x, SCALAR_TYPE_CODES[x.dtype], PointerType.device)]
         torch.testing.assert_close(loaded.run(memrefs)[0].tensor, program.run(memrefs)[0].tensor, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("dtype", ROWS_DTYPES)
+def test_an_int8_weight_with_one_scale_computes_the_reference_product(dtype, rows):
+    """A scale per tensor (weight_quant_dim None) multiplies the blocked kernel's sums too."""
+    torch_dtype, tripy_dtype = getattr(torch, dtype), getattr(tp, dtype)
+    weight = torch.randn(OUT_FEATURES, IN_FEATURES["int8"], generator=torch.Generator().manual_seed(0))
+    weight, scale = weight.to(torch_dtype), (weight.abs().max() / 127).to(torch_dtype)
+    linear = tp.Linear(IN_FEATURES["int8"], OUT_FEATURES, bias=False, dtype=tripy_dtype, quant_dtype=tp.int8)
+    linear.weight, linear.weight_scale, linear.input_scale = tp.Tensor(weight), tp.Tensor(scale), None
+    executable = compiled(linear, rows, "int8", dtype)
+    (step,) = quantized_steps(executable)
+    assert step.attrs["scaling"] == "tensor"
+    x = torch.randn(rows, 1, IN_FEATURES["int8"], generator=torch.Generator().manual_seed(rows)).to(torch_dtype)
+    out = torch.from_dlpack(executable(on_device(x))).double()
+    dequantized = ops.dequantize(ops.quantize(weight, scale, dtype="int8", dim=None), scale, dtype=dtype, dim=None)
+    w = dequantized.t().double()
+    bound = TOLERANCE[dtype] * (x.double().abs() @ w.abs()) + 1e-6
+    assert ((out - x.double() @ w).abs() <= bound).all()
