@@ -35,7 +35,7 @@ import backend  # noqa: E402
 
 MODES = {"none": None, "int8": "int8-weight-only", "int4": "int4-weight-only", "float8": "float8"}
 DTYPES = ("float32", "bfloat16")
-CPU_FLAGS = ("avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
+CPU_FLAGS = ("avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
 
 
 def load_average():

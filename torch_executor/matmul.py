@@ -118,6 +118,7 @@ def _is_transpose_view(tensor, view):
     return (
         tensor.dim() == 2
         and tensor.numel() > 0
+        and not tensor.is_mkldnn  # oneDNN's packed codes: no memory of their own to compare
         and tensor.untyped_storage().data_ptr() == view.untyped_storage().data_ptr()
         and tensor.storage_offset() == view.storage_offset()
         and tuple(tensor.shape) == tuple(view.shape)[::-1]
@@ -147,10 +148,19 @@ def cpu_has_bfloat16_arithmetic():
     return flags is None or "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpu_has_int8_dot_products():
+    """Whether oneDNN's int8 product (int8 by int8, summed in int32) runs on int8 dot-product
+    instructions: an x86 CPU with AVX512-VNNI, AVX-VNNI or AMX-INT8. Elsewhere its speed is unknown,
+    and the blocked kernel runs int8 weights instead."""
+    flags = _cpu_flags()
+    return flags is not None and any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 def cpu_features():
-    """What decides the kernels here: e.g. 'x86_64 bf16-arithmetic mkldnn'."""
+    """What decides the kernels here: e.g. 'x86_64 bf16-arithmetic int8-dot mkldnn'."""
     parts = [platform.machine().lower()]
     parts += ["bf16-arithmetic"] if cpu_has_bfloat16_arithmetic() else []
+    parts += ["int8-dot"] if cpu_has_int8_dot_products() else []
     parts += ["mkldnn"] if torch.backends.mkldnn.is_available() else []
     return " ".join(parts)
 
@@ -249,23 +259,30 @@ def prepacked_product(weight, rows):
 # packed as the chosen kernel wants, and the scales. The weight is B = (in, out) = [K, N]; its scale is one
 # number, one per output column ([N]), or one per group of g consecutive inputs of each column
 # ([K / g, N]). Kernels:
-# - "int8_rows": torch's _weight_int8pack_mm, int8 codes [N, K] and a scale per column, for bfloat16
-#   rows on a CPU with bfloat16 arithmetic, K a multiple of 16;
+# - "int8_digits": int8 codes that oneDNN packed ([K, N], held_constants) and a scale per column ([N])
+#   or one ([1]), for rows of any float dtype on a CPU with int8 dot-product instructions. Each row,
+#   scaled to at most 127, is written in base 128 as a few int8 digits (4 for float32 rows, 3 for
+#   bfloat16 and float16), which oneDNN's int8 product multiplies by the codes, summing exactly in
+#   int32; the digits' sums, times the scale, then add up and round once. It reads a byte per weight,
+#   where a float32 product reads four and a bfloat16 one two. The digits hold a row to 2^-29
+#   (float32) or 2^-22 (3 digits) of its largest magnitude, below the rows' own rounding; a row
+#   holding an infinity or a NaN goes to the blocked kernel;
 # - "int4_groups": torch's _weight_int4pack_mm_for_cpu, codes + 8 packed by
-#   _convert_weight_to_int4pack_for_cpu and scales with zero offsets ([K / g, N, 2]), likewise,
-#   N a multiple of 16;
+#   _convert_weight_to_int4pack_for_cpu and scales with zero offsets ([K / g, N, 2]), for bfloat16
+#   rows on a CPU with bfloat16 arithmetic, N a multiple of 16;
 # - "blocked": codes [N, K] (int8 storage for int8 and int4, float8 e4m3), dequantized to float32 a
 #   block of columns at a time into a buffer that stays in cache, multiplied in float32 and rounded
-#   once to the rows' dtype. torch's
-#   int8 and int4 kernels take float32 rows on a slow path (4x and 20x slower than a dense float32
-#   product) and float16 rows likewise, and rounding float32 rows to bfloat16 would change results.
+#   once to the rows' dtype. torch's int4 kernel takes float32 rows on a slow path (20x slower than a
+#   dense float32 product) and float16 rows likewise, and rounding float32 rows to bfloat16 would
+#   change results.
 # The dequantized values are those of ops.dequantize (codes times scale in float32); only the order
-# of the sums, and for int8_rows and int4_groups the rounding of each product, may differ.
+# of the sums, and for int8_digits and int4_groups where each product rounds, may differ.
 
 INT4_GROUPS = (32, 64, 128, 256)  # the group sizes _weight_int4pack_mm_for_cpu takes
 INT4_COLUMN_MULTIPLE = 16  # _convert_weight_to_int4pack_for_cpu takes no other column counts
-INT8_INNER_MULTIPLE = 16  # _weight_int8pack_mm (torch 2.13) computes wrong sums for other inner sizes
 QUANT_BLOCK_BYTES = 1 << 20  # float32 block of dequantized columns: about a core's L2 cache
+INT8_DIGITS = {torch.float32: 4, torch.bfloat16: 3, torch.float16: 3}  # base-128 digits per value, by rows dtype
+INT8_DIGITS_MAX_INNER = (2**31 - 1) // (127 * 127)  # int32 holds a digit row's sum by the codes up to here
 
 
 # Packed codes and scales, by the weight they were made from, the kernel and their position: programs
@@ -280,11 +297,26 @@ def pack_quantized(quant, codes_b, scale_b, rows_dtype, source):
     attrs, tensors = _pack(quant, codes_b, scale_b, rows_dtype)
     keys = [(source, quant, rows_dtype, json.dumps(attrs, sort_keys=True), i) for i in range(len(tensors))]
     shared = [_PACKED.get(key) for key in keys]
-    if all(a is not None and torch.equal(a, b) for a, b in zip(shared, tensors)):
+    if all(a is not None and torch.equal(plain(a), b) for a, b in zip(shared, tensors)):
         return attrs, shared
+    tensors = held_constants(attrs, tensors)
     for key, tensor in zip(keys, tensors):
         _PACKED[key] = tensor
     return attrs, tensors
+
+
+def held_constants(attrs, constants):
+    """A QuantizedMatMul step's constants as its kernel reads them: for int8_digits, the codes [K, N] in
+    oneDNN's packed layout (the program holds only that copy; a saved program holds them plain)."""
+    if attrs["kernel"] != "int8_digits" or constants[0].is_mkldnn:
+        return list(constants)
+    # oneDNN packs an (out, in) weight, and packs a transposed view wrongly: a contiguous copy it is.
+    return [torch.ops.onednn.qlinear_prepack(constants[0].t().contiguous(), None), *constants[1:]]
+
+
+def plain(tensor):
+    """A constant as a plain tensor: codes that oneDNN packed, unpacked (a copy); any other, itself."""
+    return tensor.to_dense() if tensor.is_mkldnn else tensor
 
 
 def _pack(quant, codes_b, scale_b, rows_dtype):
@@ -292,8 +324,8 @@ def _pack(quant, codes_b, scale_b, rows_dtype):
     group = inner // scale_b.shape[0] if scale_b.dim() == 2 else None
     fast = rows_dtype == torch.bfloat16 and cpu_has_bfloat16_arithmetic()
     codes_rows = codes_b.t().contiguous()  # [N, K]: a block of columns of B is a block of rows here
-    if fast and quant == "int8" and scale_b.dim() == 1 and inner % INT8_INNER_MULTIPLE == 0:
-        return {"kernel": "int8_rows"}, [codes_rows, scale_b.to(torch.bfloat16).contiguous()]
+    if quant == "int8" and scale_b.dim() <= 1 and inner <= INT8_DIGITS_MAX_INNER and cpu_has_int8_dot_products():
+        return {"kernel": "int8_digits"}, [codes_b.contiguous(), scale_b.float().reshape(-1).contiguous()]
     if fast and quant == "int4" and group in INT4_GROUPS and cols % INT4_COLUMN_MULTIPLE == 0:
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes_rows.to(torch.int32) + 8, 1)
         scales = scale_b.to(torch.bfloat16)
@@ -312,11 +344,11 @@ def _pack(quant, codes_b, scale_b, rows_dtype):
 def quantized_function(attrs):
     """The function that runs a QuantizedMatMul step with these attributes: f(x, *constants)."""
     kernel = attrs["kernel"]
-    if kernel == "int8_rows":
-        return _rows_call(lambda x, codes, scales: torch.ops.aten._weight_int8pack_mm(x, codes, scales))
     if kernel == "int4_groups":
         group = attrs["group"]
         return _rows_call(lambda x, packed, sz: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group, sz))
+    if kernel == "int8_digits":
+        return _rows_call(_int8_digits)
     if kernel == "blocked":
         return _rows_call(functools.partial(_blocked, attrs["quant"], attrs["scaling"], attrs["group"]))
     raise ValueError(f"no quantized kernel '{kernel}'")
@@ -331,6 +363,44 @@ def _rows_call(kernel):
         return out.reshape(*a.shape[:-1], out.shape[-1])
 
     return product
+
+
+# For n digits: 127 * 128^i, which scale a row whose largest value is 1 to R_i; the matrix that makes
+# the digits of the R_i (d_0 = R_0, d_i = R_i - 128 R_(i-1)); and 128^-i / 127, which add the digits'
+# sums up again.
+_DIGIT_SCALES = {
+    n: torch.tensor([127.0 * 128.0**i for i in range(n)], dtype=torch.float64).view(n, 1, 1) for n in (3, 4)
+}
+_DIGIT_MAKER = {
+    n: torch.eye(n, dtype=torch.float64) - torch.diag(torch.full((n - 1,), 128.0), -1).double() for n in (3, 4)
+}
+_DIGIT_VALUES = {n: torch.tensor([[128.0**-i / 127 for i in range(n)]]) for n in (3, 4)}
+
+
+@functools.lru_cache(maxsize=None)
+def _zero_points(columns):
+    return torch.zeros(columns, dtype=torch.int64)
+
+
+def _int8_digits(x, packed, scale):
+    """x @ B for B = codes * scale (packed: the codes [K, N] in oneDNN's layout; scale: [N] or [1]).
+    Each row of x, times 127 over its largest magnitude, as digits d_0 + d_1 / 128 + d_2 / 128^2 + ...,
+    d_0 in [-127, 127] and the others in [-64, 64]: d_i = R_i - 128 R_(i-1), R_i the scaled row times
+    128^i rounded (exact in float64), so the digits add up to R_(n-1) / 128^(n-1), the row to half a
+    unit of its last digit. oneDNN sums each digit row by the codes in int32, exactly, and multiplies
+    the sums by the scale in float32."""
+    rows, inner = x.shape
+    count = INT8_DIGITS[x.dtype]
+    largest = x.abs().amax(dim=1, keepdim=True).float().clamp_(min=2.0**-149)  # a row of zeros: no 0 / 0
+    if not math.isfinite(largest.sum().item()):
+        return _blocked("int8", "column", None, x, plain(packed).t(), scale)
+    scaled = torch.round(x * (_DIGIT_SCALES[count] / largest)).view(count, -1)  # R_i, in float64
+    digits = torch.mm(_DIGIT_MAKER[count], scaled).to(torch.int8).view(count * rows, inner)
+    sums = torch.ops.onednn.qlinear_pointwise(
+        digits, 1.0, 0, packed, scale, _zero_points(scale.numel()), None, 1.0, 0, torch.float32, "none", [], ""
+    )
+    total = torch.mm(_DIGIT_VALUES[count], sums.view(count, -1)).view(rows, -1)
+    return total.mul_(largest).to(x.dtype)
 
 
 def _float8_block(codes, bits):

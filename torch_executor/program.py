@@ -109,6 +109,7 @@ def _input_text(spec):
 
 
 def _constant_text(tensor, large_elements_limit):
+    tensor = matmul.plain(tensor) if large_elements_limit is None or tensor.numel() <= large_elements_limit else tensor
     code = SCALAR_TYPE_CODES[tensor.dtype].name
     typed = f"{code}[{', '.join(map(str, tensor.shape))}]"
     if large_elements_limit is not None and tensor.numel() > large_elements_limit:
@@ -159,7 +160,9 @@ class Program:
         self._initial_values = [None] * self.num_slots
         for slot, tensor in self.constants.items():
             self._initial_values[slot] = tensor
-        self._constant_ptrs = {t.untyped_storage().data_ptr() for t in self.constants.values() if t.numel()}
+        self._constant_ptrs = {
+            t.untyped_storage().data_ptr() for t in self.constants.values() if t.numel() and not t.is_mkldnn
+        }
         self._output_codes = [ScalarTypeCode[dtype] for dtype in self.output_dtypes]
 
     def _function(self, step, fast_paths):
@@ -177,7 +180,9 @@ class Program:
                 return function, {}, [t for t in reads if t is not constants[1]] + held
             return ops.matrix_multiply, {}, reads  # a saved program loaded where oneDNN cannot prepack
         if step.kind == "QuantizedMatMul":
-            return matmul.quantized_function(step.attrs), {}, reads
+            held = matmul.held_constants(step.attrs, constants[1:])  # a saved program's codes come plain
+            self.constants.update(zip(step.inputs[1:], held))
+            return matmul.quantized_function(step.attrs), {}, held
         if step.kind == "MatrixMultiply" and matmul.fits(constants[1]):
             return matmul.by_bfloat16_matrix, {}, reads
         fast = fastpaths.bind(step.kind, step.attrs, constants) if fast_paths else None
@@ -279,7 +284,7 @@ class Program:
             "output_dtypes": self.output_dtypes,
         }
         header_bytes = json.dumps(header).encode()
-        tensors = {str(slot): t.detach().contiguous().clone() for slot, t in self.constants.items()}
+        tensors = {str(slot): matmul.plain(t).detach().contiguous().clone() for slot, t in self.constants.items()}
         return FORMAT_MAGIC + struct.pack("<Q", len(header_bytes)) + header_bytes + safetensors.torch.save(tensors)
 
     @staticmethod

@@ -96,9 +96,13 @@ def check_product(quant, dtype, rows, out_features=OUT_FEATURES):
 @pytest.mark.parametrize("quant", ["int8", "int4", "float8"])
 def test_a_quantized_product_computes_the_reference_product(quant, dtype, rows, out_features):
     step = check_product(quant, dtype, rows, out_features)
-    fast = dtype == "bfloat16" and matmul.cpu_has_bfloat16_arithmetic()
-    torchs = {"int8": "int8_rows", "int4": "int4_groups" if out_features % 16 == 0 else None}.get(quant)
-    assert step.attrs["kernel"] == ((torchs if fast else None) or "blocked")
+    int4_fast = dtype == "bfloat16" and matmul.cpu_has_bfloat16_arithmetic() and out_features % 16 == 0
+    expected = {
+        "int8": "int8_digits" if matmul.cpu_has_int8_dot_products() else "blocked",
+        "int4": "int4_groups" if int4_fast else "blocked",
+        "float8": "blocked",
+    }
+    assert step.attrs["kernel"] == expected[quant]
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8])
@@ -108,14 +112,69 @@ def test_the_blocked_kernel_in_several_blocks_and_a_partial_one(monkeypatch, qua
     without bfloat16 arithmetic."""
     monkeypatch.setattr(matmul, "QUANT_BLOCK_BYTES", 16 * 4 * IN_FEATURES[quant])
     monkeypatch.setattr(matmul, "cpu_has_bfloat16_arithmetic", lambda: False)
+    monkeypatch.setattr(matmul, "cpu_has_int8_dot_products", lambda: False)
     for dtype in ROWS_DTYPES:
         assert check_product(quant, dtype, rows).attrs["kernel"] == "blocked"
 
 
-def test_an_int8_product_torchs_kernel_cannot_take_is_blocked(monkeypatch):
-    """_weight_int8pack_mm sums wrongly unless the inner size is a multiple of 16."""
-    monkeypatch.setitem(IN_FEATURES, "int8", 200)
-    assert check_product("int8", "bfloat16", 3).attrs["kernel"] == "blocked"
+def needs_int8_dot_products():
+    if not matmul.cpu_has_int8_dot_products():
+        pytest.skip("this CPU has no int8 dot-product instructions (AVX512-VNNI, AVX-VNNI, AMX-INT8): no int8_digits")
+
+
+@pytest.mark.parametrize("inner", [200, 7])  # a multiple of no tile
+def test_int8_digits_at_any_inner_size(monkeypatch, inner):
+    needs_int8_dot_products()
+    monkeypatch.setitem(IN_FEATURES, "int8", inner)
+    for dtype in ROWS_DTYPES:
+        assert check_product("int8", dtype, 3).attrs["kernel"] == "int8_digits"
+
+
+def digits_layer(dtype):
+    """The int8_digits kernel's function and constants for the test layer, and its exact weight (in, out)."""
+    linear, dequantized = layer("int8", dtype)
+    executable = compiled(linear, 3, "int8", dtype)
+    (step,) = quantized_steps(executable)
+    assert step.attrs["kernel"] == "int8_digits"
+    constants = [executable._executable.program.constants[slot] for slot in step.inputs[1:]]
+    return matmul.quantized_function(step.attrs), constants, dequantized().double()
+
+
+@pytest.mark.parametrize("dtype", ROWS_DTYPES)
+def test_int8_digits_hold_a_row_to_far_below_its_rounding(dtype):
+    """Rows over nine decades, the largest value a hundred times the typical one: the products stay
+    within 2^-20 of sum |x| |w| of the exact product (float32 rows), or a rounding of the result."""
+    needs_int8_dot_products()
+    function, constants, weight = digits_layer(dtype)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(3, IN_FEATURES["int8"], generator=generator) * torch.logspace(-7, 2, IN_FEATURES["int8"])
+    x = x.to(getattr(torch, dtype))
+    out, exact = function(x, *constants).double(), x.double() @ weight
+    bound = {"float32": 2.0**-20, "bfloat16": 2.0**-8, "float16": 2.0**-10}[dtype] * (x.double().abs() @ weight.abs())
+    assert ((out - exact).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("dtype", ROWS_DTYPES)
+def test_int8_digits_of_rows_of_zeros_tiny_huge_and_not_finite(dtype):
+    """A row of zeros gives zeros; rows near the dtype's least and greatest magnitudes keep their
+    precision; a row holding an infinity or a NaN gives what the reference product gives."""
+    needs_int8_dot_products()
+    function, constants, weight = digits_layer(dtype)
+    torch_dtype = getattr(torch, dtype)
+    info = torch.finfo(torch_dtype)
+    base = torch.randn(1, IN_FEATURES["int8"], generator=torch.Generator().manual_seed(2))
+    tiny = (base.abs() * info.tiny + info.tiny) * base.sign()
+    rows = torch.cat([torch.zeros_like(base), tiny, base / base.abs().max() * info.max / 1000]).to(torch_dtype)
+    out, exact = function(rows, *constants).double(), rows.double() @ weight
+    assert torch.equal(out[0], torch.zeros_like(out[0]))
+    bound = TOLERANCE[dtype] * (rows.double().abs() @ weight.abs())
+    assert ((out[1:] - exact[1:]).abs() <= bound[1:]).all()
+    for special in (float("inf"), float("nan")):
+        row = base.clone()
+        row[0, 5] = special
+        out = function(row.to(torch_dtype), *constants).double()
+        reference = row.double() @ weight
+        assert torch.equal(out.isnan(), reference.isnan()) and torch.equal(out[~out.isnan()], reference[~out.isnan()])
 
 
 def test_float8_codes_read_as_float16_are_their_values_over_256():
@@ -156,10 +215,15 @@ def test_saved_quantized_programs_compute_the_same(dtype):
         torch.testing.assert_close(loaded.run(memrefs)[0].tensor, program.run(memrefs)[0].tensor, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("int8_dot_products", [True, False])
 @pytest.mark.parametrize("rows", [1, 3])
 @pytest.mark.parametrize("dtype", ROWS_DTYPES)
-def test_an_int8_weight_with_one_scale_computes_the_reference_product(dtype, rows):
-    """A scale per tensor (weight_quant_dim None) multiplies the blocked kernel's sums too."""
+def test_an_int8_weight_with_one_scale_computes_the_reference_product(monkeypatch, dtype, rows, int8_dot_products):
+    """A scale per tensor (weight_quant_dim None) multiplies each kernel's sums too."""
+    if int8_dot_products:
+        needs_int8_dot_products()
+    else:
+        monkeypatch.setattr(matmul, "cpu_has_int8_dot_products", lambda: False)
     torch_dtype, tripy_dtype = getattr(torch, dtype), getattr(tp, dtype)
     weight = torch.randn(OUT_FEATURES, IN_FEATURES["int8"], generator=torch.Generator().manual_seed(0))
     weight, scale = weight.to(torch_dtype), (weight.abs().max() / 127).to(torch_dtype)
@@ -167,10 +231,24 @@ def test_an_int8_weight_with_one_scale_computes_the_reference_product(dtype, row
     linear.weight, linear.weight_scale, linear.input_scale = tp.Tensor(weight), tp.Tensor(scale), None
     executable = compiled(linear, rows, "int8", dtype)
     (step,) = quantized_steps(executable)
-    assert step.attrs["scaling"] == "tensor"
+    assert step.attrs["kernel"] == "int8_digits" if int8_dot_products else step.attrs["scaling"] == "tensor"
     x = torch.randn(rows, 1, IN_FEATURES["int8"], generator=torch.Generator().manual_seed(rows)).to(torch_dtype)
     out = torch.from_dlpack(executable(on_device(x))).double()
     dequantized = ops.dequantize(ops.quantize(weight, scale, dtype="int8", dim=None), scale, dtype=dtype, dim=None)
     w = dequantized.t().double()
     bound = TOLERANCE[dtype] * (x.double().abs() @ w.abs()) + 1e-6
     assert ((out - x.double() @ w).abs() <= bound).all()
+
+
+def test_a_program_holding_packed_codes_copies_its_float_weights_too():
+    """At 8 float32 rows a float linear layer's weight is copied to (in, out) (store_weight_matrices),
+    which looks for other views of it among the constants: oneDNN's packed codes among them."""
+    quantized, dequantized = layer("int8", "float32")
+    plain = tp.Linear(OUT_FEATURES, 16, bias=False)
+    weight = torch.randn(16, OUT_FEATURES, generator=torch.Generator().manual_seed(3))
+    plain.weight = tp.Tensor(weight)
+    executable = compiled(lambda x: plain(quantized(x)), 8, "int8", "float32")
+    x = torch.randn(8, 1, IN_FEATURES["int8"], generator=torch.Generator().manual_seed(4))
+    out = torch.from_dlpack(executable(on_device(x))).double()
+    exact = x.double() @ dequantized().double() @ weight.double().t()
+    torch.testing.assert_close(out, exact, rtol=1e-4, atol=1e-4)
