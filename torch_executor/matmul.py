@@ -399,7 +399,7 @@ def _int8_digits(x, packed, scale):
     sums = torch.ops.onednn.qlinear_pointwise(
         digits, 1.0, 0, packed, scale, _zero_points(scale.numel()), None, 1.0, 0, torch.float32, "none", [], ""
     )
-    total = torch.mm(_DIGIT_VALUES[count], sums.view(count, -1)).view(rows, -1)
+    total = torch.mm(_DIGIT_VALUES[count], sums.view(count, -1)).view(rows, packed.shape[1])
     return total.mul_(largest).to(x.dtype)
 
 

@@ -156,8 +156,9 @@ def test_int8_digits_hold_a_row_to_far_below_its_rounding(dtype):
 
 @pytest.mark.parametrize("dtype", ROWS_DTYPES)
 def test_int8_digits_of_rows_of_zeros_tiny_huge_and_not_finite(dtype):
-    """A row of zeros gives zeros; rows near the dtype's least and greatest magnitudes keep their
-    precision; a row holding an infinity or a NaN gives what the reference product gives."""
+    """A row of zeros gives zeros, and no rows no rows; rows near the dtype's least and greatest
+    magnitudes keep their precision; a row holding an infinity or a NaN gives what the reference
+    product gives."""
     needs_int8_dot_products()
     function, constants, weight = digits_layer(dtype)
     torch_dtype = getattr(torch, dtype)
@@ -167,6 +168,7 @@ def test_int8_digits_of_rows_of_zeros_tiny_huge_and_not_finite(dtype):
     rows = torch.cat([torch.zeros_like(base), tiny, base / base.abs().max() * info.max / 1000]).to(torch_dtype)
     out, exact = function(rows, *constants).double(), rows.double() @ weight
     assert torch.equal(out[0], torch.zeros_like(out[0]))
+    assert function(rows[:0], *constants).shape == (0, OUT_FEATURES)
     bound = TOLERANCE[dtype] * (rows.double().abs() @ weight.abs())
     assert ((out[1:] - exact[1:]).abs() <= bound[1:]).all()
     for special in (float("inf"), float("nan")):
