@@ -259,7 +259,7 @@ def prepacked_product(weight, rows):
 # packed as the chosen kernel wants, and the scales. The weight is B = (in, out) = [K, N]; its scale is one
 # number, one per output column ([N]), or one per group of g consecutive inputs of each column
 # ([K / g, N]). Kernels:
-# - "int8_digits": int8 codes that oneDNN packed ([K, N], held_constants) and a scale per column ([N])
+# - "int8_digits": int8 codes [N, K] that oneDNN packed (held_constants) and a scale per column ([N])
 #   or one ([1]), for rows of any float dtype on a CPU with int8 dot-product instructions. Each row,
 #   scaled to at most 127, is written in base 128 as a few int8 digits (4 for float32 rows, 3 for
 #   bfloat16 and float16), which oneDNN's int8 product multiplies by the codes, summing exactly in
@@ -306,17 +306,18 @@ def pack_quantized(quant, codes_b, scale_b, rows_dtype, source):
 
 
 def held_constants(attrs, constants):
-    """A QuantizedMatMul step's constants as its kernel reads them: for int8_digits, the codes [K, N] in
-    oneDNN's packed layout (the program holds only that copy; a saved program holds them plain)."""
+    """A QuantizedMatMul step's constants as its kernel reads them: for int8_digits, the codes [N, K]
+    packed by oneDNN (shaped [K, N]; the program holds only that copy, a saved program them plain)."""
     if attrs["kernel"] != "int8_digits" or constants[0].is_mkldnn:
         return list(constants)
-    # oneDNN packs an (out, in) weight, and packs a transposed view wrongly: a contiguous copy it is.
-    return [torch.ops.onednn.qlinear_prepack(constants[0].t().contiguous(), None), *constants[1:]]
+    # oneDNN packs a strided view wrongly, so it gets contiguous (out, in) rows.
+    return [torch.ops.onednn.qlinear_prepack(constants[0].contiguous(), None), *constants[1:]]
 
 
 def plain(tensor):
-    """A constant as a plain tensor: codes that oneDNN packed, unpacked (a copy); any other, itself."""
-    return tensor.to_dense() if tensor.is_mkldnn else tensor
+    """A constant as a plain tensor: codes that oneDNN packed, unpacked (a copy) as the [N, K] rows they
+    were packed from; any other, itself."""
+    return tensor.to_dense().t() if tensor.is_mkldnn else tensor
 
 
 def _pack(quant, codes_b, scale_b, rows_dtype):
@@ -325,7 +326,7 @@ def _pack(quant, codes_b, scale_b, rows_dtype):
     fast = rows_dtype == torch.bfloat16 and cpu_has_bfloat16_arithmetic()
     codes_rows = codes_b.t().contiguous()  # [N, K]: a block of columns of B is a block of rows here
     if quant == "int8" and scale_b.dim() <= 1 and inner <= INT8_DIGITS_MAX_INNER and cpu_has_int8_dot_products():
-        return {"kernel": "int8_digits"}, [codes_b.contiguous(), scale_b.float().reshape(-1).contiguous()]
+        return {"kernel": "int8_digits"}, [codes_rows, scale_b.float().reshape(-1).contiguous()]
     if fast and quant == "int4" and group in INT4_GROUPS and cols % INT4_COLUMN_MULTIPLE == 0:
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes_rows.to(torch.int32) + 8, 1)
         scales = scale_b.to(torch.bfloat16)
@@ -393,7 +394,7 @@ def _int8_digits(x, packed, scale):
     count = INT8_DIGITS[x.dtype]
     largest = x.abs().amax(dim=1, keepdim=True).float().clamp_(min=2.0**-149)  # a row of zeros: no 0 / 0
     if not math.isfinite(largest.sum().item()):
-        return _blocked("int8", "column", None, x, plain(packed).t(), scale)
+        return _blocked("int8", "column", None, x, plain(packed), scale)
     scaled = torch.round(x * (_DIGIT_SCALES[count] / largest)).view(count, -1)  # R_i, in float64
     digits = torch.mm(_DIGIT_MAKER[count], scaled).to(torch.int8).view(count * rows, inner)
     sums = torch.ops.onednn.qlinear_pointwise(
