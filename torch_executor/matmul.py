@@ -260,9 +260,9 @@ def prepacked_product(weight, rows):
 # number, one per output column ([N]), or one per group of g consecutive inputs of each column
 # ([K / g, N]). Kernels:
 # - "int8_digits": int8 codes [N, K] that oneDNN packed (held_constants) and a scale per column ([N])
-#   or one ([1]), for rows of any float dtype on a CPU with int8 dot-product instructions. Each row,
-#   scaled to at most 127, is written in base 128 as a few int8 digits (4 for float32 rows, 3 for
-#   bfloat16 and float16), which oneDNN's int8 product multiplies by the codes, summing exactly in
+#   or one ([1]), for rows of any float dtype on a CPU with int8 dot-product instructions, N over 64
+#   (INT8_DIGITS_MIN_COLUMNS). Each row, scaled to at most 127, is written in base 128 as a few int8
+#   digits (4 for float32 rows, 3 for bfloat16 and float16), which oneDNN's int8 product multiplies by the codes, summing exactly in
 #   int32; the digits' sums, times the scale, then add up and round once. It reads a byte per weight,
 #   where a float32 product reads four and a bfloat16 one two. The digits hold a row to 2^-29
 #   (float32) or 2^-22 (3 digits) of its largest magnitude, below the rows' own rounding; a row
@@ -283,6 +283,9 @@ INT4_COLUMN_MULTIPLE = 16  # _convert_weight_to_int4pack_for_cpu takes no other 
 QUANT_BLOCK_BYTES = 1 << 20  # float32 block of dequantized columns: about a core's L2 cache
 INT8_DIGITS = {torch.float32: 4, torch.bfloat16: 3, torch.float16: 3}  # base-128 digits per value, by rows dtype
 INT8_DIGITS_MAX_INNER = (2**31 - 1) // (127 * 127)  # int32 holds a digit row's sum by the codes up to here
+# oneDNN's int8 product (torch 2.13) takes 64 or fewer columns by fewer than 8 rows on a slow path: 0.7 ms
+# for 64 x 64 codes by 4 rows, against 36 us for 65 columns. Narrower products go to the blocked kernel.
+INT8_DIGITS_MIN_COLUMNS = 65
 
 
 # Packed codes and scales, by the weight they were made from, the kernel and their position: programs
@@ -325,7 +328,8 @@ def _pack(quant, codes_b, scale_b, rows_dtype):
     group = inner // scale_b.shape[0] if scale_b.dim() == 2 else None
     fast = rows_dtype == torch.bfloat16 and cpu_has_bfloat16_arithmetic()
     codes_rows = codes_b.t().contiguous()  # [N, K]: a block of columns of B is a block of rows here
-    if quant == "int8" and scale_b.dim() <= 1 and inner <= INT8_DIGITS_MAX_INNER and cpu_has_int8_dot_products():
+    digits_fit = inner <= INT8_DIGITS_MAX_INNER and cols >= INT8_DIGITS_MIN_COLUMNS
+    if quant == "int8" and scale_b.dim() <= 1 and digits_fit and cpu_has_int8_dot_products():
         return {"kernel": "int8_digits"}, [codes_rows, scale_b.float().reshape(-1).contiguous()]
     if fast and quant == "int4" and group in INT4_GROUPS and cols % INT4_COLUMN_MULTIPLE == 0:
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes_rows.to(torch.int32) + 8, 1)

@@ -130,6 +130,14 @@ def test_int8_digits_at_any_inner_size(monkeypatch, inner):
         assert check_product("int8", dtype, 3).attrs["kernel"] == "int8_digits"
 
 
+def test_int8_products_of_64_columns_or_fewer_are_blocked():
+    """oneDNN's int8 product takes them on a slow path (matmul.INT8_DIGITS_MIN_COLUMNS)."""
+    needs_int8_dot_products()
+    for dtype in ROWS_DTYPES:
+        assert check_product("int8", dtype, 3, out_features=64).attrs["kernel"] == "blocked"
+        assert check_product("int8", dtype, 3, out_features=65).attrs["kernel"] == "int8_digits"
+
+
 def digits_layer(dtype):
     """The int8_digits kernel's function and constants for the test layer, and its exact weight (in, out)."""
     linear, dequantized = layer("int8", dtype)
