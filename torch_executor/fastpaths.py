@@ -1,15 +1,19 @@
-"""Steps whose shape arguments are constants, bound to functions that read those arguments once.
+"""Steps whose constant arguments are read once, when Program binds them, instead of at every call.
 
 ops.py's functions take shape arguments as tensors and turn them into Python ints at every call;
 in a decode step that runs a few hundred times (reshapes, the split of the query, key and value
 projection). When Program binds its steps, a Reshape, Slice or Broadcast whose shape arguments are
 constants gets a function with the ints already read, and a ShapeValue step one with its affine
-forms already unpacked. Each computes exactly what the general function does (a Slice it cannot
-take as plain narrowing goes to the general function), which tests/torch_executor/test_fastpaths.py
-checks case by case.
+forms already unpacked. A LayerNorm by a constant weight and bias gets them shaped, and converted
+to float32 for half-precision rows, once. Each computes exactly what the general function does (a
+Slice it cannot take as plain narrowing goes to the general function), which
+tests/torch_executor/test_fastpaths.py checks case by case.
 """
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from torch_executor import ops
 
@@ -87,4 +91,30 @@ def _shape_value(attrs, constants):
     return shape_value
 
 
-_BINDERS = {"Reshape": _reshape, "Broadcast": _broadcast, "Slice": _slice, "ShapeValue": _shape_value}
+def _layer_norm(attrs, constants):
+    """LayerNorm by a constant weight and bias of the normalized shape (nvtripy hands them over broadcast
+    to the input's rank), in F.layer_norm's shape and the compute dtype; rows of another dtype or shape go
+    to the general function."""
+    weight, bias, shape, eps = constants[1], constants[2], tuple(attrs["normalized_shape"]), attrs["eps"]
+    if weight is None or bias is None or not shape:
+        return None
+    if not weight.numel() == bias.numel() == math.prod(shape) or tuple(weight.shape[-len(shape) :]) != shape:
+        return None
+    dtype = ops.compute_dtype(weight)
+    weight_c, bias_c = weight.to(dtype).reshape(shape), bias.to(dtype).reshape(shape)
+
+    def layer_norm(x, *_):
+        if x.dtype != weight.dtype or tuple(x.shape[-len(shape) :]) != shape:
+            return ops.layer_norm(x, weight, bias, **attrs)
+        return F.layer_norm(x.to(dtype), shape, weight_c, bias_c, eps).to(x.dtype)
+
+    return layer_norm
+
+
+_BINDERS = {
+    "Reshape": _reshape,
+    "Broadcast": _broadcast,
+    "Slice": _slice,
+    "ShapeValue": _shape_value,
+    "LayerNorm": _layer_norm,
+}

@@ -42,7 +42,7 @@ def _ints(shape_tensor):
     return [int(v) for v in shape_tensor.tolist()]
 
 
-def _compute_dtype(x):
+def compute_dtype(x):
     """float32 for half-precision inputs, which TensorRT accumulates in float32; else the input's own."""
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
@@ -220,7 +220,7 @@ def matrix_multiply(a, b):
 
 
 def softmax(x, *, dim):
-    return torch.softmax(x, dim=dim, dtype=_compute_dtype(x)).to(x.dtype)
+    return torch.softmax(x, dim=dim, dtype=compute_dtype(x)).to(x.dtype)
 
 
 def _normalize(x, weight, bias, reduce_dims, eps):
@@ -232,7 +232,7 @@ def _normalize(x, weight, bias, reduce_dims, eps):
 def layer_norm(x, weight, bias, *, normalized_shape, eps):
     dims = len(normalized_shape)
     normalized = x.shape[-dims:]
-    dtype = _compute_dtype(x)
+    dtype = compute_dtype(x)
     values, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
     # nvtripy hands over weight and bias broadcast to the input's rank, e.g. (1, 1, C).
     if weight.numel() == bias.numel() == normalized.numel() and weight.shape[-dims:] == normalized:
@@ -243,7 +243,7 @@ def layer_norm(x, weight, bias, *, normalized_shape, eps):
 
 
 def instance_norm(x, weight, bias, *, num_channels, eps):
-    dtype = _compute_dtype(x)
+    dtype = compute_dtype(x)
     out = _normalize(x.to(dtype), weight.to(dtype), bias.to(dtype), tuple(range(2, x.dim())), eps)
     return out.to(x.dtype)
 
@@ -254,7 +254,7 @@ def _reduce(fn):
     def reduce(x, *, dim, keepdim):
         if not dim:
             return x.clone()
-        return fn(x.to(_compute_dtype(x)), dim=tuple(dim), keepdim=keepdim).to(x.dtype)
+        return fn(x.to(compute_dtype(x)), dim=tuple(dim), keepdim=keepdim).to(x.dtype)
 
     return reduce
 
@@ -299,7 +299,7 @@ def _pad_spatial(x, pre, post, value=0.0):
 
 
 def convolution(x, weight, bias=None, *, stride, pre_padding, post_padding, groups, dilation):
-    x_dtype, dtype = x.dtype, _compute_dtype(x)
+    x_dtype, dtype = x.dtype, compute_dtype(x)
     x = _pad_spatial(x.to(dtype), pre_padding, post_padding)
     bias = None if bias is None else bias.to(dtype)
     zeros = [0] * len(stride)
@@ -310,7 +310,7 @@ def convolution(x, weight, bias=None, *, stride, pre_padding, post_padding, grou
 def deconvolution(x, weight, bias=None, *, stride, pre_padding, post_padding, groups, dilation):
     """Transposed convolution; the kernel is [C_in, C_out / groups, *kernel_dims], and the
     padding crops the full output: out = (in - 1) * stride + dilation * (k - 1) + 1 - pre - post."""
-    dtype = _compute_dtype(x)
+    dtype = compute_dtype(x)
     zeros = [0] * len(stride)
     out = torch.convolution(x.to(dtype), weight.to(dtype), None, stride, zeros, dilation, True, zeros, groups)
     out = _pad_spatial(out, [-p for p in pre_padding], [-p for p in post_padding])
@@ -332,7 +332,7 @@ def _pool_fn(kernel_dims, kind):
 
 def max_pooling(x, *, kernel_dims, stride, pre_padding, post_padding, avg_excludes_padding=None):
     """Padding never wins the maximum: it is filled with -inf (the type's minimum for int8)."""
-    dtype = _compute_dtype(x) if x.dtype.is_floating_point else torch.float32
+    dtype = compute_dtype(x) if x.dtype.is_floating_point else torch.float32
     fill = float("-inf") if x.dtype.is_floating_point else float(torch.iinfo(x.dtype).min)
     out = _pool(x.to(dtype), _pool_fn(kernel_dims, "max"), kernel_dims, stride, pre_padding, post_padding, fill)
     return out.to(x.dtype)
@@ -341,7 +341,7 @@ def max_pooling(x, *, kernel_dims, stride, pre_padding, post_padding, avg_exclud
 def avg_pooling(x, *, kernel_dims, stride, pre_padding, post_padding, avg_excludes_padding):
     """The window sum divided by the window size, or, with `avg_excludes_padding`, by the number
     of the window's elements that are not padding."""
-    dtype = _compute_dtype(x) if x.dtype.is_floating_point else torch.float32
+    dtype = compute_dtype(x) if x.dtype.is_floating_point else torch.float32
     sum_pool = lambda t, k, s: _pool_fn(kernel_dims, "avg")(t, k, s, divisor_override=1)
     total = _pool(x.to(dtype), sum_pool, kernel_dims, stride, pre_padding, post_padding, 0.0)
     if avg_excludes_padding:

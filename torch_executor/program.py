@@ -13,9 +13,9 @@ The constants no step reads are then dropped. Tests build the plain program by l
 and ask infer_facts what compiling knows of its slots.
 Binding picks the function that runs each step (Program._function): matmul.py's kernels for the
 steps compiling made and for a bfloat16 weight on a CPU without bfloat16 arithmetic, fastpaths.py's
-where shape arguments are constants, else ops.py's. A run drops each value after the step that reads
-it last. A Program serializes to bytes without pickle: a JSON header (steps, attributes, input
-bounds) followed by the constants in safetensors format.
+where constant arguments can be read once, else ops.py's. A run drops each value after the step
+that reads it last. A Program serializes to bytes without pickle: a JSON header (steps, attributes,
+input bounds) followed by the constants in safetensors format.
 """
 
 import collections
@@ -169,7 +169,8 @@ class Program:
         """What runs a step, the attributes to call it with, and the constant tensors it reads: for a
         product by a bfloat16 weight on a CPU without bfloat16 arithmetic, matmul.py's float32 blocks;
         for the steps compiling made (COMPILED_STEPS), matmul.py's kernels; with `fast_paths`, where
-        the shape arguments are constants, fastpaths.py's; else the op's function."""
+        constant arguments can be read once (shapes, a LayerNorm's weight and bias), fastpaths.py's;
+        else the op's function."""
         constants = [self.constants.get(i) for i in step.inputs]
         reads = [t for t in constants if t is not None]
         if step.kind == "Gather":  # an embedding lookup reads the rows it gathers, not its whole table

@@ -80,3 +80,32 @@ def test_shape_value(elements, dims, shape):
     source = torch.zeros(2, 7)
     sources = [source] * len(dims)
     same(fastpaths.bind("ShapeValue", attrs, [None] * len(dims)), lambda *s: static.shape_value(*s, **attrs), *sources)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "rows_shape, weight_shape, normalized_shape",
+    [
+        ((2, 3, 8), (1, 1, 8), [8]),  # as nvtripy's LayerNorm hands its weight over
+        ((2, 3, 8), (8,), [8]),
+        ((2, 3, 4), (3, 4), [3, 4]),
+        ((2, 3, 5), (1, 1, 8), [8]),  # rows of another size than the weight: the general function raises
+    ],
+)
+def test_layer_norm(dtype, rows_shape, weight_shape, normalized_shape):
+    generator = torch.Generator().manual_seed(0)
+    x = (torch.randn(rows_shape, generator=generator) * 3 + 1).to(dtype)
+    weight, bias = (torch.randn(weight_shape, generator=generator).to(dtype) for _ in range(2))
+    attrs = {"normalized_shape": normalized_shape, "eps": 1e-5}
+    fast = fastpaths.bind("LayerNorm", attrs, [None, weight, bias])
+    assert fast is not None
+    same(fast, lambda *args: ops.layer_norm(*args, **attrs), x, weight, bias)
+    same(fast, lambda *args: ops.layer_norm(*args, **attrs), x.double(), weight, bias)  # rows of another dtype
+
+
+def test_layer_norms_by_computed_or_odd_weights_take_the_general_path():
+    attrs = {"normalized_shape": [8], "eps": 1e-5}
+    weight = torch.randn(1, 1, 8)
+    assert fastpaths.bind("LayerNorm", attrs, [None, None, weight]) is None
+    assert fastpaths.bind("LayerNorm", attrs, [None, weight, None]) is None
+    assert fastpaths.bind("LayerNorm", attrs, [None, torch.randn(2, 8), weight]) is None  # more than one row
