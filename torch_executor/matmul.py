@@ -12,6 +12,8 @@
   order of the sums may differ.
 - On a CPU with bfloat16 arithmetic, a product of a few static rows by a bfloat16 weight reads a
   copy that oneDNN prepacked (prepacks, prepacked_product).
+- A small product of two computed bfloat16 or float16 tensors (a decode step's attention) runs in
+  float32 (computed_product).
 - Quantized products run by kernels chosen at compile time from the rows' dtype, the weight's shape
   and the CPU (pack_quantized, quantized_function; see "Quantized products" below).
 """
@@ -198,6 +200,29 @@ def by_bfloat16_matrix(a, b):
 
 
 # ----------------------------------------------------------------------------------------------
+# Products of two computed tensors: a decode step's attention
+
+# torch multiplies two bfloat16 or float16 tensors through oneDNN, which builds a kernel for each shape it
+# meets: 0.8 ms the first time for scores [1, 12, 1, 64] @ [1, 12, 64, T], 0.1 ms after. A decode step's
+# keys are one token longer than the last step's, so every step built its kernels again. Converted to
+# float32 (MKL, which builds none), GPT-2 124M's attention products took 2.7 ms a decode step against 4.5
+# at batch 1 and 40 cached tokens, 3.9 against 5.0 at batch 2 (one core of a Sapphire Rapids Xeon, timed
+# in turn in one run). Converting costs in proportion to the size, though: at batch 4 it no longer paid,
+# and at 600 cached tokens it took 1.7x as long. So products of at most this many elements in all (the
+# keys of 84 tokens at batch 1) run so.
+SMALL_HALF_PRODUCT_ELEMENTS = 1 << 16
+
+
+def computed_product(a, b):
+    """a @ b for two tensors computed at run time: a small bfloat16 or float16 product in float32, rounded
+    once to their dtype (the values convert exactly and the sums accumulate in float32, as oneDNN's
+    half-precision product does; only the order of the sums may differ), any other as torch.matmul."""
+    if a.dtype in (torch.bfloat16, torch.float16) and a.numel() + b.numel() <= SMALL_HALF_PRODUCT_ELEMENTS:
+        return torch.matmul(a.float(), b.float()).to(a.dtype)
+    return torch.matmul(a, b)
+
+
+# ----------------------------------------------------------------------------------------------
 # bfloat16 products by oneDNN's prepacked weights
 
 
@@ -262,11 +287,11 @@ def prepacked_product(weight, rows):
 # - "int8_digits": int8 codes [N, K] that oneDNN packed (held_constants) and a scale per column ([N])
 #   or one ([1]), for rows of any float dtype on a CPU with int8 dot-product instructions, N over 64
 #   (INT8_DIGITS_MIN_COLUMNS). Each row, scaled to at most 127, is written in base 128 as a few int8
-#   digits (4 for float32 rows, 3 for bfloat16 and float16), which oneDNN's int8 product multiplies by the codes, summing exactly in
-#   int32; the digits' sums, times the scale, then add up and round once. It reads a byte per weight,
-#   where a float32 product reads four and a bfloat16 one two. The digits hold a row to 2^-29
-#   (float32) or 2^-22 (3 digits) of its largest magnitude, below the rows' own rounding; a row
-#   holding an infinity or a NaN goes to the blocked kernel;
+#   digits (4 for float32 rows, 3 for bfloat16 and float16), which oneDNN's int8 product multiplies by
+#   the codes, summing exactly in int32; the digits' sums, times the scale, then add up and round once.
+#   It reads a byte per weight, where a float32 product reads four and a bfloat16 one two. The digits
+#   hold a row to 2^-29 (float32) or 2^-22 (3 digits) of its largest magnitude, below the rows' own
+#   rounding; a row holding an infinity or a NaN goes to the blocked kernel;
 # - "int4_groups": torch's _weight_int4pack_mm_for_cpu, codes + 8 packed by
 #   _convert_weight_to_int4pack_for_cpu and scales with zero offsets ([K / g, N, 2]), for bfloat16
 #   rows on a CPU with bfloat16 arithmetic, N a multiple of 16;

@@ -12,10 +12,10 @@ Compiling (compile_trace) is two stages of passes over a Draft, in order:
 The constants no step reads are then dropped. Tests build the plain program by leaving simplify out,
 and ask infer_facts what compiling knows of its slots.
 Binding picks the function that runs each step (Program._function): matmul.py's kernels for the
-steps compiling made and for a bfloat16 weight on a CPU without bfloat16 arithmetic, fastpaths.py's
-where constant arguments can be read once, else ops.py's. A run drops each value after the step
-that reads it last. A Program serializes to bytes without pickle: a JSON header (steps, attributes,
-input bounds) followed by the constants in safetensors format.
+steps compiling made, for a product of two computed tensors and for a bfloat16 weight on a CPU
+without bfloat16 arithmetic, fastpaths.py's where constant arguments can be read once, else ops.py's.
+A run drops each value after the step that reads it last. A Program serializes to bytes without
+pickle: a JSON header (steps, attributes, input bounds) followed by the constants in safetensors format.
 """
 
 import collections
@@ -168,9 +168,9 @@ class Program:
     def _function(self, step, fast_paths):
         """What runs a step, the attributes to call it with, and the constant tensors it reads: for a
         product by a bfloat16 weight on a CPU without bfloat16 arithmetic, matmul.py's float32 blocks;
-        for the steps compiling made (COMPILED_STEPS), matmul.py's kernels; with `fast_paths`, where
-        constant arguments can be read once (shapes, a LayerNorm's weight and bias), fastpaths.py's;
-        else the op's function."""
+        for a product of two computed tensors, and for the steps compiling made (COMPILED_STEPS),
+        matmul.py's kernels; with `fast_paths`, where constant arguments can be read once (shapes, a
+        LayerNorm's weight and bias), fastpaths.py's; else the op's function."""
         constants = [self.constants.get(i) for i in step.inputs]
         reads = [t for t in constants if t is not None]
         if step.kind == "Gather":  # an embedding lookup reads the rows it gathers, not its whole table
@@ -186,6 +186,8 @@ class Program:
             return matmul.quantized_function(step.attrs), {}, held
         if step.kind == "MatrixMultiply" and matmul.fits(constants[1]):
             return matmul.by_bfloat16_matrix, {}, reads
+        if step.kind == "MatrixMultiply" and not reads:
+            return matmul.computed_product, {}, reads
         fast = fastpaths.bind(step.kind, step.attrs, constants) if fast_paths else None
         if fast is not None:
             return fast, {}, reads

@@ -84,3 +84,41 @@ def test_a_linear_layer_weight_is_copied_as_in_out_only_where_that_pays(dtype, r
     assert (matrix.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr()) != copied
     x = torch.randn(rows, 1, 64).to(torch_dtype)
     torch.testing.assert_close(torch.from_dlpack(compiled(on_device(x))), x @ weight.t())
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("keys", [40, 2000])  # 40: small, in float32; 2000: past SMALL_HALF_PRODUCT_ELEMENTS
+def test_a_product_of_two_computed_half_precision_tensors_rounds_float32_sums_once(dtype, keys):
+    """A decode step's attention scores, q @ k^T: in float32 while small (oneDNN would build a kernel
+    for each new key length), else torch's own half-precision product."""
+    torch_dtype = getattr(torch, dtype)
+    scores = lambda q, k: q @ tp.transpose(k, -2, -1)
+    compiled = tp.compile(
+        scores,
+        args=[
+            tp.InputInfo((1, 12, 1, 64), dtype=getattr(tp, dtype)),
+            tp.InputInfo((1, 12, (1, keys, 2048), 64), dtype=getattr(tp, dtype)),
+        ],
+    )
+    (step,) = [c for c in compiled._executable.program._calls if c[0] == "MatrixMultiply"]
+    assert step[1] is matmul.computed_product
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 12, 1, 64, generator=generator).to(torch_dtype)
+    k = torch.randn(1, 12, keys, 64, generator=generator).to(torch_dtype)
+    small = q.numel() + k.numel() <= matmul.SMALL_HALF_PRODUCT_ELEMENTS
+    assert small == (keys == 40)
+    out = torch.from_dlpack(compiled(on_device(q), on_device(k)))
+    assert out.dtype == torch_dtype and out.shape == (1, 12, 1, keys)
+    exact = q.double() @ k.double().transpose(-2, -1)
+    if small:
+        # Rounding once errs by at most half a unit in the last place: 2^-8 (bfloat16) or 2^-11 (float16).
+        half_unit = 2.0**-8 if dtype == "bfloat16" else 2.0**-11
+        assert ((out.double() - exact).abs() <= exact.abs() * half_unit + 1e-5).all()
+        torch.testing.assert_close(out, (q.float() @ k.float().transpose(-2, -1)).to(torch_dtype), rtol=0, atol=0)
+    else:
+        torch.testing.assert_close(out, q @ k.transpose(-2, -1), rtol=0, atol=0)
+
+
+def test_products_of_float32_tensors_are_torchs():
+    a, b = torch.randn(2, 3, 5), torch.randn(2, 5, 4)
+    torch.testing.assert_close(matmul.computed_product(a, b), torch.matmul(a, b), rtol=0, atol=0)
