@@ -239,6 +239,43 @@ def test_a_calibrated_model_is_freed_once_dropped():
     assert result.returncode == 0, result.stderr
 
 
+def test_calibration_maps_its_large_allocations_and_sets_the_threshold_after(monkeypatch):
+    """Every forward pass of calibration runs with glibc mapping allocations of CALIBRATION_MMAP_THRESHOLD or more on their own
+    (freed, they go back to the system); afterwards the threshold is glibc's upper bound, also when
+    calibrating fails."""
+    calls = []
+    monkeypatch.setattr(q, "_mallopt", lambda: lambda param, value: calls.append((param, value)) or 1)
+    thresholds_seen = []
+    real_loop = q._progress_forward_loop
+
+    def loop(*args):
+        forward_loop = real_loop(*args)
+
+        def recorded(model):
+            thresholds_seen.append(calls[-1])
+            return forward_loop(model)
+
+        return recorded
+
+    monkeypatch.setattr(q, "_progress_forward_loop", loop)
+    q.modelopt_quantize(tiny_gpt2(0, n_layer=1), q.QUANT_MODES["int4-weight-only"], calibration_batches(384, 2).batches)
+    during, after = (q.M_MMAP_THRESHOLD, 8 << 20), (q.M_MMAP_THRESHOLD, 32 << 20)
+    assert thresholds_seen == [during, during]  # AWQ's two passes
+    assert calls == [during, after]
+
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        with q.large_allocations_mapped():
+            raise RuntimeError("calibration failed")
+    assert calls == [during, after]
+
+
+def test_the_allocation_threshold_is_left_alone_without_glibc(monkeypatch):
+    monkeypatch.setattr(q, "_mallopt", lambda: None)
+    with q.large_allocations_mapped():
+        pass
+
+
 def test_bad_arguments_are_value_errors():
     """(A model the mode cannot quantize is refused once, by prepare, before any weights are read.)"""
     model = tiny_gpt2(0, n_embd=192, n_layer=1, n_head=3)
