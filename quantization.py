@@ -335,27 +335,37 @@ def modelopt_quantize(model_hf, mode, calib_batches):
         return mtq.quantize(model_hf, config, forward_loop)
 
 
-def _mallopt():
-    """glibc's mallopt, or None where the C library is not glibc."""
+def _glibc():
+    """The C library where it is glibc, whose heap the functions below tune, else None."""
     try:
-        return ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
         return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
 @contextlib.contextmanager
 def large_allocations_mapped():
     """While inside, glibc maps every allocation of CALIBRATION_MMAP_THRESHOLD or more on its own, so that
     freeing it hands it back to the system; afterwards, MMAP_THRESHOLD_AFTER. Without glibc, nothing."""
-    mallopt = _mallopt()
-    if mallopt is None:
+    glibc = _glibc()
+    if glibc is None:
         yield
         return
-    mallopt(M_MMAP_THRESHOLD, CALIBRATION_MMAP_THRESHOLD)
+    glibc.mallopt(M_MMAP_THRESHOLD, CALIBRATION_MMAP_THRESHOLD)
     try:
         yield
     finally:
-        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_AFTER)
+        glibc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_AFTER)
+
+
+def hand_back_freed_heap():
+    """Returns the heap that calibration freed to the system, before compiling. glibc keeps freed memory
+    between live allocations for later ones, and a few hundred MB that calibration used (activations,
+    ModelOpt's copies) would stay resident, unused by compiling's tensors. Without glibc, nothing."""
+    glibc = _glibc()
+    if glibc is not None:
+        glibc.malloc_trim(0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,12 +6,12 @@ the shapes the config promises, quantizes them if asked (quantization.py), and l
 built for them.
 """
 
-import ctypes
 import gc
 
 import nvtripy as tp
 import torch
 
+import quantization
 from checkpoint import check_weights, expected_hf_shapes, read_hf_model
 from model import GPT, GPTConfig
 
@@ -59,19 +59,8 @@ def load_model(checkpoint, dtype, quant=None):
     del state
     gc.collect()  # ModelOpt's quantized model holds reference cycles, which only a collection frees
     if quant is not None:
-        hand_back_freed_heap()
+        quantization.hand_back_freed_heap()
     return model
-
-
-def hand_back_freed_heap():
-    """Returns the heap that calibration freed to the system, before compiling. glibc keeps freed memory
-    between live allocations for later ones, and a few hundred MB that calibration used (activations,
-    ModelOpt's copies) would stay resident, unused by compiling's tensors. Without glibc, nothing."""
-    try:
-        malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return
-    malloc_trim(0)
 
 
 def tripy_state(state, model, source):

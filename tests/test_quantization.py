@@ -7,6 +7,7 @@ import functools
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -240,11 +241,12 @@ def test_a_calibrated_model_is_freed_once_dropped():
 
 
 def test_calibration_maps_its_large_allocations_and_sets_the_threshold_after(monkeypatch):
-    """Every forward pass of calibration runs with glibc mapping allocations of CALIBRATION_MMAP_THRESHOLD or more on their own
-    (freed, they go back to the system); afterwards the threshold is glibc's upper bound, also when
-    calibrating fails."""
+    """Every forward pass of calibration runs with glibc mapping allocations of CALIBRATION_MMAP_THRESHOLD or
+    more on their own (freed, they go back to the system); afterwards the threshold is glibc's upper bound,
+    also when calibrating fails."""
     calls = []
-    monkeypatch.setattr(q, "_mallopt", lambda: lambda param, value: calls.append((param, value)) or 1)
+    glibc = types.SimpleNamespace(mallopt=lambda param, value: calls.append((param, value)) or 1)
+    monkeypatch.setattr(q, "_glibc", lambda: glibc)
     thresholds_seen = []
     real_loop = q._progress_forward_loop
 
@@ -270,10 +272,21 @@ def test_calibration_maps_its_large_allocations_and_sets_the_threshold_after(mon
     assert calls == [during, after]
 
 
-def test_the_allocation_threshold_is_left_alone_without_glibc(monkeypatch):
-    monkeypatch.setattr(q, "_mallopt", lambda: None)
+def test_without_glibc_the_heap_is_left_alone_and_calibration_still_runs(monkeypatch):
+    monkeypatch.setattr(q, "_glibc", lambda: None)
+    ran = []
     with q.large_allocations_mapped():
-        pass
+        ran.append(True)
+    q.hand_back_freed_heap()
+    assert ran == [True]
+
+
+def test_glibc_is_found_where_the_c_library_is_glibc():
+    if not os.path.exists("/proc/self/maps") or "libc.so.6" not in open("/proc/self/maps").read():
+        pytest.skip("this process's C library is not glibc (no libc.so.6 mapped)")
+    glibc = q._glibc()
+    assert glibc is not None
+    assert glibc.mallopt(q.M_MMAP_THRESHOLD, q.MMAP_THRESHOLD_AFTER) == 1  # glibc's mallopt returns 1 on success
 
 
 def test_bad_arguments_are_value_errors():
