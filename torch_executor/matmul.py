@@ -151,7 +151,7 @@ def cpu_has_bfloat16_arithmetic():
 
 
 def cpu_has_int8_dot_products():
-    """Whether oneDNN's int8 product (int8 by int8, summed in int32) runs on int8 dot-product
+    """Whether oneDNN's int8 product (uint8 by int8, summed in int32) runs on int8 dot-product
     instructions: an x86 CPU with AVX512-VNNI, AVX-VNNI or AMX-INT8. Elsewhere its speed is unknown,
     and the blocked kernel runs int8 weights instead."""
     flags = _cpu_flags()
@@ -286,9 +286,12 @@ def prepacked_product(weight, rows):
 # ([K / g, N]). Kernels:
 # - "int8_digits": int8 codes [N, K] that oneDNN packed (held_constants) and a scale per column ([N])
 #   or one ([1]), for rows of any float dtype on a CPU with int8 dot-product instructions, N over 64
-#   (INT8_DIGITS_MIN_COLUMNS). Each row, scaled to at most 127, is written in base 128 as a few int8
+#   (INT8_DIGITS_MIN_COLUMNS). Each row, scaled to at most 127, is written in base 128 as a few
 #   digits (4 for float32 rows, 3 for bfloat16 and float16), which oneDNN's int8 product multiplies by
 #   the codes, summing exactly in int32; the digits' sums, times the scale, then add up and round once.
+#   The digits go in as uint8, plus 128 with a zero point of 128: that is the form the VNNI kernels
+#   take (u8 by s8), and oneDNN takes int8 rows by int8 codes only on AMX, elsewhere on its reference
+#   kernel (150 ms for a 768 x 3072 product by 3 rows on an AMD EPYC with AVX512-VNNI, against 0.1 ms).
 #   It reads a byte per weight, where a float32 product reads four and a bfloat16 one two. The digits
 #   hold a row to 2^-29 (float32) or 2^-22 (3 digits) of its largest magnitude, below the rows' own
 #   rounding; a row holding an infinity or a NaN goes to the blocked kernel;
@@ -307,7 +310,7 @@ INT4_GROUPS = (32, 64, 128, 256)  # the group sizes _weight_int4pack_mm_for_cpu 
 INT4_COLUMN_MULTIPLE = 16  # _convert_weight_to_int4pack_for_cpu takes no other column counts
 QUANT_BLOCK_BYTES = 1 << 20  # float32 block of dequantized columns: about a core's L2 cache
 INT8_DIGITS = {torch.float32: 4, torch.bfloat16: 3, torch.float16: 3}  # base-128 digits per value, by rows dtype
-INT8_DIGITS_MAX_INNER = (2**31 - 1) // (127 * 127)  # int32 holds a digit row's sum by the codes up to here
+INT8_DIGITS_MAX_INNER = (2**31 - 1) // (255 * 127)  # int32 holds a uint8 digit row's sum by the codes up to here
 # oneDNN's int8 product (torch 2.13) takes 64 or fewer columns by fewer than 8 rows on a slow path: 0.7 ms
 # for 64 x 64 codes by 4 rows, against 36 us for 65 columns. Narrower products go to the blocked kernel.
 INT8_DIGITS_MIN_COLUMNS = 65
@@ -417,17 +420,17 @@ def _int8_digits(x, packed, scale):
     Each row of x, times 127 over its largest magnitude, as digits d_0 + d_1 / 128 + d_2 / 128^2 + ...,
     d_0 in [-127, 127] and the others in [-64, 64]: d_i = R_i - 128 R_(i-1), R_i the scaled row times
     128^i rounded (exact in float64), so the digits add up to R_(n-1) / 128^(n-1), the row to half a
-    unit of its last digit. oneDNN sums each digit row by the codes in int32, exactly, and multiplies
-    the sums by the scale in float32."""
+    unit of its last digit. oneDNN sums each digit row (as uint8 d_i + 128, zero point 128) by the
+    codes in int32, exactly, and multiplies the sums by the scale in float32."""
     rows, inner = x.shape
     count = INT8_DIGITS[x.dtype]
     largest = x.abs().amax(dim=1, keepdim=True).float().clamp_(min=2.0**-149)  # a row of zeros: no 0 / 0
     if not math.isfinite(largest.sum().item()):
         return _blocked("int8", "column", None, x, plain(packed), scale)
     scaled = torch.round(x * (_DIGIT_SCALES[count] / largest)).view(count, -1)  # R_i, in float64
-    digits = torch.mm(_DIGIT_MAKER[count], scaled).to(torch.int8).view(count * rows, inner)
+    digits = torch.mm(_DIGIT_MAKER[count], scaled).add_(128).to(torch.uint8).view(count * rows, inner)
     sums = torch.ops.onednn.qlinear_pointwise(
-        digits, 1.0, 0, packed, scale, _zero_points(scale.numel()), None, 1.0, 0, torch.float32, "none", [], ""
+        digits, 1.0, 128, packed, scale, _zero_points(scale.numel()), None, 1.0, 0, torch.float32, "none", [], ""
     )
     total = torch.mm(_DIGIT_VALUES[count], sums.view(count, -1)).view(rows, packed.shape[1])
     return total.mul_(largest).to(x.dtype)

@@ -149,6 +149,20 @@ def digits_layer(dtype):
 
 
 @pytest.mark.parametrize("dtype", ROWS_DTYPES)
+def test_int8_digits_run_on_oneDNNs_int8_kernels_not_its_reference_one(capfd, dtype):
+    """oneDNN runs int8 rows by int8 codes on its reference kernel on a CPU without AMX, a thousand
+    times slower: the digits go in as uint8, which its VNNI and AMX kernels take."""
+    needs_int8_dot_products()
+    function, constants, _ = digits_layer(dtype)
+    x = torch.randn(3, IN_FEATURES["int8"]).to(getattr(torch, dtype))
+    capfd.readouterr()
+    with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+        function(x, *constants)
+    products = [line for line in capfd.readouterr().out.splitlines() if ",exec,cpu,matmul," in line]
+    assert products and not any(",ref" in line for line in products), products
+
+
+@pytest.mark.parametrize("dtype", ROWS_DTYPES)
 def test_int8_digits_hold_a_row_to_far_below_its_rounding(dtype):
     """Rows over nine decades, the largest value a hundred times the typical one: the products stay
     within 2^-20 of sum |x| |w| of the exact product (float32 rows), or a rounding of the result."""
