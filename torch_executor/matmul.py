@@ -11,7 +11,8 @@
   accumulate in float32 and round once to bfloat16, as oneDNN's bfloat16 product does; only the
   order of the sums may differ.
 - On a CPU with bfloat16 arithmetic, a product of a few static rows by a bfloat16 weight reads a
-  copy that oneDNN prepacked (prepacks, prepacked_product).
+  copy that oneDNN prepacked (prepacks, prepacked_product); on an x86 CPU where MKL runs its generic
+  code, so does one of a few static rows by a float32 weight.
 - A small product of two computed bfloat16 or float16 tensors (a decode step's attention) runs in
   float32 (computed_product).
 - Quantized products run by kernels chosen at compile time from the rows' dtype, the weight's shape
@@ -84,10 +85,10 @@ def _copy_pays(dtype, rows):
     where it saves a tenth of a decode step or more. Measured on GPT-2 124M on one core of a Xeon:
     in float32 a batch-1 step takes 4% less time by the copy, batch 2 7% more, batch 8 25% less;
     in bfloat16 batch 1 27% less (torch's one-row kernel reads (in, out) rows much faster), batch 2
-    row by row (MAX_ROW_BY_ROW) 10% less; where oneDNN prepacks the weight (prepacks), no copy
-    is needed. A prompt's row count is not static, and its products are
+    row by row (MAX_ROW_BY_ROW) 10% less; where oneDNN prepacks the weight (prepacks), it holds
+    that copy instead. A prompt's row count is not static, and its products are
     large, where the layout matters little: they use the view."""
-    if rows is None:
+    if rows is None or _packs(dtype, rows):
         return False
     if dtype == torch.float32:
         return rows >= 4
@@ -133,15 +134,27 @@ def _is_transpose_view(tensor, view):
 
 
 @functools.lru_cache(maxsize=None)
-def _cpu_flags():
-    """The CPU's flags (Linux /proc/cpuinfo) on x86, else None."""
+def _cpuinfo(field):
+    """A field of the first CPU in Linux's /proc/cpuinfo, split into words, on x86; else None."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None
     try:
         with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+            return next((line.split(":", 1)[1].split() for line in f if line.split(":")[0].strip() == field), None)
     except OSError:
         return None
+
+
+def _cpu_flags():
+    return _cpuinfo("flags")
+
+
+def cpu_runs_mkl_generic_code():
+    """Whether MKL, torch's float32 product on x86, runs its generic code here: on an x86 CPU not of
+    Intel's (MKL_VERBOSE then names 'Intel(R) Architecture processors', no AVX-512 or AVX2), where it
+    took 1.2x to 2x oneDNN's prepacked float32 product (see prepacks)."""
+    vendor = _cpuinfo("vendor_id")
+    return vendor is not None and vendor != ["GenuineIntel"]
 
 
 def cpu_has_bfloat16_arithmetic():
@@ -159,10 +172,11 @@ def cpu_has_int8_dot_products():
 
 
 def cpu_features():
-    """What decides the kernels here: e.g. 'x86_64 bf16-arithmetic int8-dot mkldnn'."""
+    """What decides the kernels here: e.g. 'x86_64 bf16-arithmetic int8-dot mkl-generic mkldnn'."""
     parts = [platform.machine().lower()]
     parts += ["bf16-arithmetic"] if cpu_has_bfloat16_arithmetic() else []
     parts += ["int8-dot"] if cpu_has_int8_dot_products() else []
+    parts += ["mkl-generic"] if cpu_runs_mkl_generic_code() else []
     parts += ["mkldnn"] if torch.backends.mkldnn.is_available() else []
     return " ".join(parts)
 
@@ -230,18 +244,23 @@ PREPACK_MAX_ROWS = 16  # a decode step's rows; a prompt's row count is not stati
 
 
 def prepacks(weight, rows):
-    """Whether a product of `rows` static rows by this bfloat16 matrix runs by a oneDNN-prepacked copy
-    (prepacked_product): on a CPU with bfloat16 arithmetic it reads the weight in the layout oneDNN's
-    kernel wants and takes about 0.55x F.linear's time at 1 and 8 rows (GPT-2 124M's 48 matrices, one
-    core of a Sapphire Rapids Xeon with AMX)."""
-    return (
-        weight is not None
-        and weight.dtype == torch.bfloat16
-        and weight.dim() == 2
-        and rows is not None
-        and 1 <= rows <= PREPACK_MAX_ROWS
-        and can_prepack()
-    )
+    """Whether a product of `rows` static rows by this matrix runs by a oneDNN-prepacked copy
+    (prepacked_product), which reads the weight in the layout oneDNN's kernel wants. GPT-2 124M's 48
+    matrices, one core: in bfloat16 on a CPU with bfloat16 arithmetic about 0.55x F.linear's time at 1
+    and 8 rows (a Sapphire Rapids Xeon with AMX). In float32 where MKL runs its generic code (an AMD
+    EPYC) 0.85x torch's product by a view of the weight's (out, in) rows at 1 row, 0.67x at 2 and 0.62x
+    at 8 (0.47x its product by an (in, out) copy), a decode step at batch 1 0.85x (the copy costs the
+    weight's size in memory) and at 8 0.5x; on a Xeon, where MKL runs its AVX-512 code, 1.0-1.2x the
+    faster of the two, so there torch's product stays."""
+    return weight is not None and weight.dim() == 2 and _packs(weight.dtype, rows)
+
+
+def _packs(dtype, rows):
+    if rows is None or not 1 <= rows <= PREPACK_MAX_ROWS:
+        return False
+    if dtype == torch.bfloat16:
+        return can_prepack()
+    return dtype == torch.float32 and cpu_runs_mkl_generic_code() and torch.backends.mkldnn.is_available()
 
 
 def can_prepack():

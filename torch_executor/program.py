@@ -8,7 +8,7 @@ Compiling (compile_trace) is two stages of passes over a Draft, in order:
   quantized model's float weights are then not all dequantized at once;
 - simplify: fold_shapes (static.py folds the shape arithmetic that static dimensions decide, and
   turns what depends on dynamic dimensions into ShapeValue steps), drop_dead_steps,
-  matmul.store_weight_matrices (linear layers' weights as 2-D matrices) and prepack_bfloat16_products.
+  matmul.store_weight_matrices (linear layers' weights as 2-D matrices) and prepack_products.
 The constants no step reads are then dropped. Tests build the plain program by leaving simplify out,
 and ask infer_facts what compiling knows of its slots.
 Binding picks the function that runs each step (Program._function): matmul.py's kernels for the
@@ -314,7 +314,7 @@ class Program:
 # Compiling: read_trace, then simplify, each a sequence of passes over a Draft.
 
 # Steps that only compiling makes, run by matmul.py's kernels: x @ B by quantized codes and their
-# scales, and x @ B for a bfloat16 B that oneDNN prepacks for the step's `rows` rows when it binds.
+# scales, and x @ B for a B that oneDNN prepacks for the step's `rows` rows when it binds.
 COMPILED_STEPS = ("QuantizedMatMul", "PackedMatMul")
 QUANT_DTYPES = ("int8", "int4", "float8")
 
@@ -519,7 +519,7 @@ def simplify(draft):
     fold_shapes(draft)
     drop_dead_steps(draft)
     matmul.store_weight_matrices(draft.steps, draft.constants, draft.facts, new_slot=draft.slot)
-    prepack_bfloat16_products(draft)
+    prepack_products(draft)
     return draft
 
 
@@ -577,8 +577,8 @@ def _quantized_matrix(draft, b):
     return weight, codes_b, scale
 
 
-def prepack_bfloat16_products(draft):
-    """A product of a static number of rows by a bfloat16 matrix becomes a PackedMatMul step where
+def prepack_products(draft):
+    """A product of a static number of rows by a constant matrix becomes a PackedMatMul step where
     matmul.prepacks says oneDNN's prepacked weight is faster; binding packs it."""
     for index, step in enumerate(draft.steps):
         if step.kind != "MatrixMultiply" or step.inputs[1] not in draft.constants or step.inputs[0] not in draft.facts:

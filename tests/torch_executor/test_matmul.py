@@ -60,6 +60,18 @@ def test_float32_products_are_left_to_torch(no_bfloat16_arithmetic):
 
 
 @pytest.mark.parametrize(
+    "vendor, generic", [(["GenuineIntel"], False), (["AuthenticAMD"], True), (["HygonGenuine"], True), (None, False)]
+)
+def test_mkl_runs_its_generic_code_on_x86_cpus_not_of_intels(monkeypatch, vendor, generic):
+    """Where it does, a few float32 rows go through oneDNN's prepacked product; a CPU that is not x86 (None)
+    keeps torch's product."""
+    monkeypatch.setattr(matmul, "_cpuinfo", lambda field: vendor if field == "vendor_id" else None)
+    assert matmul.cpu_runs_mkl_generic_code() == generic
+    assert matmul.prepacks(torch.empty(64, 5), 8) == (generic and torch.backends.mkldnn.is_available())
+    assert not matmul.prepacks(torch.empty(64, 5), matmul.PREPACK_MAX_ROWS + 1)
+
+
+@pytest.mark.parametrize(
     "dtype, rows, copied",
     [
         ("float32", 1, False),
@@ -71,14 +83,17 @@ def test_float32_products_are_left_to_torch(no_bfloat16_arithmetic):
     ],
 )
 def test_a_linear_layer_weight_is_copied_as_in_out_only_where_that_pays(dtype, rows, copied):
-    """Where oneDNN prepacks bfloat16 weights for a few rows, that copy replaces the (in, out) one."""
-    copied = copied and not (dtype == "bfloat16" and matmul.can_prepack())
+    """Where oneDNN prepacks the weight for a few rows (bfloat16 on a CPU with bfloat16 arithmetic, float32
+    where MKL runs its generic code), that copy replaces the (in, out) one, and the step is a PackedMatMul."""
     torch_dtype = getattr(torch, dtype)
+    packed = matmul.prepacks(torch.empty(64, 5, dtype=torch_dtype), rows)
+    copied = copied and not packed
     weight = torch.randn(5, 64).to(torch_dtype)  # (out, in), as tp.Linear holds it
     linear = lambda x: x @ tp.transpose(tp.Tensor(weight), 0, 1)
     compiled = tp.compile(linear, args=[tp.InputInfo((rows, 1, 64), dtype=getattr(tp, dtype))])
     program = compiled._executable.program
     (step,) = program.steps
+    assert step.kind == ("PackedMatMul" if packed else "MatrixMultiply")
     matrix = program.constants[step.inputs[1]]
     assert matrix.shape == (64, 5) and matrix.is_contiguous() == copied
     assert (matrix.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr()) != copied
