@@ -151,10 +151,10 @@ def _cpu_flags():
 
 def cpu_runs_mkl_generic_code():
     """Whether MKL, torch's float32 product on x86, runs its generic code here: on an x86 CPU not of
-    Intel's (MKL_VERBOSE then names 'Intel(R) Architecture processors', no AVX-512 or AVX2), where it
-    took 1.2x to 2x oneDNN's prepacked float32 product (see prepacks)."""
+    Intel's (MKL_VERBOSE then names only 'Intel(R) Architecture processors', where on a Xeon it names
+    the instruction set), where it took 1.2x to 2x oneDNN's prepacked float32 product (see prepacks)."""
     vendor = _cpuinfo("vendor_id")
-    return vendor is not None and vendor != ["GenuineIntel"]
+    return vendor is not None and vendor != ["GenuineIntel"] and torch.backends.mkl.is_available()
 
 
 def cpu_has_bfloat16_arithmetic():

@@ -66,6 +66,7 @@ def test_mkl_runs_its_generic_code_on_x86_cpus_not_of_intels(monkeypatch, vendor
     """Where it does, a few float32 rows go through oneDNN's prepacked product; a CPU that is not x86 (None)
     keeps torch's product."""
     monkeypatch.setattr(matmul, "_cpuinfo", lambda field: vendor if field == "vendor_id" else None)
+    generic = generic and torch.backends.mkl.is_available()  # a torch without MKL runs no MKL code at all
     assert matmul.cpu_runs_mkl_generic_code() == generic
     assert matmul.prepacks(torch.empty(64, 5), 8) == (generic and torch.backends.mkldnn.is_available())
     assert not matmul.prepacks(torch.empty(64, 5), matmul.PREPACK_MAX_ROWS + 1)
