@@ -317,11 +317,13 @@ def prepacked_product(weight, rows):
 # - "int4_groups": torch's _weight_int4pack_mm_for_cpu, codes + 8 packed by
 #   _convert_weight_to_int4pack_for_cpu and scales with zero offsets ([K / g, N, 2]), for bfloat16
 #   rows on a CPU with bfloat16 arithmetic, N a multiple of 16;
-# - "blocked": codes [N, K] (int8 storage for int8 and int4, float8 e4m3), dequantized to float32 a
-#   block of columns at a time into a buffer that stays in cache, multiplied in float32 and rounded
-#   once to the rows' dtype. torch's int4 kernel takes float32 rows on a slow path (20x slower than a
-#   dense float32 product) and float16 rows likewise, and rounding float32 rows to bfloat16 would
-#   change results.
+# - "int4_nibbles": int4 codes two to a byte ([N / 2, K] int8, _nibble_pairs) and a scale per group
+#   ([N, K / g]), for every other int4 product: torch's int4 kernel takes float32 rows on a slow path
+#   (20x slower than a dense float32 product) and float16 rows likewise, and rounding float32 rows to
+#   bfloat16 would change results. The codes are unpacked and dequantized as "blocked" does;
+# - "blocked": codes [N, K] (int8, int4 with a scale per column or tensor in int8 storage, float8 e4m3),
+#   dequantized to float32 a block of columns at a time into a buffer that stays in cache, multiplied in
+#   float32 and rounded once to the rows' dtype.
 # The dequantized values are those of ops.dequantize (codes times scale in float32); only the order
 # of the sums, and for int8_digits and int4_groups where each product rounds, may differ.
 
@@ -377,20 +379,35 @@ def _pack(quant, codes_b, scale_b, rows_dtype):
     codes_rows = codes_b.t().contiguous()  # [N, K]: a block of columns of B is a block of rows here
     digits_fit = inner <= INT8_DIGITS_MAX_INNER and cols >= INT8_DIGITS_MIN_COLUMNS
     if quant == "int8" and scale_b.dim() <= 1 and digits_fit and cpu_has_int8_dot_products():
-        return {"kernel": "int8_digits"}, [codes_rows, scale_b.float().reshape(-1).contiguous()]
+        return {"kernel": "int8_digits", "columns": cols}, [codes_rows, scale_b.float().reshape(-1).contiguous()]
     if fast and quant == "int4" and group in INT4_GROUPS and cols % INT4_COLUMN_MULTIPLE == 0:
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes_rows.to(torch.int32) + 8, 1)
         scales = scale_b.to(torch.bfloat16)
         scales_and_zeros = torch.stack([scales, torch.zeros_like(scales)], dim=-1).contiguous()
-        return {"kernel": "int4_groups", "group": group}, [packed, scales_and_zeros]
+        return {"kernel": "int4_groups", "group": group, "columns": cols}, [packed, scales_and_zeros]
+    if quant == "int4" and group is not None:
+        attrs = {"kernel": "int4_nibbles", "group": group, "columns": cols}
+        return attrs, _nibble_pairs(codes_rows, scale_b.float().t())
     if scale_b.dim() == 2:
         scaling, scale = "group", scale_b.float().t().contiguous()  # [N, K / g]: a block of rows of codes_rows
     else:
         scaling, scale = ("column" if scale_b.dim() == 1 else "tensor"), scale_b.float().contiguous()
     if quant == "float8":
         scale = (scale * 256).reshape(-1)  # the codes' float16 reading is 2^-8 of their value (_float8_block)
-    attrs = {"kernel": "blocked", "quant": quant, "scaling": scaling, "group": group}
+    attrs = {"kernel": "blocked", "quant": quant, "scaling": scaling, "group": group, "columns": cols}
     return attrs, [codes_rows, scale]
+
+
+def _nibble_pairs(codes_rows, scale_rows):
+    """The int4_nibbles kernel's constants for int4 codes [N, K] and their scales [N, K / g]: rows j and
+    j + N / 2 of the codes in one byte, row j in the low four bits (a zero row pads an odd N). The kernel
+    reads a low code shifted up into the high bits, 16 times its value, so its scale is over 16."""
+    if codes_rows.shape[0] % 2:
+        codes_rows = torch.cat([codes_rows, codes_rows.new_zeros(1, codes_rows.shape[1])])
+        scale_rows = torch.cat([scale_rows, scale_rows.new_zeros(1, scale_rows.shape[1])])
+    half = codes_rows.shape[0] // 2
+    packed = (codes_rows[:half] & 15) | (codes_rows[half:] << 4)
+    return [packed.contiguous(), torch.cat([scale_rows[:half] / 16, scale_rows[half:]]).contiguous()]
 
 
 def quantized_function(attrs):
@@ -401,6 +418,8 @@ def quantized_function(attrs):
         return _rows_call(lambda x, packed, sz: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group, sz))
     if kernel == "int8_digits":
         return _rows_call(_int8_digits)
+    if kernel == "int4_nibbles":
+        return _rows_call(functools.partial(_int4_nibbles, attrs["group"], attrs["columns"]))
     if kernel == "blocked":
         return _rows_call(functools.partial(_blocked, attrs["quant"], attrs["scaling"], attrs["group"]))
     raise ValueError(f"no quantized kernel '{kernel}'")
@@ -506,3 +525,22 @@ def _blocked(quant, scaling, group, x, codes, scale):
     if scaling != "group" and quant != "float8":  # a scale per column, or one for the tensor
         out *= scale
     return out.to(rows_dtype)
+
+
+def _int4_nibbles(group, columns, x, packed, scale):
+    """x @ B for B's int4 codes two to a byte (_nibble_pairs): a block of bytes shifted left by four holds
+    its low codes times 16, shifted right (arithmetically, in int8) its high codes; each is converted
+    into float32 as in _blocked, multiplied by its groups' scales there and by x."""
+    rows_dtype, (half, inner) = x.dtype, packed.shape
+    x = x.float()
+    block = max(16, QUANT_BLOCK_BYTES // (4 * inner) // 16 * 16)
+    buffer, codes = _scratch((block, inner), torch.float32), _scratch((block, inner), torch.int8)
+    low, high = [], []
+    for start in range(0, half, block):
+        stop = min(start + block, half)
+        part, weights, shifted = packed[start:stop], buffer[: stop - start], codes[: stop - start]
+        for parts, shift, first in ((low, torch.bitwise_left_shift, 0), (high, torch.bitwise_right_shift, half)):
+            weights.copy_(shift(part, 4, out=shifted))
+            weights.view(stop - start, -1, group).mul_(scale[first + start : first + stop, :, None])
+            parts.append(torch.mm(x, weights.t()))
+    return torch.cat(low + high, dim=1)[:, :columns].to(rows_dtype)

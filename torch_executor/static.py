@@ -378,10 +378,9 @@ def _matrix_multiply(inputs, attrs, ranks, bounds):
 
 
 def _quantized_matrix_multiply(inputs, attrs, ranks, bounds):
-    """x @ B by B's codes (program.fuse_quantized_product): the codes hold a row per column of B, but for
-    int8_digits, whose codes oneDNN packed as B is laid out, [K, N]."""
-    columns = inputs[1].shape[-1] if attrs["kernel"] == "int8_digits" else inputs[1].shape[0]
-    return [Fact(inputs[0].shape[:-1] + (columns,))]
+    """x @ B by B's codes (program.fuse_quantized_product), packed as its kernel wants: their shape is
+    not B's, so the step says how many columns B has."""
+    return [Fact(inputs[0].shape[:-1] + (attrs["columns"],))]
 
 
 def _reduce(inputs, attrs, ranks, bounds):

@@ -99,7 +99,7 @@ def test_a_quantized_product_computes_the_reference_product(quant, dtype, rows, 
     int4_fast = dtype == "bfloat16" and matmul.cpu_has_bfloat16_arithmetic() and out_features % 16 == 0
     expected = {
         "int8": "int8_digits" if matmul.cpu_has_int8_dot_products() else "blocked",
-        "int4": "int4_groups" if int4_fast else "blocked",
+        "int4": "int4_groups" if int4_fast else "int4_nibbles",
         "float8": "blocked",
     }
     assert step.attrs["kernel"] == expected[quant]
@@ -114,7 +114,28 @@ def test_the_blocked_kernel_in_several_blocks_and_a_partial_one(monkeypatch, qua
     monkeypatch.setattr(matmul, "cpu_has_bfloat16_arithmetic", lambda: False)
     monkeypatch.setattr(matmul, "cpu_has_int8_dot_products", lambda: False)
     for dtype in ROWS_DTYPES:
-        assert check_product(quant, dtype, rows).attrs["kernel"] == "blocked"
+        assert check_product(quant, dtype, rows).attrs["kernel"] == ("int4_nibbles" if quant == "int4" else "blocked")
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_int4_nibbles_of_an_odd_number_of_columns(monkeypatch, rows):
+    """99 columns: 50 rows of bytes, the last one's high codes a zero row that the product leaves out;
+    in blocks of 16 byte rows, three and a partial one."""
+    monkeypatch.setattr(matmul, "QUANT_BLOCK_BYTES", 16 * 4 * IN_FEATURES["int4"])
+    monkeypatch.setattr(matmul, "cpu_has_bfloat16_arithmetic", lambda: False)
+    for dtype in ROWS_DTYPES:
+        step = check_product("int4", dtype, rows, out_features=99)
+        assert step.attrs["kernel"] == "int4_nibbles"
+
+
+def test_int4_nibbles_hold_every_code():
+    """Every pair of int4 codes in one byte, read back as the kernel reads them."""
+    low, high = torch.arange(-8, 8).repeat_interleave(16), torch.arange(-8, 8).repeat(16)
+    codes = torch.stack([low, high]).to(torch.int8)  # rows 0 and 1 share a byte
+    packed, scale = matmul._nibble_pairs(codes, torch.ones(2, 1))
+    assert packed.shape == (1, 256) and torch.equal(scale.flatten(), torch.tensor([1 / 16, 1.0]))
+    assert torch.equal(torch.bitwise_left_shift(packed, 4), low.to(torch.int8).view(1, -1) * 16)
+    assert torch.equal(torch.bitwise_right_shift(packed, 4), high.to(torch.int8).view(1, -1))
 
 
 def needs_int8_dot_products():
@@ -211,9 +232,10 @@ def test_float8_codes_read_as_float16_are_their_values_over_256():
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_a_program_holds_codes_not_float_weights(dtype):
-    """int4 at most 0.3x, int8 and float8 at most 0.5x the bytes of the float32 weight."""
+    """int4 in half a byte a weight, int8 and float8 in one, and their scales: at most 0.14x and 0.5x the
+    bytes of the float32 weight."""
     full = 4 * 112
-    for quant, most in (("int4", 0.3), ("int8", 0.5), ("float8", 0.5)):
+    for quant, most in (("int4", 0.14), ("int8", 0.5), ("float8", 0.5)):
         function, _ = layer(quant, dtype, out_features=112)
         executable = compiled(function, 1, quant, dtype)
         assert torch_executor.weight_bytes(executable) <= most * full * IN_FEATURES[quant], quant
