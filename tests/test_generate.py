@@ -306,7 +306,8 @@ def test_a_sample_ends_at_the_end_of_text_token_which_is_not_yielded(parity_chec
 def test_the_reported_weight_bytes_are_what_the_decode_program_holds(quant_checkpoint):
     """The speed report's weight bytes are the constants of the compiled decode step, counted by the
     executor: quantized weights at their codes' size, so int8 reads at most half float32's linear weights
-    and int4 at most 0.3 of them (the embeddings, read whole by no step, are the same in every mode)."""
+    and int4, half a byte a weight and its scales, at most 0.15 of them (the embeddings, read whole by no
+    step, are the same in every mode)."""
     import torch_executor
 
     directory, calibration = quant_checkpoint
@@ -324,5 +325,5 @@ def test_the_reported_weight_bytes_are_what_the_decode_program_holds(quant_check
     )
     linear = {mode: size - embeddings for mode, size in reported.items()}
     assert linear["int8-weight-only"] <= 0.5 * linear[None]
-    assert linear["int4-weight-only"] <= 0.3 * linear[None]
+    assert linear["int4-weight-only"] <= 0.15 * linear[None]
     assert linear["float8"] <= 0.5 * linear[None] + embeddings / 4  # and lm_head, untied from wte, in 1 byte a weight
