@@ -318,12 +318,13 @@ def prepacked_product(weight, rows):
 #   _convert_weight_to_int4pack_for_cpu and scales with zero offsets ([K / g, N, 2]), for bfloat16
 #   rows on a CPU with bfloat16 arithmetic, N a multiple of 16;
 # - "int4_nibbles": int4 codes two to a byte ([N / 2, K] int8, _nibble_pairs) and a scale per group
-#   ([N, K / g]), for every other int4 product: torch's int4 kernel takes float32 rows on a slow path
-#   (20x slower than a dense float32 product) and float16 rows likewise, and rounding float32 rows to
-#   bfloat16 would change results. The codes are unpacked and dequantized as "blocked" does;
-# - "blocked": codes [N, K] (int8, int4 with a scale per column or tensor in int8 storage, float8 e4m3),
-#   dequantized to float32 a block of columns at a time into a buffer that stays in cache, multiplied in
-#   float32 and rounded once to the rows' dtype.
+#   ([N, K / g]; one per column or tensor is one group of all K inputs), for every other int4 product:
+#   torch's int4 kernel takes float32 rows on a slow path (20x slower than a dense float32 product) and
+#   float16 rows likewise, and rounding float32 rows to bfloat16 would change results. The codes are
+#   unpacked and dequantized as "blocked" does;
+# - "blocked": codes [N, K] (int8, float8 e4m3) with a scale per column or tensor (nvtripy quantizes
+#   per group only to int4), dequantized to float32 a block of columns at a time into a buffer that
+#   stays in cache, multiplied in float32 and rounded once to the rows' dtype.
 # The dequantized values are those of ops.dequantize (codes times scale in float32); only the order
 # of the sums, and for int8_digits and int4_groups where each product rounds, may differ.
 
@@ -378,23 +379,21 @@ def _pack(quant, codes_b, scale_b, rows_dtype):
     fast = rows_dtype == torch.bfloat16 and cpu_has_bfloat16_arithmetic()
     codes_rows = codes_b.t().contiguous()  # [N, K]: a block of columns of B is a block of rows here
     digits_fit = inner <= INT8_DIGITS_MAX_INNER and cols >= INT8_DIGITS_MIN_COLUMNS
-    if quant == "int8" and scale_b.dim() <= 1 and digits_fit and cpu_has_int8_dot_products():
+    if quant == "int8" and digits_fit and cpu_has_int8_dot_products():
         return {"kernel": "int8_digits", "columns": cols}, [codes_rows, scale_b.float().reshape(-1).contiguous()]
     if fast and quant == "int4" and group in INT4_GROUPS and cols % INT4_COLUMN_MULTIPLE == 0:
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes_rows.to(torch.int32) + 8, 1)
         scales = scale_b.to(torch.bfloat16)
         scales_and_zeros = torch.stack([scales, torch.zeros_like(scales)], dim=-1).contiguous()
         return {"kernel": "int4_groups", "group": group, "columns": cols}, [packed, scales_and_zeros]
-    if quant == "int4" and group is not None:
-        attrs = {"kernel": "int4_nibbles", "group": group, "columns": cols}
-        return attrs, _nibble_pairs(codes_rows, scale_b.float().t())
-    if scale_b.dim() == 2:
-        scaling, scale = "group", scale_b.float().t().contiguous()  # [N, K / g]: a block of rows of codes_rows
-    else:
-        scaling, scale = ("column" if scale_b.dim() == 1 else "tensor"), scale_b.float().contiguous()
+    if quant == "int4":
+        scale_rows = scale_b.float().t() if group else scale_b.float().reshape(-1, 1).expand(cols, 1)
+        attrs = {"kernel": "int4_nibbles", "group": group or inner, "columns": cols}
+        return attrs, _nibble_pairs(codes_rows, scale_rows)
+    scaling, scale = ("column" if scale_b.dim() == 1 else "tensor"), scale_b.float().contiguous()
     if quant == "float8":
         scale = (scale * 256).reshape(-1)  # the codes' float16 reading is 2^-8 of their value (_float8_block)
-    attrs = {"kernel": "blocked", "quant": quant, "scaling": scaling, "group": group, "columns": cols}
+    attrs = {"kernel": "blocked", "quant": quant, "scaling": scaling, "columns": cols}
     return attrs, [codes_rows, scale]
 
 
@@ -421,7 +420,7 @@ def quantized_function(attrs):
     if kernel == "int4_nibbles":
         return _rows_call(functools.partial(_int4_nibbles, attrs["group"], attrs["columns"]))
     if kernel == "blocked":
-        return _rows_call(functools.partial(_blocked, attrs["quant"], attrs["scaling"], attrs["group"]))
+        return _rows_call(functools.partial(_blocked, attrs["quant"], attrs["scaling"]))
     raise ValueError(f"no quantized kernel '{kernel}'")
 
 
@@ -464,7 +463,7 @@ def _int8_digits(x, packed, scale):
     count = INT8_DIGITS[x.dtype]
     largest = x.abs().amax(dim=1, keepdim=True).float().clamp_(min=2.0**-149)  # a row of zeros: no 0 / 0
     if not math.isfinite(largest.sum().item()):
-        return _blocked("int8", "column", None, x, plain(packed), scale)
+        return _blocked("int8", "column", x, plain(packed), scale)
     scaled = torch.round(x * (_DIGIT_SCALES[count] / largest)).view(count, -1)  # R_i, in float64
     digits = torch.mm(_DIGIT_MAKER[count], scaled).add_(128).to(torch.uint8).view(count * rows, inner)
     sums = torch.ops.onednn.qlinear_pointwise(
@@ -498,16 +497,15 @@ def _scratch(shape, dtype):
     return buffers[key]
 
 
-def _blocked(quant, scaling, group, x, codes, scale):
-    """x @ B for B = codes.t() * scale, in float32, a block of B's columns (codes' rows) at a time,
-    converted into a buffer that stays in cache. A scale per column or per tensor multiplies the sums,
-    which are fewer than the weights; a scale per group multiplies the block's weights (scale: [N, K / g]).
-    float8 weights are dequantized as ops.dequantize does, scale and all, so the sums are those of the
-    reference product: the next layer quantizes them to float8 again, where a sum rounded otherwise
-    can change a code."""
+def _blocked(quant, scaling, x, codes, scale):
+    """x @ B for B = codes.t() * scale (scale: [N] for a scale per column, [1] for one), in float32, a
+    block of B's columns (codes' rows) at a time, converted into a buffer that stays in cache. int8's
+    scale multiplies the sums, which are fewer than the weights. float8 weights are dequantized as
+    ops.dequantize does, scale and all, so the sums are those of the reference product: the next layer
+    quantizes them to float8 again, where a sum rounded otherwise can change a code."""
     rows_dtype, (cols, inner) = x.dtype, codes.shape
     x = x.float()
-    block = max(16, QUANT_BLOCK_BYTES // (4 * inner) // 16 * 16)
+    block = _block_rows(inner)
     buffer = _scratch((block, inner), torch.float32)
     bits = _scratch((block, inner), torch.int16) if quant == "float8" else None
     parts = []
@@ -515,16 +513,20 @@ def _blocked(quant, scaling, group, x, codes, scale):
         stop = min(start + block, cols)
         part, weights = codes[start:stop], buffer[: stop - start]
         if quant == "float8":
-            weights.copy_(_float8_block(part, bits[: stop - start])).mul_(scale)
+            weights.copy_(_float8_block(part, bits[: stop - start]))
+            weights.mul_(scale[start:stop, None] if scaling == "column" else scale)
         else:
             weights.copy_(part)
-        if scaling == "group":
-            weights.view(stop - start, -1, group).mul_(scale[start:stop, :, None])
         parts.append(torch.mm(x, weights.t()))
     out = torch.cat(parts, dim=1)
-    if scaling != "group" and quant != "float8":  # a scale per column, or one for the tensor
+    if quant != "float8":
         out *= scale
     return out.to(rows_dtype)
+
+
+def _block_rows(inner):
+    """How many rows of `inner` weights a block converts: QUANT_BLOCK_BYTES of float32, a multiple of 16."""
+    return max(16, QUANT_BLOCK_BYTES // (4 * inner) // 16 * 16)
 
 
 def _int4_nibbles(group, columns, x, packed, scale):
@@ -533,7 +535,7 @@ def _int4_nibbles(group, columns, x, packed, scale):
     into float32 as in _blocked, multiplied by its groups' scales there and by x."""
     rows_dtype, (half, inner) = x.dtype, packed.shape
     x = x.float()
-    block = max(16, QUANT_BLOCK_BYTES // (4 * inner) // 16 * 16)
+    block = _block_rows(inner)
     buffer, codes = _scratch((block, inner), torch.float32), _scratch((block, inner), torch.int8)
     low, high = [], []
     for start in range(0, half, block):

@@ -556,8 +556,8 @@ def fuse_quantized_product(draft, step):
 
 def _quantized_matrix(draft, b):
     """(QuantizedWeight, B's codes [K, N], B's scale) if the constant B = `b` (leading sizes 1) is a
-    dequantized weight or its transpose, with a scale per tensor, per column of B, or per group of B's
-    rows within a column; else None."""
+    dequantized weight or its transpose, with a scale per tensor, per column of B, or (int4) per group of
+    B's rows within a column; else None."""
     if b.dim() < 2 or any(size != 1 for size in b.shape[:-2]) or not b.numel():
         return None
     core = b.reshape(b.shape[-2:])
@@ -572,8 +572,8 @@ def _quantized_matrix(draft, b):
     scale = weight.scale
     if scale.dim() == 1 and weight.dim != (0 if transposed else 1):
         return None  # a scale per input: not one per column of B
-    if scale.dim() == 2 and transposed:
-        return None  # groups along B's columns
+    if scale.dim() == 2 and (transposed or weight.quant != "int4"):
+        return None  # groups along B's columns; or groups of other codes than int4's, which nvtripy refuses
     return weight, codes_b, scale
 
 

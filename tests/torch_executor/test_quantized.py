@@ -76,11 +76,17 @@ def quantized_steps(executable):
 
 def check_product(quant, dtype, rows, out_features=OUT_FEATURES):
     function, dequantized = layer(quant, dtype, out_features=out_features)
-    executable = compiled(function, rows, quant, dtype)
+    return check_layer(function, dequantized, quant, dtype, rows, IN_FEATURES[quant], out_features)
+
+
+def check_layer(function, dequantized, quant, dtype, rows, inner, out_features):
+    """The one QuantizedMatMul step that `function` compiles to, having checked its product against the
+    reference: x (rows, 1, inner) by dequantized(), the dequantized weight as (in, out)."""
+    executable = tp.compile(function, args=[tp.InputInfo((rows, 1, inner), dtype=getattr(tp, dtype))])
     (step,) = quantized_steps(executable)
     assert not any(s.kind == "MatrixMultiply" for s in executable._executable.program.steps)
     generator = torch.Generator().manual_seed(rows)
-    x = torch.randn(rows, 1, IN_FEATURES[quant], generator=generator).to(getattr(torch, dtype))
+    x = torch.randn(rows, 1, inner, generator=generator).to(getattr(torch, dtype))
     out = torch.from_dlpack(executable(on_device(x)))
     assert out.dtype == x.dtype and out.shape == (rows, 1, out_features)
     rows_ref, weight = reference_rows(quant, dtype, x).double(), dequantized().double()
@@ -126,6 +132,46 @@ def test_int4_nibbles_of_an_odd_number_of_columns(monkeypatch, rows):
     for dtype in ROWS_DTYPES:
         step = check_product("int4", dtype, rows, out_features=99)
         assert step.attrs["kernel"] == "int4_nibbles"
+
+
+@pytest.mark.parametrize("inner, out_features", [(200, 100), (128, 128)])  # square: a scale per input fits too
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("dtype", ROWS_DTYPES)
+def test_a_float8_weight_with_a_scale_per_output_computes_the_reference_product(dtype, rows, inner, out_features):
+    """tp.Linear with weight_quant_dim 0: the blocked kernel scales each block's rows by their own scales."""
+    torch_dtype, tripy_dtype = getattr(torch, dtype), getattr(tp, dtype)
+    weight = torch.randn(out_features, inner, generator=torch.Generator().manual_seed(0)).to(torch_dtype)
+    scale = (weight.float().abs().amax(1) / 448).to(torch_dtype)
+    linear = tp.Linear(inner, out_features, bias=False, dtype=tripy_dtype, quant_dtype=tp.float8, weight_quant_dim=0)
+    linear.weight, linear.weight_scale = tp.Tensor(weight), tp.Tensor(scale)
+    linear.input_scale = tp.Tensor(torch.tensor(0.01).to(torch_dtype))
+    dequantized = lambda: ops.dequantize(
+        ops.quantize(weight, scale, dtype="float8", dim=0), scale, dtype=dtype, dim=0
+    ).t()
+    step = check_layer(linear, dequantized, "float8", dtype, rows, inner, out_features)
+    assert step.attrs["kernel"] == "blocked" and step.attrs["scaling"] == "column"
+
+
+@pytest.mark.parametrize("per_column", [True, False])
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("dtype", ROWS_DTYPES)
+def test_an_int4_weight_with_a_scale_per_column_or_one_is_held_two_codes_a_byte(dtype, rows, per_column):
+    """A scale per column of B, or one for the tensor, is one group of all the inputs."""
+    torch_dtype, tripy_dtype = getattr(torch, dtype), getattr(tp, dtype)
+    inner, dim = IN_FEATURES["int4"], 1 if per_column else None
+    weight = torch.randn(inner, OUT_FEATURES, generator=torch.Generator().manual_seed(0)).to(torch_dtype)
+    scale = (weight.float().abs().amax(0) if per_column else weight.float().abs().max()) / 7
+    scale = scale.to(torch_dtype)
+
+    def product(x):
+        w, s = tp.Tensor(weight), tp.Tensor(scale)
+        return x @ tp.dequantize(tp.quantize(w, s, tp.int4, dim=dim), s, tripy_dtype, dim=dim)
+
+    dequantized = lambda: ops.dequantize(
+        ops.quantize(weight, scale, dtype="int4", dim=dim), scale, dtype=dtype, dim=dim
+    )
+    step = check_layer(product, dequantized, "int4", dtype, rows, inner, OUT_FEATURES)
+    assert step.attrs["kernel"] == "int4_nibbles" and step.attrs["group"] == inner
 
 
 def test_int4_nibbles_hold_every_code():
