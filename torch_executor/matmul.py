@@ -92,7 +92,7 @@ def _copy_pays(dtype, rows):
         return False
     if dtype == torch.float32:
         return rows >= 4
-    return dtype == torch.bfloat16 and rows <= MAX_ROW_BY_ROW and not can_prepack()
+    return dtype == torch.bfloat16 and rows <= MAX_ROW_BY_ROW and not can_prepack_bfloat16()
 
 
 def memory_key(tensor):
@@ -259,11 +259,11 @@ def _packs(dtype, rows):
     if rows is None or not 1 <= rows <= PREPACK_MAX_ROWS:
         return False
     if dtype == torch.bfloat16:
-        return can_prepack()
+        return can_prepack_bfloat16()
     return dtype == torch.float32 and cpu_runs_mkl_generic_code() and torch.backends.mkldnn.is_available()
 
 
-def can_prepack():
+def can_prepack_bfloat16():
     return cpu_has_bfloat16_arithmetic() and torch.backends.mkldnn.is_available()
 
 
