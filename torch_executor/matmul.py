@@ -171,11 +171,18 @@ def cpu_has_int8_dot_products():
     return flags is not None and any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
+def cpu_has_int8_tiles():
+    """Whether the CPU has AMX-INT8, on which oneDNN's int8 product takes 8 rows in about one row's time."""
+    flags = _cpu_flags()
+    return flags is not None and "amx_int8" in flags
+
+
 def cpu_features():
     """What decides the kernels here: e.g. 'x86_64 bf16-arithmetic int8-dot mkl-generic mkldnn'."""
     parts = [platform.machine().lower()]
     parts += ["bf16-arithmetic"] if cpu_has_bfloat16_arithmetic() else []
     parts += ["int8-dot"] if cpu_has_int8_dot_products() else []
+    parts += ["int8-tiles"] if cpu_has_int8_tiles() else []
     parts += ["mkl-generic"] if cpu_runs_mkl_generic_code() else []
     parts += ["mkldnn"] if torch.backends.mkldnn.is_available() else []
     return " ".join(parts)
@@ -303,8 +310,14 @@ def prepacked_product(weight, rows):
 # packed as the chosen kernel wants, and the scales. The weight is B = (in, out) = [K, N]; its scale is one
 # number, one per output column ([N]), or one per group of g consecutive inputs of each column
 # ([K / g, N]). Kernels:
+# - "int8_columns": torch's _weight_int8pack_mm, int8 codes [N, K] and a bfloat16 scale per column ([N]), for
+#   bfloat16 rows on a CPU with bfloat16 arithmetic but no AMX-INT8, K a multiple of 16. On an AMD EPYC
+#   with AVX512-VNNI its 48 products of GPT-2 124M took 6.8-8.7 ms at one row against 12.2-14.2 for
+#   int8_digits, 22-26 against 26-28 at 8 rows and 92-625 against 128-830 at 32-256. On a Xeon with AMX
+#   (torch 2.11) it took 6.3-10.4 against 11 at one row but 27 against 18-31 at 8 and 202 against 116 at
+#   64: the prompt's rows, which read the same codes as the decode step's, keep int8_digits there;
 # - "int8_digits": int8 codes [N, K] that oneDNN packed (held_constants) and a scale per column ([N])
-#   or one ([1]), for rows of any float dtype on a CPU with int8 dot-product instructions, N over 64
+#   or one ([1]), for the other rows of any float dtype on a CPU with int8 dot-product instructions, N over 64
 #   (INT8_DIGITS_MIN_COLUMNS). Each row, scaled to at most 127, is written in base 128 as a few
 #   digits (4 for float32 rows, 3 for bfloat16 and float16), which oneDNN's int8 product multiplies by
 #   the codes, summing exactly in int32; the digits' sums, times the scale, then add up and round once.
@@ -336,6 +349,7 @@ INT8_DIGITS_MAX_INNER = (2**31 - 1) // (255 * 127)  # int32 holds a uint8 digit 
 # oneDNN's int8 product (torch 2.13) takes 64 or fewer columns by fewer than 8 rows on a slow path: 0.7 ms
 # for 64 x 64 codes by 4 rows, against 36 us for 65 columns. Narrower products go to the blocked kernel.
 INT8_DIGITS_MIN_COLUMNS = 65
+INT8_COLUMNS_INNER_MULTIPLE = 16  # _weight_int8pack_mm (torch 2.13) returns garbage or crashes for other K
 
 
 # Packed codes and scales, by the weight they were made from, the kernel and their position: programs
@@ -379,6 +393,9 @@ def _pack(quant, codes_b, scale_b, rows_dtype):
     fast = rows_dtype == torch.bfloat16 and cpu_has_bfloat16_arithmetic()
     codes_rows = codes_b.t().contiguous()  # [N, K]: a block of columns of B is a block of rows here
     digits_fit = inner <= INT8_DIGITS_MAX_INNER and cols >= INT8_DIGITS_MIN_COLUMNS
+    if quant == "int8" and fast and not cpu_has_int8_tiles() and inner % INT8_COLUMNS_INNER_MULTIPLE == 0:
+        scale = scale_b.to(torch.bfloat16).reshape(-1).expand(cols).contiguous()
+        return {"kernel": "int8_columns", "columns": cols}, [codes_rows, scale]
     if quant == "int8" and digits_fit and cpu_has_int8_dot_products():
         return {"kernel": "int8_digits", "columns": cols}, [codes_rows, scale_b.float().reshape(-1).contiguous()]
     if fast and quant == "int4" and group in INT4_GROUPS and cols % INT4_COLUMN_MULTIPLE == 0:
@@ -415,6 +432,8 @@ def quantized_function(attrs):
     if kernel == "int4_groups":
         group = attrs["group"]
         return _rows_call(lambda x, packed, sz: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group, sz))
+    if kernel == "int8_columns":
+        return _rows_call(torch.ops.aten._weight_int8pack_mm)
     if kernel == "int8_digits":
         return _rows_call(_int8_digits)
     if kernel == "int4_nibbles":

@@ -102,9 +102,11 @@ def check_layer(function, dequantized, quant, dtype, rows, inner, out_features):
 @pytest.mark.parametrize("quant", ["int8", "int4", "float8"])
 def test_a_quantized_product_computes_the_reference_product(quant, dtype, rows, out_features):
     step = check_product(quant, dtype, rows, out_features)
-    int4_fast = dtype == "bfloat16" and matmul.cpu_has_bfloat16_arithmetic() and out_features % 16 == 0
+    bfloat16_fast = dtype == "bfloat16" and matmul.cpu_has_bfloat16_arithmetic()
+    int4_fast = bfloat16_fast and out_features % 16 == 0
+    int8_columns = bfloat16_fast and not matmul.cpu_has_int8_tiles()  # IN_FEATURES["int8"]: 13 x 16
     expected = {
-        "int8": "int8_digits" if matmul.cpu_has_int8_dot_products() else "blocked",
+        "int8": "int8_columns" if int8_columns else "int8_digits" if matmul.cpu_has_int8_dot_products() else "blocked",
         "int4": "int4_groups" if int4_fast else "int4_nibbles",
         "float8": "blocked",
     }
@@ -121,6 +123,22 @@ def test_the_blocked_kernel_in_several_blocks_and_a_partial_one(monkeypatch, qua
     monkeypatch.setattr(matmul, "cpu_has_int8_dot_products", lambda: False)
     for dtype in ROWS_DTYPES:
         assert check_product(quant, dtype, rows).attrs["kernel"] == ("int4_nibbles" if quant == "int4" else "blocked")
+
+
+@pytest.mark.parametrize("inner, kernel", [(208, "int8_columns"), (48, "int8_columns"), (200, "int8_digits")])
+@pytest.mark.parametrize("rows", [1, 3, 8, 17])
+def test_int8_columns_for_bfloat16_rows_where_they_pay(monkeypatch, rows, inner, kernel):
+    """torch's int8 kernel where the CPU has bfloat16 arithmetic but no AMX-INT8, for inner sizes that
+    are multiples of 16: for others it returns garbage (200) or crashes (100)."""
+    if not matmul.cpu_has_int8_dot_products():
+        monkeypatch.setattr(matmul, "cpu_has_int8_dot_products", lambda: True)
+    monkeypatch.setattr(matmul, "cpu_has_bfloat16_arithmetic", lambda: True)
+    monkeypatch.setattr(matmul, "cpu_has_int8_tiles", lambda: False)
+    monkeypatch.setitem(IN_FEATURES, "int8", inner)
+    assert check_product("int8", "bfloat16", rows, out_features=99).attrs["kernel"] == kernel
+    assert check_product("int8", "float32", rows, out_features=99).attrs["kernel"] == "int8_digits"
+    monkeypatch.setattr(matmul, "cpu_has_int8_tiles", lambda: True)
+    assert check_product("int8", "bfloat16", rows, out_features=99).attrs["kernel"] == "int8_digits"
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8])
@@ -197,16 +215,20 @@ def test_int8_digits_at_any_inner_size(monkeypatch, inner):
         assert check_product("int8", dtype, 3).attrs["kernel"] == "int8_digits"
 
 
-def test_int8_products_of_64_columns_or_fewer_are_blocked():
-    """oneDNN's int8 product takes them on a slow path (matmul.INT8_DIGITS_MIN_COLUMNS)."""
+def test_int8_products_of_64_columns_or_fewer_are_blocked(monkeypatch):
+    """oneDNN's int8 product takes them on a slow path (matmul.INT8_DIGITS_MIN_COLUMNS); bfloat16 rows as
+    on a CPU with AMX-INT8, where they take int8_digits too."""
     needs_int8_dot_products()
+    monkeypatch.setattr(matmul, "cpu_has_int8_tiles", lambda: True)
     for dtype in ROWS_DTYPES:
         assert check_product("int8", dtype, 3, out_features=64).attrs["kernel"] == "blocked"
         assert check_product("int8", dtype, 3, out_features=65).attrs["kernel"] == "int8_digits"
 
 
-def digits_layer(dtype):
-    """The int8_digits kernel's function and constants for the test layer, and its exact weight (in, out)."""
+def digits_layer(monkeypatch, dtype):
+    """The int8_digits kernel's function and constants for the test layer, and its exact weight (in, out),
+    as on a CPU with AMX-INT8, where bfloat16 rows take int8_digits too."""
+    monkeypatch.setattr(matmul, "cpu_has_int8_tiles", lambda: True)
     linear, dequantized = layer("int8", dtype)
     executable = compiled(linear, 3, "int8", dtype)
     (step,) = quantized_steps(executable)
@@ -216,11 +238,11 @@ def digits_layer(dtype):
 
 
 @pytest.mark.parametrize("dtype", ROWS_DTYPES)
-def test_int8_digits_run_on_oneDNNs_int8_kernels_not_its_reference_one(capfd, dtype):
+def test_int8_digits_run_on_oneDNNs_int8_kernels_not_its_reference_one(monkeypatch, capfd, dtype):
     """oneDNN runs int8 rows by int8 codes on its reference kernel on a CPU without AMX, a thousand
     times slower: the digits go in as uint8, which its VNNI and AMX kernels take."""
     needs_int8_dot_products()
-    function, constants, _ = digits_layer(dtype)
+    function, constants, _ = digits_layer(monkeypatch, dtype)
     x = torch.randn(3, IN_FEATURES["int8"]).to(getattr(torch, dtype))
     capfd.readouterr()
     with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
@@ -230,11 +252,11 @@ def test_int8_digits_run_on_oneDNNs_int8_kernels_not_its_reference_one(capfd, dt
 
 
 @pytest.mark.parametrize("dtype", ROWS_DTYPES)
-def test_int8_digits_hold_a_row_to_far_below_its_rounding(dtype):
+def test_int8_digits_hold_a_row_to_far_below_its_rounding(monkeypatch, dtype):
     """Rows over nine decades, the largest value a hundred times the typical one: the products stay
     within 2^-20 of sum |x| |w| of the exact product (float32 rows), or a rounding of the result."""
     needs_int8_dot_products()
-    function, constants, weight = digits_layer(dtype)
+    function, constants, weight = digits_layer(monkeypatch, dtype)
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(3, IN_FEATURES["int8"], generator=generator) * torch.logspace(-7, 2, IN_FEATURES["int8"])
     x = x.to(getattr(torch, dtype))
@@ -244,12 +266,12 @@ def test_int8_digits_hold_a_row_to_far_below_its_rounding(dtype):
 
 
 @pytest.mark.parametrize("dtype", ROWS_DTYPES)
-def test_int8_digits_of_rows_of_zeros_tiny_huge_and_not_finite(dtype):
+def test_int8_digits_of_rows_of_zeros_tiny_huge_and_not_finite(monkeypatch, dtype):
     """A row of zeros gives zeros, and no rows no rows; rows near the dtype's least and greatest
     magnitudes keep their precision; a row holding an infinity or a NaN gives what the reference
     product gives."""
     needs_int8_dot_products()
-    function, constants, weight = digits_layer(dtype)
+    function, constants, weight = digits_layer(monkeypatch, dtype)
     torch_dtype = getattr(torch, dtype)
     info = torch.finfo(torch_dtype)
     base = torch.randn(1, IN_FEATURES["int8"], generator=torch.Generator().manual_seed(2))
@@ -323,7 +345,11 @@ def test_an_int8_weight_with_one_scale_computes_the_reference_product(monkeypatc
     linear.weight, linear.weight_scale, linear.input_scale = tp.Tensor(weight), tp.Tensor(scale), None
     executable = compiled(linear, rows, "int8", dtype)
     (step,) = quantized_steps(executable)
-    assert step.attrs["kernel"] == "int8_digits" if int8_dot_products else step.attrs["scaling"] == "tensor"
+    int8_columns = dtype == "bfloat16" and matmul.cpu_has_bfloat16_arithmetic() and not matmul.cpu_has_int8_tiles()
+    if int8_columns:
+        assert step.attrs["kernel"] == "int8_columns"
+    else:
+        assert step.attrs["kernel"] == "int8_digits" if int8_dot_products else step.attrs["scaling"] == "tensor"
     x = torch.randn(rows, 1, IN_FEATURES["int8"], generator=torch.Generator().manual_seed(rows)).to(torch_dtype)
     out = torch.from_dlpack(executable(on_device(x))).double()
     dequantized = ops.dequantize(ops.quantize(weight, scale, dtype="int8", dim=None), scale, dtype=dtype, dim=None)
