@@ -74,6 +74,11 @@ def quantized_steps(executable):
     return [s for s in executable._executable.program.steps if s.kind == "QuantizedMatMul"]
 
 
+def int8_columns_here(dtype):
+    """Whether an int8 product by `dtype` rows takes int8_columns on this CPU, its inner size a multiple of 16."""
+    return dtype == "bfloat16" and matmul.cpu_has_bfloat16_arithmetic() and not matmul.cpu_has_int8_tiles()
+
+
 def check_product(quant, dtype, rows, out_features=OUT_FEATURES):
     function, dequantized = layer(quant, dtype, out_features=out_features)
     return check_layer(function, dequantized, quant, dtype, rows, IN_FEATURES[quant], out_features)
@@ -102,11 +107,10 @@ def check_layer(function, dequantized, quant, dtype, rows, inner, out_features):
 @pytest.mark.parametrize("quant", ["int8", "int4", "float8"])
 def test_a_quantized_product_computes_the_reference_product(quant, dtype, rows, out_features):
     step = check_product(quant, dtype, rows, out_features)
-    bfloat16_fast = dtype == "bfloat16" and matmul.cpu_has_bfloat16_arithmetic()
-    int4_fast = bfloat16_fast and out_features % 16 == 0
-    int8_columns = bfloat16_fast and not matmul.cpu_has_int8_tiles()  # IN_FEATURES["int8"]: 13 x 16
+    int4_fast = dtype == "bfloat16" and matmul.cpu_has_bfloat16_arithmetic() and out_features % 16 == 0
+    int8_digits = "int8_digits" if matmul.cpu_has_int8_dot_products() else "blocked"
     expected = {
-        "int8": "int8_columns" if int8_columns else "int8_digits" if matmul.cpu_has_int8_dot_products() else "blocked",
+        "int8": "int8_columns" if int8_columns_here(dtype) else int8_digits,  # IN_FEATURES["int8"]: 13 x 16
         "int4": "int4_groups" if int4_fast else "int4_nibbles",
         "float8": "blocked",
     }
@@ -345,8 +349,7 @@ def test_an_int8_weight_with_one_scale_computes_the_reference_product(monkeypatc
     linear.weight, linear.weight_scale, linear.input_scale = tp.Tensor(weight), tp.Tensor(scale), None
     executable = compiled(linear, rows, "int8", dtype)
     (step,) = quantized_steps(executable)
-    int8_columns = dtype == "bfloat16" and matmul.cpu_has_bfloat16_arithmetic() and not matmul.cpu_has_int8_tiles()
-    if int8_columns:
+    if int8_columns_here(dtype):
         assert step.attrs["kernel"] == "int8_columns"
     else:
         assert step.attrs["kernel"] == "int8_digits" if int8_dot_products else step.attrs["scaling"] == "tensor"
