@@ -311,11 +311,12 @@ def prepacked_product(weight, rows):
 # number, one per output column ([N]), or one per group of g consecutive inputs of each column
 # ([K / g, N]). Kernels:
 # - "int8_columns": torch's _weight_int8pack_mm, int8 codes [N, K] and a bfloat16 scale per column ([N]), for
-#   bfloat16 rows on a CPU with bfloat16 arithmetic but no AMX-INT8, K a multiple of 16. On an AMD EPYC
-#   with AVX512-VNNI its 48 products of GPT-2 124M took 6.8-8.7 ms at one row against 12.2-14.2 for
-#   int8_digits, 22-26 against 26-28 at 8 rows and 92-625 against 128-830 at 32-256. On a Xeon with AMX
-#   (torch 2.11) it took 6.3-10.4 against 11 at one row but 27 against 18-31 at 8 and 202 against 116 at
-#   64: the prompt's rows, which read the same codes as the decode step's, keep int8_digits there;
+#   bfloat16 rows on a CPU with bfloat16 arithmetic but no AMX-INT8, K a multiple of 16. Its 48 products of
+#   GPT-2 124M, their codes read from memory as a decode step reads them (docs/performance.md), took 15-16 ms
+#   at one row against 19-20 for int8_digits on an AMD EPYC with AVX512-VNNI, 20-23 against 25-29 at 4 rows
+#   and about the same at 8. On a Xeon with AMX (torch 2.11, a 300 MB L3 cache that holds the codes) it took
+#   18 against 32 at one row but 53 against 29 at 16 and 179 against 81 at 64: the prompt's rows, which read
+#   the same codes as the decode step's, keep int8_digits there;
 # - "int8_digits": int8 codes [N, K] that oneDNN packed (held_constants) and a scale per column ([N])
 #   or one ([1]), for the other rows of any float dtype on a CPU with int8 dot-product instructions, N over 64
 #   (INT8_DIGITS_MIN_COLUMNS). Each row, scaled to at most 127, is written in base 128 as a few
