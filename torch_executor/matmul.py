@@ -11,8 +11,9 @@
   accumulate in float32 and round once to bfloat16, as oneDNN's bfloat16 product does; only the
   order of the sums may differ.
 - On a CPU with bfloat16 arithmetic, a product of a few static rows by a bfloat16 weight reads a
-  copy that oneDNN prepacked (prepacks, prepacked_product); on an x86 CPU where MKL runs its generic
-  code, so does one of a few static rows by a float32 weight.
+  copy that oneDNN prepacked (prepacks, prepacked_product), or at one or two rows an exact float16
+  copy that fbgemm packed (float16_copy); on an x86 CPU where MKL runs its generic code, a product of
+  a few static rows by a float32 weight reads oneDNN's copy too.
 - A small product of two computed bfloat16 or float16 tensors (a decode step's attention) runs in
   float32 (computed_product).
 - Quantized products run by kernels chosen at compile time from the rows' dtype, the weight's shape
@@ -276,27 +277,78 @@ def can_prepack_bfloat16():
 
 _PREPACKED = weakref.WeakValueDictionary()
 
+# How many rows of a product by a bfloat16 weight run by fbgemm's float16 product rather than oneDNN's
+# prepacked bfloat16 one. GPT-2 124M's 48 matrices, one core, 4 sets of them in turn so that each pass
+# reads its weights from memory (docs/performance.md): on an AMD EPYC with AVX512-BF16, 7.7 against 11.9
+# ms at 1 row, 14.4 against 19.6 at 2, 13.9 against 14.3 at 4; on a Xeon with AMX 26.1 against 34.3,
+# 28.9 against 33.0, 34.0 against 33.7.
+FLOAT16_COPY_MAX_ROWS = 2
+FLOAT16_LARGEST = 65504.0
+
 
 class _Held:
-    """A prepacked weight and the weight it was made from, which the cache compares before sharing."""
+    """What a product by a prepacked weight holds, and the weight it was made from, which the cache
+    compares before sharing: oneDNN's packed tensor, or fbgemm's float16 copy (PackedFloat16Weight)."""
 
-    def __init__(self, tensor):
-        self.tensor = tensor
+    def __init__(self, packed, source):
+        self.packed, self.source = packed, source
+
+
+class PackedFloat16Weight:
+    """fbgemm's packed float16 copy of a weight, which is no tensor: `nbytes` is what it holds, two bytes a
+    weight, for the bytes a program reads (program.weight_bytes). The copy is the weight times 2^shift."""
+
+    def __init__(self, packed, weight_shape, shift):
+        self.packed, self.nbytes, self.shift = packed, 2 * math.prod(weight_shape), shift
+
+
+def can_pack_float16():
+    """Whether fbgemm's float16 product runs here: a torch built with fbgemm, on an x86 CPU with AVX2."""
+    flags = _cpu_flags()
+    return flags is not None and "avx2" in flags and "fbgemm" in torch.backends.quantized.supported_engines
+
+
+def float16_copy(weight):
+    """fbgemm's packed float16 copy of a bfloat16 matrix [in, out], times the power of two that brings its
+    largest magnitude nearest below float16's; None where that copy would not hold every value exactly.
+    float16 holds bfloat16's 8 significant bits, with 3 to spare, but over 40 binades rather than 254."""
+    largest = weight.abs().max().float().item()
+    if not math.isfinite(largest):
+        return None
+    shift = math.floor(math.log2(FLOAT16_LARGEST / largest)) if largest > 0 else 0
+    scaled = weight.t().float() * 2.0**shift
+    if not torch.equal(scaled.half().float(), scaled):
+        return None
+    return PackedFloat16Weight(torch.ops.quantized.linear_prepack_fp16(scaled, None), weight.shape, shift)
 
 
 def prepacked_product(weight, rows):
-    """(function, held tensors): x @ weight by a copy that oneDNN prepacked for `rows` rows; programs
-    compiled from the same weight (prefill and decode) share the copy while one holds it."""
+    """(function, what it holds): x @ weight by a copy packed for `rows` rows; programs compiled from the same
+    weight (prefill and decode) share the copy while one holds it. A bfloat16 weight at FLOAT16_COPY_MAX_ROWS
+    rows or fewer goes by an exact float16 copy (float16_copy) where fbgemm runs: fbgemm multiplies float32
+    rows, the bfloat16 ones converted exactly, by it in float32, and the sums round once to bfloat16, as
+    oneDNN's bfloat16 product does; only the order of the sums may differ."""
     key = (*memory_key(weight), rows)
     held = _PREPACKED.get(key)
     if held is None or not torch.equal(held.source, weight):
-        held = _Held(torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous(), rows))
-        held.source = weight
+        packed = None
+        if weight.dtype == torch.bfloat16 and rows <= FLOAT16_COPY_MAX_ROWS and can_pack_float16():
+            packed = float16_copy(weight)
+        if packed is None:
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous(), rows)
+        held = _Held(packed, weight)
         _PREPACKED[key] = held
-    packed = held.tensor
+    packed = held.packed
+    if isinstance(packed, PackedFloat16Weight):
+        fbgemm_weight, unscale = packed.packed, 2.0**-packed.shift
 
-    def product(a, _):
-        return torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
+        def product(a, _):
+            return torch.ops.quantized.linear_dynamic_fp16(a.float(), fbgemm_weight).mul_(unscale).to(a.dtype)
+
+    else:
+
+        def product(a, _):
+            return torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
 
     product.held = held
     return product, [packed]

@@ -595,7 +595,9 @@ def weight_bytes(programs):
     seen, total = set(), 0
     for program in programs:
         for tensor in program.read_constants:
-            if tensor.is_mkldnn:
+            if isinstance(tensor, matmul.PackedFloat16Weight):
+                key, size = ("opaque", id(tensor)), tensor.nbytes
+            elif tensor.is_mkldnn:
                 key, size = ("opaque", id(tensor)), tensor.numel() * tensor.element_size()
             else:
                 storage = tensor.untyped_storage()

@@ -138,3 +138,60 @@ def test_a_product_of_two_computed_half_precision_tensors_rounds_float32_sums_on
 def test_products_of_float32_tensors_are_torchs():
     a, b = torch.randn(2, 3, 5), torch.randn(2, 5, 4)
     torch.testing.assert_close(matmul.computed_product(a, b), torch.matmul(a, b), rtol=0, atol=0)
+
+
+def linear_by(weight, rows):
+    """tp.Linear's product by a (out, in) weight, compiled for `rows` static rows."""
+    linear = lambda x: x @ tp.transpose(tp.Tensor(weight), 0, 1)
+    return tp.compile(linear, args=[tp.InputInfo((rows, 1, weight.shape[1]), dtype=tp.bfloat16)])
+
+
+def packed_weights(compiled):
+    program = compiled._executable.program
+    (step,) = [call for call in program._calls if call[0] == "PackedMatMul"]
+    return step[1].held.packed
+
+
+needs_float16_copy = pytest.mark.skipif(
+    not (matmul.can_pack_float16() and matmul.prepacks(torch.empty(8, 8, dtype=torch.bfloat16), 1)),
+    reason="needs a CPU with bfloat16 arithmetic and AVX2 and a torch with fbgemm and oneDNN",
+)
+
+
+@needs_float16_copy
+@pytest.mark.parametrize("rows", [1, 2, 3])
+@pytest.mark.parametrize("out_features", [200, 37])  # 37: not a multiple of any tile
+def test_a_few_bfloat16_rows_go_by_an_exact_float16_copy_and_round_float32_sums_once(rows, out_features):
+    generator = torch.Generator().manual_seed(0)
+    weight = (
+        torch.randn(out_features, 64, generator=generator) * 2.0**-20
+    ).bfloat16()  # float16 holds these times 2^shift
+    compiled = linear_by(weight, rows)
+    packed = packed_weights(compiled)
+    assert isinstance(packed, matmul.PackedFloat16Weight) == (rows <= matmul.FLOAT16_COPY_MAX_ROWS)
+    assert weight_bytes(compiled) == weight.numel() * 2
+    x = (torch.randn(rows, 1, 64, generator=generator) * 1e5).bfloat16()  # past float16's largest: rows go in float32
+    out = torch.from_dlpack(compiled(on_device(x)))
+    assert out.dtype == torch.bfloat16 and out.shape == (rows, 1, out_features)
+    exact = x.double() @ weight.double().t()
+    # float32 sums rounded once to bfloat16: at most half a unit in the last place, plus the sums' own rounding.
+    assert (
+        (out.double() - exact).abs() <= exact.abs() * 2.0**-8 + x.double().abs() @ weight.double().abs().t() * 1e-6
+    ).all()
+
+
+@needs_float16_copy
+def test_a_bfloat16_weight_that_float16_cannot_hold_exactly_keeps_onednns_copy():
+    weight = torch.randn(5, 64).bfloat16()
+    weight[0, 0] = 2.0**-33 * (1 + 2.0**-7)  # 35 binades below the largest: its last bit is below float16's last
+    assert matmul.float16_copy(weight.t()) is None
+    compiled = linear_by(weight, 1)
+    assert not isinstance(packed_weights(compiled), matmul.PackedFloat16Weight)
+    x = torch.randn(1, 1, 64).bfloat16()
+    torch.testing.assert_close(torch.from_dlpack(compiled(on_device(x))), x @ weight.t())
+
+
+def weight_bytes(compiled):
+    from torch_executor import weight_bytes as program_weight_bytes
+
+    return program_weight_bytes(compiled)
