@@ -284,6 +284,7 @@ _PREPACKED = weakref.WeakValueDictionary()
 # 28.9 against 33.0, 34.0 against 33.7.
 FLOAT16_COPY_MAX_ROWS = 2
 FLOAT16_LARGEST = 65504.0
+FLOAT16_MAX_SHIFT = 100  # 2^shift and 2^-shift stay normal float32 numbers
 
 
 class _Held:
@@ -311,15 +312,19 @@ def can_pack_float16():
 def float16_copy(weight):
     """fbgemm's packed float16 copy of a bfloat16 matrix [in, out], times the power of two that brings its
     largest magnitude nearest below float16's; None where that copy would not hold every value exactly.
-    float16 holds bfloat16's 8 significant bits, with 3 to spare, but over 40 binades rather than 254."""
-    largest = weight.abs().max().float().item()
-    if not math.isfinite(largest):
+    float16 holds bfloat16's 8 significant bits, with 3 to spare, but over 40 binades rather than 254.
+    Scaling up by a power of two is exact in bfloat16, and a float16 value that converts back to the
+    same bfloat16 one is that value, so no float32 copy of the whole weight is made to check it."""
+    largest = max(weight.max().item(), -weight.min().item())
+    if not math.isfinite(largest) or largest > FLOAT16_LARGEST:
         return None
-    shift = math.floor(math.log2(FLOAT16_LARGEST / largest)) if largest > 0 else 0
-    scaled = weight.t().float() * 2.0**shift
-    if not torch.equal(scaled.half().float(), scaled):
+    shift = min(FLOAT16_MAX_SHIFT, math.floor(math.log2(FLOAT16_LARGEST / largest))) if largest > 0 else 0
+    scaled = weight.t() * 2.0**shift
+    copy = scaled.half()
+    if not torch.equal(copy.bfloat16(), scaled):
         return None
-    return PackedFloat16Weight(torch.ops.quantized.linear_prepack_fp16(scaled, None), weight.shape, shift)
+    del scaled
+    return PackedFloat16Weight(torch.ops.quantized.linear_prepack_fp16(copy.float(), None), weight.shape, shift)
 
 
 def prepacked_product(weight, rows):

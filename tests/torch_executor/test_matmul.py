@@ -181,6 +181,28 @@ def test_a_few_bfloat16_rows_go_by_an_exact_float16_copy_and_round_float32_sums_
 
 
 @needs_float16_copy
+@pytest.mark.parametrize(
+    "scale, exact",
+    [
+        (1.0, True),
+        (2.0**-100, True),  # the power of two stops at 2^FLOAT16_MAX_SHIFT: these still land in float16's range
+        (2.0**-110, False),  # these, 14 binades from the largest to the smallest, below it
+        (2.0**14, True),  # largest values near float16's largest
+        (2.0**16, False),  # past it: no power of two scales down exactly
+        (0.0, True),
+    ],
+)
+def test_a_float16_copy_holds_the_weight_exactly_or_is_not_made(scale, exact):
+    weight = (torch.randn(64, 5, generator=torch.Generator().manual_seed(0)) * scale).bfloat16()
+    copy = matmul.float16_copy(weight)
+    assert (copy is not None) == exact
+    if copy is not None:
+        unpacked, _ = torch.ops.quantized.linear_unpack_fp16(copy.packed)
+        assert torch.equal(unpacked.t() * 2.0**-copy.shift, weight.float())
+        assert copy.nbytes == 2 * weight.numel()
+
+
+@needs_float16_copy
 def test_a_bfloat16_weight_that_float16_cannot_hold_exactly_keeps_onednns_copy():
     weight = torch.randn(5, 64).bfloat16()
     weight[0, 0] = 2.0**-33 * (1 + 2.0**-7)  # 35 binades below the largest: its last bit is below float16's last
