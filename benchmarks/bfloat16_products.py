@@ -19,18 +19,11 @@ import math
 import statistics
 import time
 
+from machine import cpu_flags
+
 SHAPES = [(768, 2304), (768, 768), (768, 3072), (3072, 768)]  # (in, out) of a block's four weights
 LAYERS = 12
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-
-
-def cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    return ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in CPU_FLAGS)
 
 
 def main():
@@ -49,7 +42,7 @@ def main():
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}"
     )
-    print(f"CPU flags: {cpu_flags()}")
+    print(f"CPU flags: {cpu_flags(CPU_FLAGS)}")
     weights = [[torch.randn(k, n).mul_(0.02).bfloat16() for k, n in SHAPES * LAYERS] for _ in range(args.sets)]
     weight_bytes = sum(w.numel() * 2 for w in weights[0])
 

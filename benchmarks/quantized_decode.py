@@ -32,6 +32,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import backend  # noqa: E402
+from machine import cpu_flags  # noqa: E402
 
 MODES = {"none": None, "int8": "int8-weight-only", "int4": "int4-weight-only", "float8": "float8"}
 DTYPES = ("float32", "bfloat16")
@@ -40,15 +41,6 @@ CPU_FLAGS = ("avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
 
 def load_average():
     return " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" (1, 5, 15 min; {os.cpu_count()} CPUs)"
-
-
-def cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    return ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in CPU_FLAGS)
 
 
 def peak_mb():
@@ -204,7 +196,7 @@ def main():
 
     capability = torch.backends.cpu.get_cpu_capability()
     print(f"torch {torch.__version__}, {args.threads} thread(s), CPU capability {capability}")
-    print(f"CPU flags: {cpu_flags()}")
+    print(f"CPU flags: {cpu_flags(CPU_FLAGS)}")
     print(f"load average before: {load_average()}")
     print(
         f"GPT2Config() shape, random weights; cache {args.cache} -> {args.cache + args.steps} tokens; median of "
