@@ -2,18 +2,20 @@
 
 - A linear layer's weight becomes a 2-D matrix: a view of its memory, or a contiguous (in, out)
   copy where that is faster for the product's static row count (store_weight_matrices).
+- A product by a float16 weight, and one of a few static rows by a bfloat16 weight (one or two on a
+  CPU with bfloat16 arithmetic, up to PREPACK_MAX_ROWS on one without), reads an exact float16 copy
+  of the weight that fbgemm packed (takes_float16_copy, float16_copy, prepacked_product).
 - On an x86 CPU without bfloat16 arithmetic (no AVX512-BF16, no AMX), torch's (oneDNN's) bfloat16
-  matrix product converts as it goes and, from a few rows on (a batch of decode steps, a prompt),
-  runs at a third of float32's speed or less; one row goes through a matrix-vector kernel that is
-  fast. There a product of two rows by a bfloat16 weight runs row by row through that kernel, and
-  one of four or more rows in float32, a block of the weight's columns at a time, so that the
-  converted block stays in cache (by_bfloat16_matrix). bfloat16 -> float32 is exact, and the sums
-  accumulate in float32 and round once to bfloat16, as oneDNN's bfloat16 product does; only the
-  order of the sums may differ.
-- On a CPU with bfloat16 arithmetic, a product of a few static rows by a bfloat16 weight reads a
-  copy that oneDNN prepacked (prepacks, prepacked_product), or at one or two rows an exact float16
-  copy that fbgemm packed (float16_copy); on an x86 CPU where MKL runs its generic code, a product of
-  a few static rows by a float32 weight reads oneDNN's copy too.
+  matrix product converts as it goes and, from a few rows on (a prompt), runs at a third of
+  float32's speed or less; one row goes through a matrix-vector kernel that is fast. There a
+  product of other rows by a bfloat16 weight runs row by row through that kernel up to two rows, and
+  from four rows on in float32, a block of the weight's columns at a time, so that the converted
+  block stays in cache (by_bfloat16_matrix). bfloat16 -> float32 is exact, and the sums accumulate
+  in float32 and round once to bfloat16, as oneDNN's bfloat16 product does; only the order of the
+  sums may differ.
+- On a CPU with bfloat16 arithmetic, a product of 3 to PREPACK_MAX_ROWS static rows by a bfloat16
+  weight reads a copy that oneDNN prepacked (prepacks, prepacked_product); on an x86 CPU where MKL
+  runs its generic code, a product of a few static rows by a float32 weight reads oneDNN's copy too.
 - A small product of two computed bfloat16 or float16 tensors (a decode step's attention) runs in
   float32 (computed_product).
 - Quantized products run by kernels chosen at compile time from the rows' dtype, the weight's shape
@@ -252,18 +254,20 @@ PREPACK_MAX_ROWS = 16  # a decode step's rows; a prompt's row count is not stati
 
 
 def prepacks(weight, rows):
-    """Whether a product of `rows` static rows by this matrix runs by a oneDNN-prepacked copy
-    (prepacked_product), which reads the weight in the layout oneDNN's kernel wants. GPT-2 124M's 48
-    matrices, one core: in bfloat16 on a CPU with bfloat16 arithmetic about 0.55x F.linear's time at 1
-    and 8 rows (a Sapphire Rapids Xeon with AMX). In float32 where MKL runs its generic code (an AMD
-    EPYC) 0.85x torch's product by a view of the weight's (out, in) rows at 1 row, 0.67x at 2 and 0.62x
-    at 8 (0.47x its product by an (in, out) copy), a decode step at batch 1 0.85x (the copy costs the
-    weight's size in memory) and at 8 0.5x; on a Xeon, where MKL runs its AVX-512 code, 1.0-1.2x the
-    faster of the two, so there torch's product stays."""
+    """Whether a product of `rows` rows (None: not static) by this matrix runs by a prepacked copy
+    (prepacked_product): fbgemm's float16 one where takes_float16_copy says so, else oneDNN's, which reads the
+    weight in the layout its kernel wants. oneDNN's, GPT-2 124M's 48 matrices, one core: in bfloat16 on a CPU
+    with bfloat16 arithmetic about 0.55x F.linear's time at 1 and 8 rows (a Sapphire Rapids Xeon with AMX). In
+    float32 where MKL runs its generic code (an AMD EPYC) 0.85x torch's product by a view of the weight's (out,
+    in) rows at 1 row, 0.67x at 2 and 0.62x at 8 (0.47x its product by an (in, out) copy), a decode step at batch
+    1 0.85x (the copy costs the weight's size in memory) and at 8 0.5x; on a Xeon, where MKL runs its AVX-512
+    code, 1.0-1.2x the faster of the two, so there torch's product stays."""
     return weight is not None and weight.dim() == 2 and _packs(weight.dtype, rows)
 
 
 def _packs(dtype, rows):
+    if takes_float16_copy(dtype, rows):
+        return True
     if rows is None or not 1 <= rows <= PREPACK_MAX_ROWS:
         return False
     if dtype == torch.bfloat16:
@@ -278,10 +282,10 @@ def can_prepack_bfloat16():
 _PREPACKED = weakref.WeakValueDictionary()
 
 # How many rows of a product by a bfloat16 weight run by fbgemm's float16 product rather than oneDNN's
-# prepacked bfloat16 one. GPT-2 124M's 48 matrices, one core, 4 sets of them in turn so that each pass
-# reads its weights from memory (docs/performance.md): on an AMD EPYC with AVX512-BF16, 7.7 against 11.9
-# ms at 1 row, 14.4 against 19.6 at 2, 13.9 against 14.3 at 4; on a Xeon with AMX 26.1 against 34.3,
-# 28.9 against 33.0, 34.0 against 33.7.
+# prepacked bfloat16 one on a CPU with bfloat16 arithmetic (takes_float16_copy). GPT-2 124M's 48 matrices,
+# one core, 4 sets of them in turn so that each pass reads its weights from memory (docs/performance.md):
+# on an AMD EPYC with AVX512-BF16, 7.7 against 11.9 ms at 1 row, 14.4 against 19.6 at 2, 13.9 against 14.3
+# at 4; on a Xeon with AMX 26.1 against 34.3, 28.9 against 33.0, 34.0 against 33.7.
 FLOAT16_COPY_MAX_ROWS = 2
 FLOAT16_LARGEST = 65504.0
 FLOAT16_MAX_SHIFT = 100  # 2^shift and 2^-shift stay normal float32 numbers
@@ -303,6 +307,22 @@ class PackedFloat16Weight:
         self.packed, self.nbytes, self.shift = packed, 2 * math.prod(weight_shape), shift
 
 
+def takes_float16_copy(dtype, rows):
+    """Whether a product of `rows` rows (None: not static) by a weight of this dtype runs by fbgemm's float16 copy
+    (prepacked_product): every product by a float16 weight, which torch multiplies 7x slower than float32 where
+    the CPU lacks AVX512-FP16 (GPT-2 124M's 48 matrices, one core of an AMD EPYC: 134 ms at 1 row against 7.8
+    by the copy, 884 against 18.5 at 8); a few static rows by a bfloat16 weight (FLOAT16_COPY_MAX_ROWS where the
+    CPU has bfloat16 arithmetic, PREPACK_MAX_ROWS where it has none: there 8.0 against 13.7 ms at 1 row, 17.6
+    against 46-60 at 8, 30.8 against 58 at 16). fbgemm's kernel needs AVX2, not bfloat16 or float16 arithmetic."""
+    if not can_pack_float16() or (rows is not None and rows < 1):
+        return False
+    if dtype == torch.float16:
+        return True
+    if dtype != torch.bfloat16 or rows is None:
+        return False
+    return rows <= (FLOAT16_COPY_MAX_ROWS if cpu_has_bfloat16_arithmetic() else PREPACK_MAX_ROWS)
+
+
 def can_pack_float16():
     """Whether fbgemm's float16 product runs here: a torch built with fbgemm, on an x86 CPU with AVX2."""
     flags = _cpu_flags()
@@ -310,11 +330,14 @@ def can_pack_float16():
 
 
 def float16_copy(weight):
-    """fbgemm's packed float16 copy of a bfloat16 matrix [in, out], times the power of two that brings its
-    largest magnitude nearest below float16's; None where that copy would not hold every value exactly.
+    """fbgemm's packed float16 copy of a matrix [in, out]: of a float16 one, its values; of a bfloat16 one, times
+    the power of two that brings its largest magnitude nearest below float16's, or None where that copy would not
+    hold every value exactly.
     float16 holds bfloat16's 8 significant bits, with 3 to spare, but over 40 binades rather than 254.
     Scaling up by a power of two is exact in bfloat16, and a float16 value that converts back to the
     same bfloat16 one is that value, so no float32 copy of the whole weight is made to check it."""
+    if weight.dtype == torch.float16:
+        return PackedFloat16Weight(torch.ops.quantized.linear_prepack_fp16(weight.t().float(), None), weight.shape, 0)
     largest = max(weight.max().item(), -weight.min().item())
     if not math.isfinite(largest) or largest > FLOAT16_LARGEST:
         return None
@@ -329,26 +352,34 @@ def float16_copy(weight):
 
 def prepacked_product(weight, rows):
     """(function, what it holds): x @ weight by a copy packed for `rows` rows; programs compiled from the same
-    weight (prefill and decode) share the copy while one holds it. A bfloat16 weight at FLOAT16_COPY_MAX_ROWS
-    rows or fewer goes by an exact float16 copy (float16_copy) where fbgemm runs: fbgemm multiplies float32
-    rows, the bfloat16 ones converted exactly, by it in float32, and the sums round once to bfloat16, as
-    oneDNN's bfloat16 product does; only the order of the sums may differ."""
-    key = (*memory_key(weight), rows)
-    held = _PREPACKED.get(key)
-    if held is None or not torch.equal(held.source, weight):
-        packed = None
-        if weight.dtype == torch.bfloat16 and rows <= FLOAT16_COPY_MAX_ROWS and can_pack_float16():
-            packed = float16_copy(weight)
-        if packed is None:
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous(), rows)
+    weight (prefill and decode) share the copy while one holds it. Where takes_float16_copy says so, the copy is
+    fbgemm's float16 one (float16_copy): fbgemm multiplies float32 rows, the bfloat16 or float16 ones converted
+    exactly, by it in float32, and the sums round once to the rows' dtype, as oneDNN's half-precision product
+    does; only the order of the sums may differ. A bfloat16 weight float16 cannot hold keeps oneDNN's copy, or
+    without bfloat16 arithmetic by_bfloat16_matrix."""
+    copied = takes_float16_copy(weight.dtype, rows)
+    any_rows, these_rows = (*memory_key(weight), "any rows"), (*memory_key(weight), rows)
+    shared = [_PREPACKED.get(key) for key in ([any_rows] if copied else []) + [these_rows]]
+    held = next((h for h in shared if h is not None and torch.equal(h.source, weight)), None)
+    if held is None:
+        packed = float16_copy(weight) if copied else None
+        if packed is None and copied and not can_prepack_bfloat16():
+            packed = weight  # by_bfloat16_matrix's, which reads it as it is
         held = _Held(packed, weight)
-        _PREPACKED[key] = held
+        if packed is None:
+            held.packed = torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous(), rows)
+        _PREPACKED[these_rows if packed is None else any_rows] = held  # oneDNN packs for a row count
     packed = held.packed
     if isinstance(packed, PackedFloat16Weight):
         fbgemm_weight, unscale = packed.packed, 2.0**-packed.shift
 
         def product(a, _):
             return torch.ops.quantized.linear_dynamic_fp16(a.float(), fbgemm_weight).mul_(unscale).to(a.dtype)
+
+    elif packed is held.source:
+
+        def product(a, _):
+            return by_bfloat16_matrix(a, packed)
 
     else:
 
@@ -387,7 +418,10 @@ def prepacked_product(weight, rows):
 #   rounding; a row holding an infinity or a NaN goes to the blocked kernel;
 # - "int4_groups": torch's _weight_int4pack_mm_for_cpu, codes + 8 packed by
 #   _convert_weight_to_int4pack_for_cpu and scales with zero offsets ([K / g, N, 2]), for bfloat16
-#   rows on a CPU with bfloat16 arithmetic, N a multiple of 16;
+#   rows, N a multiple of 16. Its kernel (torch 2.13) multiplies in float32 with AVX-512 or AVX2 and
+#   no bfloat16 instructions, so it runs as fast without bfloat16 arithmetic: GPT-2 124M's 48 products
+#   5.9 ms at one row and 16.6 at 8 on an AMD EPYC with its bfloat16 instructions hidden from oneDNN and
+#   this module, against 43.5 and 53.1 for int4_nibbles;
 # - "int4_nibbles": int4 codes two to a byte ([N / 2, K] int8, _nibble_pairs) and a scale per group
 #   ([N, K / g]; one per column or tensor is one group of all K inputs), for every other int4 product:
 #   torch's int4 kernel takes float32 rows on a slow path (20x slower than a dense float32 product) and
@@ -456,7 +490,7 @@ def _pack(quant, codes_b, scale_b, rows_dtype):
         return {"kernel": "int8_columns", "columns": cols}, [codes_rows, scale]
     if quant == "int8" and digits_fit and cpu_has_int8_dot_products():
         return {"kernel": "int8_digits", "columns": cols}, [codes_rows, scale_b.float().reshape(-1).contiguous()]
-    if fast and quant == "int4" and group in INT4_GROUPS and cols % INT4_COLUMN_MULTIPLE == 0:
+    if rows_dtype == torch.bfloat16 and quant == "int4" and group in INT4_GROUPS and cols % INT4_COLUMN_MULTIPLE == 0:
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes_rows.to(torch.int32) + 8, 1)
         scales = scale_b.to(torch.bfloat16)
         scales_and_zeros = torch.stack([scales, torch.zeros_like(scales)], dim=-1).contiguous()

@@ -578,8 +578,8 @@ def _quantized_matrix(draft, b):
 
 
 def prepack_products(draft):
-    """A product of a static number of rows by a constant matrix becomes a PackedMatMul step where
-    matmul.prepacks says oneDNN's prepacked weight is faster; binding packs it."""
+    """A product by a constant matrix becomes a PackedMatMul step where matmul.prepacks says a prepacked copy of
+    it is faster for the product's static number of rows (None where it is not static); binding packs it."""
     for index, step in enumerate(draft.steps):
         if step.kind != "MatrixMultiply" or step.inputs[1] not in draft.constants or step.inputs[0] not in draft.facts:
             continue

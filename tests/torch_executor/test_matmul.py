@@ -141,9 +141,11 @@ def test_products_of_float32_tensors_are_torchs():
 
 
 def linear_by(weight, rows):
-    """tp.Linear's product by a (out, in) weight, compiled for `rows` static rows."""
+    """tp.Linear's product by a (out, in) weight, compiled for `rows` static rows (None: 1 to 16, not static),
+    in the weight's dtype."""
     linear = lambda x: x @ tp.transpose(tp.Tensor(weight), 0, 1)
-    return tp.compile(linear, args=[tp.InputInfo((rows, 1, weight.shape[1]), dtype=tp.bfloat16)])
+    shape = ((1, 4, 16) if rows is None else rows, 1, weight.shape[1])
+    return tp.compile(linear, args=[tp.InputInfo(shape, dtype=getattr(tp, str(weight.dtype).split(".")[1]))])
 
 
 def packed_weights(compiled):
@@ -217,3 +219,68 @@ def weight_bytes(compiled):
     from torch_executor import weight_bytes as program_weight_bytes
 
     return program_weight_bytes(compiled)
+
+
+needs_fbgemm = pytest.mark.skipif(
+    not matmul.can_pack_float16(), reason="needs an x86 CPU with AVX2 and a torch with fbgemm"
+)
+
+
+def assert_rounds_float32_sums_once(out, x, weight, half_unit):
+    """out = x @ weight.t() to half a unit in the last place of out's dtype, plus the float32 sums' own rounding."""
+    assert out.dtype == x.dtype and out.shape == (*x.shape[:-1], weight.shape[0])
+    exact = x.double() @ weight.double().t()
+    bound = exact.abs() * half_unit + x.double().abs() @ weight.double().abs().t() * 1e-6
+    assert ((out.double() - exact).abs() <= bound).all()
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("rows", [1, 3, 8, None])  # None: a prompt's rows, whose count is not static
+@pytest.mark.parametrize("out_features", [200, 37])  # 37: not a multiple of any tile
+def test_a_float16_weight_goes_by_fbgemms_copy_and_rounds_float32_sums_once(rows, out_features):
+    """torch multiplies float16 rows by a float16 weight many times slower than float32 on a CPU without
+    AVX512-FP16; fbgemm's copy holds the same float16 values."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(out_features, 64, generator=generator).half()
+    compiled = linear_by(weight, rows)
+    packed = packed_weights(compiled)
+    assert isinstance(packed, matmul.PackedFloat16Weight) and packed.shift == 0
+    assert weight_bytes(compiled) == weight.numel() * 2
+    for count in [rows] if rows else [1, 5, 16]:
+        x = torch.randn(count, 1, 64, generator=generator).half()
+        out = torch.from_dlpack(compiled(on_device(x)))
+        assert_rounds_float32_sums_once(out, x, weight, 2.0**-11)
+
+
+@needs_fbgemm
+def test_programs_for_other_row_counts_share_one_float16_copy():
+    """A prefill (rows not static) and a decode step (static rows) by the same float16 weight hold one copy."""
+    weight = torch.randn(37, 64).half()
+    prefill, decode = linear_by(weight, None), linear_by(weight, 2)
+    assert packed_weights(prefill) is packed_weights(decode)
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("rows", [1, 3, 8, matmul.PREPACK_MAX_ROWS])
+def test_without_bfloat16_arithmetic_a_decode_steps_bfloat16_rows_go_by_the_float16_copy(monkeypatch, rows):
+    """fbgemm's float16 product needs no bfloat16 instructions, so where the CPU has none, every static row
+    count a decode step has reads the float16 copy."""
+    monkeypatch.setattr(matmul, "cpu_has_bfloat16_arithmetic", lambda: False)
+    generator = torch.Generator().manual_seed(rows)
+    weight = torch.randn(37, 64, generator=generator).bfloat16()
+    compiled = linear_by(weight, rows)
+    assert isinstance(packed_weights(compiled), matmul.PackedFloat16Weight)
+    x = torch.randn(rows, 1, 64, generator=generator).bfloat16()
+    assert_rounds_float32_sums_once(torch.from_dlpack(compiled(on_device(x))), x, weight, 2.0**-8)
+    assert not matmul.prepacks(weight.t(), matmul.PREPACK_MAX_ROWS + 1)
+
+
+@needs_fbgemm
+def test_without_bfloat16_arithmetic_a_weight_float16_cannot_hold_goes_by_bfloat16_matrix(monkeypatch):
+    monkeypatch.setattr(matmul, "cpu_has_bfloat16_arithmetic", lambda: False)
+    weight = torch.randn(5, 64).bfloat16()
+    weight[0, 0] = 2.0**-33 * (1 + 2.0**-7)  # its last bit is below float16's last, as above
+    compiled = linear_by(weight, 1)
+    assert torch.equal(packed_weights(compiled), weight.t())  # the weight itself, multiplied by by_bfloat16_matrix
+    x = torch.randn(1, 1, 64).bfloat16()
+    assert_rounds_float32_sums_once(torch.from_dlpack(compiled(on_device(x))), x, weight, 2.0**-8)

@@ -107,7 +107,7 @@ def check_layer(function, dequantized, quant, dtype, rows, inner, out_features):
 @pytest.mark.parametrize("quant", ["int8", "int4", "float8"])
 def test_a_quantized_product_computes_the_reference_product(quant, dtype, rows, out_features):
     step = check_product(quant, dtype, rows, out_features)
-    int4_fast = dtype == "bfloat16" and matmul.cpu_has_bfloat16_arithmetic() and out_features % 16 == 0
+    int4_fast = dtype == "bfloat16" and out_features % 16 == 0
     int8_digits = "int8_digits" if matmul.cpu_has_int8_dot_products() else "blocked"
     expected = {
         "int8": "int8_columns" if int8_columns_here(dtype) else int8_digits,  # IN_FEATURES["int8"]: 13 x 16
@@ -143,6 +143,14 @@ def test_int8_columns_for_bfloat16_rows_where_they_pay(monkeypatch, rows, inner,
     assert check_product("int8", "float32", rows, out_features=99).attrs["kernel"] == "int8_digits"
     monkeypatch.setattr(matmul, "cpu_has_int8_tiles", lambda: True)
     assert check_product("int8", "bfloat16", rows, out_features=99).attrs["kernel"] == "int8_digits"
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_torchs_int4_kernel_takes_bfloat16_rows_without_bfloat16_arithmetic(monkeypatch, rows):
+    """_weight_int4pack_mm_for_cpu multiplies in float32 (AVX-512 or AVX2), so it needs no bfloat16 instructions."""
+    monkeypatch.setattr(matmul, "cpu_has_bfloat16_arithmetic", lambda: False)
+    assert check_product("int4", "bfloat16", rows, out_features=112).attrs["kernel"] == "int4_groups"
+    assert check_product("int4", "float32", rows, out_features=112).attrs["kernel"] == "int4_nibbles"
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8])
