@@ -4,7 +4,7 @@ For a GPT-2-124M-shaped checkpoint with random weights (GPT2Config() defaults), 
 (none, int8, int4, float8), dtype and batch size: load and (for a mode) calibrate the model with
 ModelOpt on --calib-samples samples, compile prefill and decode, prefill a random prompt of --cache
 tokens, then time --steps decode steps a round, as benchmarks/decode_step.py does. transformers'
-GPT2LMHeadModel with a DynamicCache runs in float32 and bfloat16 at the same batches.
+GPT2LMHeadModel with a DynamicCache runs in the same dtypes at the same batches.
 Each (mode, dtype) is first built in a process of its own, so that its peak memory (the process's
 peak resident set: calibration, model and programs) and its resident set at the end (model and
 programs, calibration freed) are its own. Then every one is built again in this process and timed a
@@ -16,7 +16,7 @@ report counts: the constants the decode program reads each step.
 Not a test: run it, read it.
 
     python benchmarks/quantized_decode.py [--threads 1] [--modes none int8 int4 float8]
-        [--dtypes float32 bfloat16] [--batches 1 8] [--calib-samples 4]
+        [--dtypes float32 bfloat16 float16] [--batches 1 8] [--calib-samples 4]
 """
 
 import argparse
@@ -35,7 +35,7 @@ import backend  # noqa: E402
 from machine import cpu_flags  # noqa: E402
 
 MODES = {"none": None, "int8": "int8-weight-only", "int4": "int4-weight-only", "float8": "float8"}
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "float16")
 CPU_FLAGS = ("avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
 
 
@@ -255,9 +255,11 @@ def print_ratios(results, args):
     ratio("int4 bfloat16 / none float32, batch 1", speed("ours", "int4", "bfloat16", 1), base, 2.0)
     ratio("int8 bfloat16 / none float32, batch 1", speed("ours", "int8", "bfloat16", 1), base, 1.6)
     ratio("none bfloat16 / none float32, batch 1", speed("ours", "none", "bfloat16", 1), base, 1.4)
+    ratio("none float16 / none float32, batch 1", speed("ours", "none", "float16", 1), base, 1.0)  # "faster"
     # Quantized against unquantized: in float32 at every batch (never slower), in bfloat16 past batch 1 (0.9x).
     comparisons = [(batch, "float32", 1.0) for batch in args.batches]
     comparisons += [(batch, "bfloat16", 0.9) for batch in args.batches if batch > 1]
+    comparisons += [(batch, "float16", None) for batch in args.batches]
     for batch, dtype, target in comparisons:
         for mode in ("int8", "int4", "float8"):
             label = f"{mode} {dtype} / none {dtype}, batch {batch}"
