@@ -5,7 +5,8 @@ multiplied by that many bfloat16 rows through
   - onednn: oneDNN's prepacked bfloat16 product (torch.ops.mkldnn._linear_pointwise), what the executor
     runs for 3 to 16 rows on a CPU with bfloat16 arithmetic;
   - fbgemm: fbgemm's float16 product (torch.ops.quantized.linear_dynamic_fp16) by a float16 copy of the
-    weight, the rows converted to float32 and the sums back to bfloat16, what it runs for 1 or 2 rows.
+    weight, the rows converted to float32 and the sums back to bfloat16, what it runs for 1 or 2 rows there
+    and for 1 to 16 on a CPU without bfloat16 arithmetic (benchmarks/without_bfloat16.sh runs this as on one).
 --sets copies of the 48 weights are multiplied in turn, so that each pass reads its weights from memory
 rather than from the last level cache (a set is 170 MB; 4 sets pass a 300 MB cache). The kernels take turns
 pass by pass; a pass's time is the median over --repeats. It prints the CPU's flags and the bytes each
