@@ -293,7 +293,8 @@ FLOAT16_MAX_SHIFT = 100  # 2^shift and 2^-shift stay normal float32 numbers
 
 class _Held:
     """What a product by a prepacked weight holds, and the weight it was made from, which the cache
-    compares before sharing: oneDNN's packed tensor, or fbgemm's float16 copy (PackedFloat16Weight)."""
+    compares before sharing: oneDNN's packed tensor, fbgemm's float16 copy (PackedFloat16Weight), or for
+    by_bfloat16_matrix the weight itself."""
 
     def __init__(self, packed, source):
         self.packed, self.source = packed, source
@@ -362,13 +363,13 @@ def prepacked_product(weight, rows):
     shared = [_PREPACKED.get(key) for key in ([any_rows] if copied else []) + [these_rows]]
     held = next((h for h in shared if h is not None and torch.equal(h.source, weight)), None)
     if held is None:
-        packed = float16_copy(weight) if copied else None
+        packed, key = (float16_copy(weight) if copied else None), any_rows
         if packed is None and copied and not can_prepack_bfloat16():
             packed = weight  # by_bfloat16_matrix's, which reads it as it is
+        if packed is None:  # oneDNN packs for a row count
+            packed, key = torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous(), rows), these_rows
         held = _Held(packed, weight)
-        if packed is None:
-            held.packed = torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous(), rows)
-        _PREPACKED[these_rows if packed is None else any_rows] = held  # oneDNN packs for a row count
+        _PREPACKED[key] = held
     packed = held.packed
     if isinstance(packed, PackedFloat16Weight):
         fbgemm_weight, unscale = packed.packed, 2.0**-packed.shift
